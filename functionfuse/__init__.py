@@ -1,0 +1,45 @@
+"""functionfuse: Python functions as a DAG with correct, crash-safe result caching.
+
+>>> from functionfuse import workflow
+>>> from functionfuse.backends.builtin.localback import LocalWorkflow
+"""
+
+from .caching import CacheEvent, CacheWarning, RunReport
+from .errors import (
+    CorruptEntryError,
+    EntryNotFoundError,
+    ExecutorError,
+    FunctionFuseError,
+    GraphError,
+    HashingError,
+    NodeExecutionError,
+    SerializationError,
+    StorageConfigError,
+    StorageError,
+)
+from .hashing import normalize_token, tokenize
+from .storage import storage_factory
+from .workflow import workflow
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "workflow",
+    "storage_factory",
+    "tokenize",
+    "normalize_token",
+    "CacheEvent",
+    "CacheWarning",
+    "RunReport",
+    "FunctionFuseError",
+    "GraphError",
+    "HashingError",
+    "StorageError",
+    "StorageConfigError",
+    "EntryNotFoundError",
+    "CorruptEntryError",
+    "SerializationError",
+    "ExecutorError",
+    "NodeExecutionError",
+    "__version__",
+]

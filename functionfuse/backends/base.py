@@ -1,0 +1,105 @@
+"""What every workflow (executor) shares: the node set, names, queries.
+
+A workflow is built from the nodes a user wants; it runs every node
+downstream of the roots above them (so passing a pipeline's root runs the
+pipeline).  Nothing about a run is stored on the nodes, so a graph can be run
+many times and by several workflow objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import GraphError
+from ..graph import BaseNode, FunctionNode, NodeItem, as_leaf, collect_run_set, describe, iter_names
+
+__all__ = ["BaseWorkflow"]
+
+logger = logging.getLogger(__name__)
+
+
+class BaseWorkflow:
+    """Common part of :class:`LocalWorkflow` and the distributed workflows.
+
+    Parameters
+    ----------
+    *nodes : node or node[i]
+        The nodes whose results :meth:`run` returns.
+    workflow_name : str
+        Name under which results are stored.
+    """
+
+    def __init__(self, *nodes: Any, workflow_name: str) -> None:
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise GraphError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
+        if not nodes:
+            raise GraphError("a workflow needs at least one node")
+        self.workflow_name = workflow_name
+        self.leaves: list[BaseNode | NodeItem] = [as_leaf(n, i) for i, n in enumerate(nodes)]
+        leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
+        self.nodes: list[BaseNode] = collect_run_set(leaf_nodes)
+        self.roots = [n for n in self.nodes if not n.parents]
+        self._members = {id(n) for n in self.nodes}
+        self._funcs: dict[int, Any] = {}
+        self._unstored: set[int] = set()
+        self.object_storage: Any = None
+        self.last_report: Any = None
+        self._named()  # reject duplicate names now
+
+    def _named(self) -> list[tuple[str, BaseNode]]:
+        return list(iter_names(self.nodes))
+
+    # -- compatible API ---------------------------------------------------------
+    def set_storage(self, object_storage: Any) -> None:
+        """Store node results in ``object_storage`` (``None`` for no storage)."""
+        if object_storage is not None and not hasattr(object_storage, "scan"):
+            raise GraphError(
+                f"set_storage needs a storage made by functionfuse.storage.storage_factory "
+                f"(or FileStorage/FsspecStorage), got {object_storage!r}"
+            )
+        self.object_storage = object_storage
+
+    @property
+    def storage(self) -> Any:
+        return self.object_storage
+
+    def graph_traversal(self) -> Iterator[tuple[str, BaseNode]]:
+        """``(name, node)`` for every node of the workflow, in dependency order."""
+        yield from self._named()
+
+    def find_nodes(self, pattern: str | None = None) -> list[BaseNode]:
+        """Nodes whose names fully match the regular expression ``pattern``."""
+        if pattern is None:
+            return list(self.nodes)
+        regex = re.compile(pattern)
+        return [node for name, node in self._named() if regex.fullmatch(name)]
+
+    def replace_func(self, node: Any, new_func: Any) -> None:
+        """Run ``new_func`` instead of ``node``'s function in this workflow only."""
+        target = node.node if isinstance(node, NodeItem) else node
+        if not isinstance(target, BaseNode):
+            raise GraphError(f"replace_func needs a node of this workflow, got {node!r}")
+        if id(target) not in self._members:
+            raise GraphError(
+                f"{describe(target)} is not part of workflow {self.workflow_name!r} (it belongs to "
+                "another graph); pass one of this workflow's nodes, e.g. from find_nodes()"
+            )
+        if not isinstance(target, FunctionNode):
+            raise GraphError(f"replace_func works on function nodes; {describe(target)} is not one")
+        func = getattr(new_func, "__wrapped_func__", new_func)
+        if not callable(func):
+            raise GraphError(f"replace_func needs a callable for {describe(target)}, got {new_func!r}")
+        self._funcs[id(target)] = func
+
+    def log_nodes(self, pattern: str) -> list[BaseNode]:
+        """Keep nodes matching ``pattern`` out of storage: never read, never written,
+        run whenever the workflow runs (for nodes that only log or plot)."""
+        nodes = self.find_nodes(pattern)
+        self._unstored.update(id(n) for n in nodes)
+        return nodes
+
+    def _leaf_names(self) -> list[str]:
+        return [leaf.get_name() for leaf in self.leaves]

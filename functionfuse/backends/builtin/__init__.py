@@ -1,0 +1,1 @@
+"""Import paths of the original package's built-in backends."""

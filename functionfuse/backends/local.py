@@ -1,0 +1,186 @@
+"""The local backend: runs a workflow in this process, in dependency order.
+
+Invariants
+----------
+* Nodes run in creation order, which is a dependency order (see
+  :mod:`functionfuse.graph`); only the nodes the plan marks as ``run`` execute.
+* Values are pulled: a cached node is loaded the first time a running node or
+  the caller needs it, and never otherwise (lazy resume).
+* A value is dropped as soon as the last running node that needs it has run,
+  unless it is a result to return, so long pipelines do not keep every
+  intermediate result in memory.
+* A corrupt entry found while loading is recomputed on the spot (its inputs
+  are pulled the same way), and the run goes on.
+
+All caching decisions live in :mod:`functionfuse.caching`; this module only
+schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..caching import LOAD_ERRORS, Plan, RunReport, Task, entry_failed, execute, load_node, make_plan, run_node
+from ..graph import BaseNode, ClassCallNode, NodeItem
+from .base import BaseWorkflow
+
+__all__ = ["LocalWorkflow"]
+
+logger = logging.getLogger(__name__)
+
+
+class LocalWorkflow(BaseWorkflow):
+    """Run a workflow in the current process.
+
+    Parameters
+    ----------
+    *nodes : node or node[i]
+        Nodes whose results :meth:`run` returns.  Every node downstream of the
+        roots above them runs.
+    workflow_name : str
+        The name results are stored under.
+
+    Examples
+    --------
+    >>> from functionfuse import workflow
+    >>> @workflow
+    ... def inc(x):
+    ...     return x + 1
+    >>> LocalWorkflow(inc(inc(1)), workflow_name="demo").run()
+    3
+    """
+
+    def run(self, *, force: str | Iterable[str] | None = None, strict_hashing: bool = False) -> Any:
+        """Run the workflow and return the results of the given nodes.
+
+        Parameters
+        ----------
+        force : str or list of str, optional
+            Regular expressions (full match on node names): matching nodes and
+            everything downstream of them are recomputed even if stored.
+        strict_hashing : bool
+            Raise :class:`~functionfuse.errors.HashingError` for an argument
+            that cannot be hashed, instead of warning and recomputing it.
+
+        Returns
+        -------
+        The single node's result, or a list in the order the nodes were given.
+        ``self.last_report`` holds the per-node :class:`~functionfuse.caching.RunReport`.
+
+        Raises
+        ------
+        NodeExecutionError
+            A node's function raised; it names the node.  Results stored before
+            the failure stay stored.
+        """
+        plan = make_plan(
+            self.workflow_name,
+            self._named(),
+            self._funcs,
+            self.object_storage,
+            unstored=self._unstored,
+            force=force,
+            strict=strict_hashing,
+        )
+        runner = _LocalRun(plan, self.leaves)
+        try:
+            results = runner.execute()
+        finally:
+            self.last_report = plan.report()
+            logger.info("%s", self.last_report.summary())
+        return results[0] if len(self.leaves) == 1 else results
+
+    @property
+    def report(self) -> RunReport | None:
+        """The :class:`RunReport` of the last run."""
+        return self.last_report
+
+
+class _LocalRun:
+    """State of one local run: values in memory and live class instances."""
+
+    def __init__(self, plan: Plan, leaves: list[BaseNode | NodeItem]) -> None:
+        self.plan = plan
+        self.leaves = leaves
+        self.values: dict[int, Any] = {}
+        self.remaining: dict[int, int] = {}
+        for leaf in leaves:
+            node = leaf.node if isinstance(leaf, NodeItem) else leaf
+            self.remaining[id(node)] = 1 << 40  # returned: never dropped
+        for task in plan.tasks:
+            if task.run:
+                for dep in task.deps:
+                    key = id(dep.node)
+                    self.remaining[key] = self.remaining.get(key, 0) + 1
+
+    def execute(self) -> list[Any]:
+        by_node = self.plan.by_node
+        for task in self.plan.tasks:
+            if task.run:
+                self._run(task)
+                for dep in task.deps:
+                    key = id(dep.node)
+                    left = self.remaining[key] - 1
+                    self.remaining[key] = left
+                    if left == 0:
+                        self.values.pop(key, None)
+        out = []
+        for leaf in self.leaves:
+            if isinstance(leaf, NodeItem):
+                out.append(leaf.extract(self._value(by_node[id(leaf.node)])))
+            else:
+                out.append(self._value(by_node[id(leaf)]))
+        return out
+
+    def _value_of(self, ref: BaseNode | NodeItem) -> Any:
+        if isinstance(ref, NodeItem):
+            return ref.extract(self._value(self.plan.by_node[id(ref.node)]))
+        return self._value(self.plan.by_node[id(ref)])
+
+    def _value(self, task: Task) -> Any:
+        try:
+            return self.values[id(task.node)]
+        except KeyError:
+            pass
+        if task.entry is not None:
+            try:
+                value = load_node(self.plan, task)
+            except LOAD_ERRORS as exc:
+                entry_failed(task, exc)
+            else:
+                self.values[id(task.node)] = value
+                return value
+        return self._recompute(task)
+
+    def _run(self, task: Task) -> Any:
+        node = task.node
+        args, kwargs = node.resolve_args(self._value_of)
+        instance = self.values[id(node.init)] if isinstance(node, ClassCallNode) else None
+        value = run_node(self.plan, task, args, kwargs, instance)
+        self.values[id(node)] = value
+        return value
+
+    def _recompute(self, task: Task) -> Any:
+        """Compute a node outside the main pass (its entry was missing or corrupt)."""
+        node = task.node
+        if not isinstance(node, ClassCallNode):
+            return self._run(task)
+        # A fresh instance replayed up to this call: the main instance may
+        # already be further along its chain.
+        init_task = self.plan.by_node[id(node.init)]
+        args, kwargs = node.init.resolve_args(self._value_of)
+        instance = execute(init_task, args, kwargs)
+        for call in node.init.calls[: node.index]:
+            call_task = self.plan.by_node[id(call)]
+            args, kwargs = call.resolve_args(self._value_of)
+            execute(call_task, args, kwargs, instance)
+            if call_task.action == "skipped":
+                call_task.action = "replayed"
+        args, kwargs = node.resolve_args(self._value_of)
+        value = run_node(self.plan, task, args, kwargs, instance)
+        self.values[id(node)] = value
+        return value
+
+

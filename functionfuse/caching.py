@@ -1,0 +1,476 @@
+"""The caching core: node keys, the run plan, and ``run_node``.
+
+Every backend goes through this module; backends only schedule.
+
+Keys
+----
+A node's key is a Merkle hash::
+
+    key = H("node", fingerprint, previous-call key, arguments, captured inputs)
+
+* ``fingerprint`` is the normalised source of the function (or the explicit
+  ``version``), see :mod:`functionfuse.fingerprint`;
+* an argument that is a node contributes that node's *key* (and the subscript
+  path for ``node[i]``), never its result, so validating a downstream entry
+  never loads or hashes an upstream result;
+* literal arguments are tokenized by :mod:`functionfuse.hashing`;
+* closure values and default values of the function are inputs too;
+* a method call on a stateful class node includes the key of the previous
+  call on the same instance, so a chain is keyed by its whole history.
+
+Plan
+----
+At the start of a run the driver lists the workflow's entries once (one
+listing, not one lookup per node), keys every node and decides what must run:
+
+* a node whose entry is missing runs (reason ``new``, ``code changed`` or
+  ``input changed``, told apart from the metadata of the node's previous
+  entry);
+* a forced node runs (``forced``) and so does everything downstream of it
+  (``upstream forced``);
+* nodes kept out of storage (``log_nodes``) always run;
+* when one call of a stateful chain must run, the instance is rebuilt and
+  every earlier call is replayed so its state is right (``replay``).
+
+Everything else is *lazy*: a cached node is loaded only when a node that runs
+needs its value, or when its result is returned.  A corrupt entry found while
+loading is reported with a warning and recomputed.
+
+``run_node`` (compute, store, optionally re-read) and ``load_node`` are the
+only two operations a backend performs on a node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import CorruptEntryError, HashingError, NodeExecutionError, SerializationError, StorageError
+from .fingerprint import code_fingerprint, function_inputs
+from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem
+from .hashing import Encoder, Unhashable, _type_name
+
+__all__ = [
+    "Task",
+    "Plan",
+    "CacheEvent",
+    "RunReport",
+    "make_plan",
+    "run_node",
+    "load_node",
+    "CacheWarning",
+]
+
+logger = logging.getLogger(__name__)
+
+# Reasons a node runs or not.
+NEW = "new"
+CODE_CHANGED = "code changed"
+INPUT_CHANGED = "input changed"
+FORCED = "forced"
+UPSTREAM_FORCED = "upstream forced"
+CORRUPT = "corrupt entry"
+UNREADABLE = "unreadable entry"
+NO_STORAGE = "no storage"
+NOT_STORED = "not stored"
+REPLAY = "replay"
+CACHED = "cached"
+UNHASHABLE = "unhashable input"
+
+
+class CacheWarning(UserWarning):
+    """A cache problem that does not stop the run (corrupt entry, unhashable input)."""
+
+
+@dataclass(slots=True)
+class CacheEvent:
+    """What happened to one node in one run.
+
+    ``action`` is ``"computed"``, ``"read"`` (loaded from storage),
+    ``"skipped"`` (cached and not needed: not loaded at all) or
+    ``"replayed"`` (executed to rebuild a stateful object's state).
+    """
+
+    node: str
+    key: str | None
+    action: str
+    reason: str
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    """Per-node events of one run, in traversal order."""
+
+    workflow: str
+    events: list[CacheEvent] = field(default_factory=list)
+
+    def by_node(self) -> dict[str, CacheEvent]:
+        return {e.node: e for e in self.events}
+
+    def nodes(self, action: str) -> list[str]:
+        """Names of the nodes with ``action`` (computed / read / skipped / replayed)."""
+        return [e.node for e in self.events if e.action == action]
+
+    @property
+    def computed(self) -> list[str]:
+        return self.nodes("computed")
+
+    @property
+    def read(self) -> list[str]:
+        return self.nodes("read")
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.nodes("skipped")
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for e in self.events:
+            counts[e.action] = counts.get(e.action, 0) + 1
+        parts = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+        return f"workflow {self.workflow!r}: {parts or 'nothing to do'}"
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        for e in self.events:
+            lines.append(f"  {e.node}: {e.action} ({e.reason})")
+        return "\n".join(lines)
+
+
+class Task:
+    """One node's part in one run (what backends schedule)."""
+
+    __slots__ = (
+        "node",
+        "name",
+        "func",
+        "key",
+        "fingerprint",
+        "inputs",
+        "entry",
+        "run",
+        "reason",
+        "store",
+        "overwrite",
+        "stale",
+        "action",
+        "seconds",
+        "deps",
+    )
+
+    def __init__(self, node: BaseNode, name: str, func: Any) -> None:
+        self.node = node
+        self.name = name
+        self.func = func
+        self.key: str | None = None
+        self.fingerprint: str | None = None
+        self.inputs: dict[str, str] = {}
+        self.entry: str | None = None  # file name of a valid-looking entry for ``key``
+        self.run = True
+        self.reason = NO_STORAGE
+        self.store = False
+        self.overwrite = False
+        self.stale: list[str] = []
+        self.action = "skipped"
+        self.seconds = 0.0
+        self.deps: list[Task] = []
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} run={self.run} reason={self.reason!r}>"
+
+
+@dataclass
+class Plan:
+    """Keys and decisions for one run of one workflow."""
+
+    workflow: str
+    tasks: list[Task]
+    by_node: dict[int, Task]
+    storage: Any = None
+
+    def task(self, node: BaseNode) -> Task:
+        return self.by_node[id(node)]
+
+    def report(self) -> RunReport:
+        return RunReport(
+            self.workflow,
+            [CacheEvent(t.name, t.key, t.action, t.reason, t.seconds) for t in self.tasks],
+        )
+
+
+# -- keys -----------------------------------------------------------------------
+
+
+def _fingerprint(node: BaseNode, func: Any) -> str:
+    if isinstance(node, FunctionNode):
+        return code_fingerprint(func, node.version)
+    if isinstance(node, ClassInitNode):
+        return code_fingerprint(node.cls, node.version)
+    if isinstance(node, ClassCallNode):
+        base = code_fingerprint(node.init.cls, node.init.version)
+        return hashlib.sha256(f"call|{base}|{node.method}".encode()).hexdigest()
+    raise TypeError(node)  # pragma: no cover
+
+
+def _unhashable(task: Task, exc: Unhashable, strict: bool, where: str) -> bytes:
+    cls = _type_name(type(exc.obj))
+    fix = (
+        "Give the class a __functionfuse_token__() method returning plain data, or register a "
+        "normalizer with functionfuse.hashing.normalize_token.register(cls)."
+    )
+    if strict:
+        raise HashingError(
+            f"node {task.name!r}: {where} of type {cls} cannot be hashed ({exc.reason}). {fix}"
+        ) from None
+    warnings.warn(
+        f"node {task.name!r}: {where} of type {cls} cannot be hashed ({exc.reason}); the node "
+        f"will be recomputed on every run. {fix}",
+        CacheWarning,
+        stacklevel=4,
+    )
+    task.reason = UNHASHABLE
+    return uuid.uuid4().bytes
+
+
+def _culprit(node: BaseNode) -> str:
+    enc = Encoder(lambda o: b"@" if isinstance(o, (BaseNode, NodeItem)) else None)
+    for i, a in enumerate(node.args):
+        try:
+            enc.encode(a)
+        except Unhashable:
+            return f"argument {i}"
+    for k, a in node.kwargs.items():
+        try:
+            enc.encode(a)
+        except Unhashable:
+            return f"argument {k!r}"
+    return "a captured (closure or default) value"
+
+
+def compute_key(task: Task, key_of: dict[int, str], strict: bool) -> None:
+    """Set ``task.key``, ``task.fingerprint`` and ``task.inputs``."""
+    node = task.node
+    fp = _fingerprint(node, task.func)
+
+    def ref_hook(obj: Any) -> bytes | None:
+        if isinstance(obj, BaseNode):
+            return b"@" + key_of[id(obj)].encode()
+        if isinstance(obj, NodeItem):
+            return b"@" + key_of[id(obj.node)].encode() + Encoder().encode(obj.path)
+        return None
+
+    enc = Encoder(ref_hook)
+    try:
+        argbytes = enc.encode((node.args, node.kwargs))
+    except Unhashable as exc:
+        argbytes = _unhashable(task, exc, strict, _culprit(node))
+    captured = b""
+    if isinstance(node, FunctionNode):
+        inputs = function_inputs(task.func)
+        if any(inputs):
+            try:
+                captured = enc.encode(inputs)
+            except Unhashable as exc:
+                captured = _unhashable(task, exc, strict, "a captured (closure or default) value")
+    previous = key_of[id(node.after)].encode() if node.after is not None else b""
+    h = hashlib.sha256(b"node|")
+    h.update(fp.encode())
+    h.update(b"|")
+    h.update(previous)
+    h.update(b"|")
+    h.update(argbytes)
+    h.update(b"|")
+    h.update(captured)
+    task.key = h.hexdigest()[:32]
+    task.fingerprint = fp
+    task.inputs = {t.name: t.key for t in task.deps}  # type: ignore[misc]
+
+
+# -- plan -------------------------------------------------------------------------
+
+
+def _compile(patterns: str | Iterable[str] | None) -> list[re.Pattern]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return [re.compile(p) for p in patterns]
+
+
+def make_plan(
+    workflow: str,
+    named: list[tuple[str, BaseNode]],
+    funcs: dict[int, Any],
+    storage: Any = None,
+    *,
+    unstored: set[int] | frozenset = frozenset(),
+    force: str | Iterable[str] | None = None,
+    strict: bool = False,
+) -> Plan:
+    """Key every node and decide what runs (see the module docstring)."""
+    tasks: list[Task] = []
+    by_node: dict[int, Task] = {}
+    for name, node in named:
+        func = funcs.get(id(node))
+        if func is None:
+            func = getattr(node, "func", None)
+        task = Task(node, name, func)
+        task.deps = [by_node[id(d)] for d in node.deps]
+        tasks.append(task)
+        by_node[id(node)] = task
+    plan = Plan(workflow, tasks, by_node, storage)
+    if storage is None:
+        return plan
+
+    listing = storage.scan(workflow)
+    key_of: dict[int, str] = {}
+    forced = _compile(force)
+    for task in tasks:
+        node = task.node
+        compute_key(task, key_of, strict)
+        key_of[id(node)] = task.key  # type: ignore[assignment]
+        if isinstance(node, ClassInitNode):
+            if any(p.fullmatch(task.name) for p in forced):
+                task.run, task.reason = True, FORCED
+            else:
+                task.run, task.reason = False, CACHED  # decided by its calls below
+            continue
+        if id(node) in unstored:
+            task.run, task.reason = True, NOT_STORED
+            continue
+        task.store = True
+        filename = storage.entry_name(task.name, task.key)
+        previous = listing.by_name.get(storage.encoded(task.name), ())
+        task.stale = [f for f in previous if f != filename]
+        if any(p.fullmatch(task.name) for p in forced):
+            task.run, task.reason, task.overwrite = True, FORCED, filename in listing.files
+        elif _upstream_forced(task, by_node):
+            task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in listing.files
+        elif task.reason == UNHASHABLE:
+            task.run = True
+        elif filename in listing.files:
+            task.run, task.reason, task.entry = False, CACHED, filename
+        else:
+            task.run, task.reason = True, _miss_reason(storage, workflow, task)
+    _expand_chains(tasks, by_node)
+    return plan
+
+
+def _upstream_forced(task: Task, by_node: dict[int, Task]) -> bool:
+    parents = list(task.deps)
+    if task.node.after is not None:
+        parents.append(by_node[id(task.node.after)])
+    return any(p.run and p.reason in (FORCED, UPSTREAM_FORCED) for p in parents)
+
+
+def _miss_reason(storage: Any, workflow: str, task: Task) -> str:
+    if not task.stale:
+        return NEW
+    try:
+        meta = storage.read_meta(workflow, task.stale[-1])
+    except (StorageError, OSError, ValueError):
+        return NEW
+    if meta.get("fingerprint") != task.fingerprint:
+        return CODE_CHANGED
+    return INPUT_CHANGED
+
+
+def _expand_chains(tasks: list[Task], by_node: dict[int, Task]) -> None:
+    """Replay stateful chains up to their last call that must run."""
+    for task in tasks:
+        node = task.node
+        if not isinstance(node, ClassInitNode):
+            continue
+        calls = [by_node[id(c)] for c in node.calls if id(c) in by_node]
+        last = max((i for i, t in enumerate(calls) if t.run), default=-1)
+        if last < 0:
+            continue
+        task.run, task.reason = True, REPLAY if task.reason == CACHED else task.reason
+        for t in calls[:last]:
+            if not t.run:
+                t.run, t.reason = True, REPLAY
+
+
+# -- the two node operations -------------------------------------------------------
+
+
+def execute(task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
+    """Call the node's function; user errors become NodeExecutionError."""
+    node = task.node
+    try:
+        if isinstance(node, ClassCallNode):
+            return getattr(instance, node.method)(*args, **kwargs)
+        if isinstance(node, ClassInitNode):
+            return node.cls(*args, **kwargs)
+        return task.func(*args, **kwargs)
+    except Exception as exc:
+        raise NodeExecutionError(
+            f"node {task.name!r} failed: {type(exc).__name__}: {exc}", node=task.name, key=task.key
+        ) from exc
+
+
+def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
+    """Compute one node and store its result (the path every backend uses).
+
+    Returns the value children should see: the computed value, or, with
+    ``storage.always_read``, the value read back from storage.
+    """
+    start = time.perf_counter()
+    value = execute(task, args, kwargs, instance)
+    elapsed = time.perf_counter() - start
+    task.seconds = elapsed
+    task.action = "replayed" if task.reason == REPLAY else "computed"
+    storage = plan.storage
+    if storage is None or not task.store or task.reason == REPLAY:
+        return value
+    meta = {
+        "fingerprint": task.fingerprint,
+        "inputs": task.inputs,
+        "function": getattr(task.func, "__qualname__", task.node.qualname),
+        "duration_s": round(elapsed, 6),
+    }
+    filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
+    task.entry = filename
+    if task.stale:
+        storage.discard(plan.workflow, task.stale)
+        task.stale = []
+    if storage.always_read:
+        value = storage.load(plan.workflow, filename)
+    return value
+
+
+def load_node(plan: Plan, task: Task) -> Any:
+    """Load a cached node's result.
+
+    Raises CorruptEntryError / SerializationError / EntryNotFoundError when the
+    entry cannot be used; the caller warns and recomputes.
+    """
+    start = time.perf_counter()
+    value = plan.storage.load(plan.workflow, task.entry)
+    task.seconds = time.perf_counter() - start
+    task.action = "read"
+    return value
+
+
+def entry_failed(task: Task, exc: Exception) -> None:
+    """Record that a cached entry could not be used; it will be recomputed."""
+    reason = CORRUPT if isinstance(exc, CorruptEntryError) else UNREADABLE
+    warnings.warn(
+        f"node {task.name!r}: stored entry {task.entry} is unusable ({exc}); recomputing it",
+        CacheWarning,
+        stacklevel=3,
+    )
+    logger.warning("node %r: entry %s unusable (%s); recomputing", task.name, task.entry, exc)
+    task.run, task.reason, task.overwrite = True, reason, True
+    task.entry = None
+
+
+LOAD_ERRORS = (CorruptEntryError, SerializationError, StorageError, FileNotFoundError)

@@ -1,0 +1,70 @@
+"""One exception tree for functionfuse.
+
+Every error the library raises on purpose derives from :class:`FunctionFuseError`,
+grouped in families a caller can catch selectively.  Messages name the node,
+option or file at fault and say how to fix the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FunctionFuseError",
+    "GraphError",
+    "HashingError",
+    "StorageError",
+    "StorageConfigError",
+    "EntryNotFoundError",
+    "CorruptEntryError",
+    "SerializationError",
+    "ExecutorError",
+    "NodeExecutionError",
+]
+
+
+class FunctionFuseError(Exception):
+    """Base class of every error raised by functionfuse."""
+
+
+class GraphError(FunctionFuseError, ValueError):
+    """The graph is malformed: a non-node given as a node, duplicate names, ..."""
+
+
+class HashingError(FunctionFuseError, TypeError):
+    """A value cannot be hashed deterministically (raised in strict mode)."""
+
+
+class StorageError(FunctionFuseError):
+    """A storage cannot be created, opened, read or written."""
+
+
+class StorageConfigError(StorageError, ValueError):
+    """A storage configuration is invalid (unknown kind, missing option, bad path)."""
+
+
+class EntryNotFoundError(StorageError, FileNotFoundError):
+    """A stored entry (a node result) does not exist."""
+
+
+class CorruptEntryError(StorageError):
+    """A stored entry fails its integrity check (truncated or altered)."""
+
+
+class SerializationError(FunctionFuseError):
+    """A result cannot be serialized or deserialized."""
+
+
+class ExecutorError(FunctionFuseError):
+    """A backend cannot run the graph (scheduler or cluster problem)."""
+
+
+class NodeExecutionError(FunctionFuseError):
+    """A node's function raised.
+
+    The user's exception is chained as ``__cause__``; ``node`` and ``key`` name
+    the node and its cache key.
+    """
+
+    def __init__(self, message: str, *, node: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+        self.key = key

@@ -1,0 +1,180 @@
+"""Function fingerprints: what a node's code contributes to its cache key.
+
+A fingerprint is the SHA-256 of the function's qualified name and its
+*normalised* source: the source is parsed with :mod:`ast`, docstrings and
+decorators are dropped and the tree is dumped without positions, so comments,
+docstrings, blank lines and formatting do not change it while any change to
+what the code does does.
+
+When the user gives ``version=`` to the decorator, the version replaces the
+source: the user promises to bump it when behaviour changes, and may refactor
+freely in between.
+
+Fingerprints are computed on the driver, when the graph is keyed.  Source
+introspection needs the source file, which worker processes may not have.
+
+Values captured in a closure are *inputs*, not code: they are tokenized with
+the arguments (see :func:`closure_values`), so a run can tell "code changed"
+from "input changed".
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import logging
+import textwrap
+import types
+import weakref
+from typing import Any
+
+from .hashing import hash_bytes
+
+__all__ = [
+    "code_fingerprint",
+    "function_fingerprint",
+    "function_inputs",
+    "closure_values",
+    "normalized_source",
+]
+
+logger = logging.getLogger(__name__)
+
+_CACHE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def _strip(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.decorator_list = []
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def normalized_source(obj: Any) -> str | None:
+    """Source of a function or class with docstrings, comments, decorators
+    and formatting removed, or ``None`` when the source is not available.
+
+    >>> def f(x):
+    ...     "doc"
+    ...     return x + 1  # comment
+    >>> def g(x):
+    ...     return x + 1
+    >>> normalized_source(f) == normalized_source(g).replace("'g'", "'f'")
+    True
+    """
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return None
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
+        # A lambda in the middle of an expression: its source line may not
+        # parse alone.  Fall back to the code object.
+        return None
+    return ast.dump(_strip(tree), annotate_fields=False, include_attributes=False)
+
+
+def _code_token(code: types.CodeType) -> str:
+    parts = [code.co_name, code.co_code.hex(), repr(code.co_names), repr(code.co_varnames)]
+    for const in code.co_consts:
+        parts.append(_code_token(const) if isinstance(const, types.CodeType) else repr(const))
+    return "|".join(parts)
+
+
+def _source_or_code(obj: Any) -> str:
+    src = normalized_source(obj)
+    if src is not None:
+        return "src:" + src
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        logger.debug("no source for %r; fingerprinting its bytecode", obj)
+        return "code:" + _code_token(code)
+    if inspect.isclass(obj):
+        parts = []
+        for name, value in sorted(vars(obj).items()):
+            func = getattr(value, "__func__", value)
+            code = getattr(func, "__code__", None)
+            parts.append(name + "=" + (_code_token(code) if code is not None else ""))
+        return "class:" + "|".join(parts)
+    return "opaque:" + f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def code_fingerprint(obj: Any, version: str | None = None) -> str:
+    """Fingerprint of a function's or class's code (cached per object).
+
+    For a class, the code of every class in its MRO (except builtins) counts, so
+    a stateful chain is re-run when any method or base class changes.
+    ``version``, when given, replaces the source.
+    """
+    if version is not None:
+        return hash_bytes(f"version|{_qualname(obj)}|{version}".encode())
+    try:
+        return _CACHE[obj]
+    except (KeyError, TypeError):
+        pass
+    if inspect.isclass(obj):
+        parts = [
+            _qualname(base) + ":" + _source_or_code(base)
+            for base in obj.__mro__
+            if base.__module__ != "builtins"
+        ]
+        text = "class|" + "\n".join(parts)
+    else:
+        target = inspect.unwrap(obj) if callable(obj) else obj
+        text = "function|" + _qualname(obj) + "|" + _source_or_code(target)
+    digest = hash_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        _CACHE[obj] = digest
+    except TypeError:
+        pass
+    return digest
+
+
+def closure_values(func: Any) -> tuple[Any, ...]:
+    """Values captured by ``func``'s closure, in cell order (empty cells as None)."""
+    cells = getattr(func, "__closure__", None) or ()
+    values = []
+    for cell in cells:
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:
+            values.append(None)
+    return tuple(values)
+
+
+def function_inputs(func: Any) -> tuple[Any, ...]:
+    """What a function reads besides its arguments and globals: closure values
+    and default values.  These count as inputs of a node's key."""
+    return (closure_values(func), getattr(func, "__defaults__", None), getattr(func, "__kwdefaults__", None))
+
+
+_IN_PROGRESS: set[int] = set()
+
+
+def function_fingerprint(func: Any) -> str:
+    """Fingerprint of a function used as a *value* (an argument): its code plus
+    its closure values and defaults."""
+    from .hashing import tokenize
+
+    code = code_fingerprint(func)
+    extra = function_inputs(func)
+    if not any(extra) or id(func) in _IN_PROGRESS:  # a closure that holds itself
+        return code
+    _IN_PROGRESS.add(id(func))
+    try:
+        return hash_bytes(f"{code}|{tokenize(*extra)}".encode())
+    finally:
+        _IN_PROGRESS.discard(id(func))

@@ -1,0 +1,452 @@
+"""Nodes, edges, naming and traversal of a functionfuse graph.
+
+A node is created by calling a decorated function (:class:`FunctionNode`),
+by instantiating a decorated class (:class:`ClassInitNode`) or by calling a
+method on such an instance (:class:`ClassCallNode`).  Nothing runs at build
+time: a node only records its callable, its arguments, and its parents.
+
+Invariants
+----------
+* **Creation order is a topological order.**  A node can only take nodes that
+  already exist as arguments, and a method call comes after the previous call on
+  the same instance, so sorting by creation sequence gives dependency order.
+  Traversal is therefore deterministic and costs no graph search.
+* **Names are a function of the graph.**  Default names are
+  ``<qualname>_<NNNN>``, numbered per qualname inside a connected component in
+  creation order.  Building the same graph again (a new process, or a notebook
+  cell re-run) gives the same names, unlike a process-wide counter.
+* **Graphs are immutable once built** (except for names): running a workflow
+  never stores results on nodes, so a graph can be run many times and by
+  several workflow objects.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .errors import GraphError
+
+__all__ = [
+    "BaseNode",
+    "FunctionNode",
+    "ClassInitNode",
+    "ClassCallNode",
+    "NodeItem",
+    "Instance",
+    "collect_run_set",
+    "as_leaf",
+    "describe",
+]
+
+_SEQ = itertools.count()
+
+
+class _Component:
+    """The connected component a node belongs to; owns default naming."""
+
+    __slots__ = ("nodes", "named")
+
+    def __init__(self) -> None:
+        self.nodes: list[BaseNode] = []
+        self.named = False
+
+    def assign_default_names(self) -> None:
+        counters: dict[str, int] = {}
+        for node in self.nodes:
+            i = counters.get(node.qualname, 0)
+            counters[node.qualname] = i + 1
+            node._default_name = f"{node.qualname}_{i:04d}"
+        self.named = True
+
+
+def _merge(components: list[_Component]) -> _Component:
+    """Merge components into the largest one, keeping creation order."""
+    target = max(components, key=lambda c: len(c.nodes))
+    others = [c for c in components if c is not target]
+    if others:
+        for comp in others:
+            for node in comp.nodes:
+                node.component = target
+            target.nodes.extend(comp.nodes)
+        target.nodes.sort(key=lambda n: n.seq)
+        target.named = False
+    return target
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, (BaseNode, NodeItem))
+
+
+def _contains_ref(value: Any) -> bool:
+    cls = type(value)
+    if cls is list or cls is tuple:
+        return any(_is_ref(v) or _contains_ref(v) for v in value)
+    if cls is dict:
+        return any(_is_ref(v) or _contains_ref(v) for v in value.values())
+    if isinstance(value, Instance):
+        raise GraphError(
+            f"an instance of the workflow class {value._init.qualname!r} was passed as an "
+            "argument; pass the result of one of its method calls instead"
+        )
+    return False
+
+
+def _refs_in(value: Any, out: list[BaseNode]) -> None:
+    if isinstance(value, BaseNode):
+        out.append(value)
+    elif isinstance(value, NodeItem):
+        out.append(value.node)
+    elif type(value) in (list, tuple):
+        for v in value:
+            _refs_in(v, out)
+    elif type(value) is dict:
+        for v in value.values():
+            _refs_in(v, out)
+
+
+class BaseNode:
+    """A vertex of the graph.  Subclasses define what runs."""
+
+    __slots__ = (
+        "qualname",
+        "seq",
+        "args",
+        "kwargs",
+        "deps",
+        "after",
+        "children",
+        "component",
+        "top_refs",
+        "nested",
+        "_name",
+        "_default_name",
+        "__weakref__",
+    )
+
+    def __init__(self, qualname: str, args: tuple, kwargs: dict, after: BaseNode | None = None):
+        self.qualname = qualname
+        self.seq = next(_SEQ)
+        self.args = args
+        self.kwargs = kwargs
+        self.after = after
+        self.children: list[BaseNode] = []
+        self._name: str | None = None
+        self._default_name: str | None = None
+        top_refs: list[tuple[int | str, Any]] = []
+        nested: list[int | str] = []
+        for i, a in enumerate(args):
+            if isinstance(a, (BaseNode, NodeItem)):
+                top_refs.append((i, a))
+            elif type(a) in (list, tuple, dict) or isinstance(a, Instance):
+                if _contains_ref(a):
+                    nested.append(i)
+        for k, a in kwargs.items():
+            if isinstance(a, (BaseNode, NodeItem)):
+                top_refs.append((k, a))
+            elif type(a) in (list, tuple, dict) or isinstance(a, Instance):
+                if _contains_ref(a):
+                    nested.append(k)
+        self.top_refs = top_refs
+        self.nested = nested
+        if top_refs or nested or after is not None:
+            parents: list[BaseNode] = []
+            for _, ref in top_refs:
+                parents.append(ref if isinstance(ref, BaseNode) else ref.node)
+            for where in nested:
+                _refs_in(args[where] if isinstance(where, int) else kwargs[where], parents)
+            deps: list[BaseNode] = []
+            seen: set[int] = set()
+            for p in parents:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    deps.append(p)
+            self.deps = deps
+            linked = deps if after is None or id(after) in seen else [*deps, after]
+            for p in linked:
+                p.children.append(self)
+            comps = {id(p.component): p.component for p in linked}
+            comp = next(iter(comps.values())) if len(comps) == 1 else _merge(list(comps.values()))
+        else:
+            self.deps = []
+            comp = _Component()
+        comp.nodes.append(self)
+        comp.named = False
+        self.component = comp
+
+    # -- compatible API ---------------------------------------------------
+    def set_name(self, name: str) -> BaseNode:
+        """Give the node an explicit name (used in storage); returns the node."""
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"node names must be non-empty strings, got {name!r} for {describe(self)}")
+        self._name = name
+        return self
+
+    def get_name(self) -> str:
+        """The node's explicit name, or its default ``<qualname>_<NNNN>``."""
+        if self._name is not None:
+            return self._name
+        if not self.component.named:
+            self.component.assign_default_names()
+        return self._default_name  # type: ignore[return-value]
+
+    @property
+    def name(self) -> str:
+        return self.get_name()
+
+    @property
+    def parents(self) -> list[BaseNode]:
+        """Value parents plus the ordering parent of a method call."""
+        if self.after is None or self.after in self.deps:
+            return list(self.deps)
+        return [*self.deps, self.after]
+
+    def __getitem__(self, index: Any) -> NodeItem:
+        return NodeItem(self, (index,))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.get_name()!r}>"
+
+    # -- used by executors -----------------------------------------------
+    @property
+    def callable(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resolve_args(self, value_of: Any) -> tuple[tuple, dict]:
+        """Arguments with every node reference replaced by ``value_of(ref)``."""
+        args, kwargs = self.args, self.kwargs
+        if not self.top_refs and not self.nested:
+            return args, kwargs
+        args = list(args)
+        kwargs = dict(kwargs)
+        for where, ref in self.top_refs:
+            if isinstance(where, int):
+                args[where] = value_of(ref)
+            else:
+                kwargs[where] = value_of(ref)
+        for where in self.nested:
+            if isinstance(where, int):
+                args[where] = _substitute(args[where], value_of)
+            else:
+                kwargs[where] = _substitute(kwargs[where], value_of)
+        return tuple(args), kwargs
+
+
+def _substitute(value: Any, value_of: Any) -> Any:
+    if isinstance(value, (BaseNode, NodeItem)):
+        return value_of(value)
+    cls = type(value)
+    if cls is list:
+        return [_substitute(v, value_of) for v in value]
+    if cls is tuple:
+        return tuple(_substitute(v, value_of) for v in value)
+    if cls is dict:
+        return {k: _substitute(v, value_of) for k, v in value.items()}
+    return value
+
+
+class FunctionNode(BaseNode):
+    """A call of a decorated function."""
+
+    __slots__ = ("func", "version")
+
+    def __init__(self, func: Any, args: tuple, kwargs: dict, version: str | None = None):
+        self.func = func
+        self.version = version
+        super().__init__(getattr(func, "__qualname__", type(func).__qualname__), args, kwargs)
+
+
+class ClassInitNode(BaseNode):
+    """The construction of a decorated class; its value is the instance."""
+
+    __slots__ = ("cls", "version", "calls")
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict, version: str | None = None):
+        self.cls = cls
+        self.version = version
+        self.calls: list[ClassCallNode] = []
+        super().__init__(cls.__qualname__, args, kwargs)
+
+
+class ClassCallNode(BaseNode):
+    """A method call on a stateful class node; runs after the previous call."""
+
+    __slots__ = ("init", "method", "index")
+
+    def __init__(self, init: ClassInitNode, method: str, args: tuple, kwargs: dict):
+        self.init = init
+        self.method = method
+        self.index = len(init.calls)
+        previous = init.calls[-1] if init.calls else init
+        func = getattr(init.cls, method)
+        super().__init__(getattr(func, "__qualname__", method), args, kwargs, after=previous)
+        init.calls.append(self)
+
+
+class NodeItem:
+    """A lazy subscript of a node's result: ``node[i]`` (and ``node[i][j]``)."""
+
+    __slots__ = ("node", "path")
+
+    def __init__(self, node: BaseNode, path: tuple):
+        self.node = node
+        self.path = path
+
+    @property
+    def index(self) -> Any:
+        return self.path[0] if len(self.path) == 1 else self.path
+
+    def __getitem__(self, index: Any) -> NodeItem:
+        return NodeItem(self.node, (*self.path, index))
+
+    def extract(self, value: Any) -> Any:
+        for i in self.path:
+            value = value[i]
+        return value
+
+    def get_name(self) -> str:
+        return self.node.get_name()
+
+    def __repr__(self) -> str:
+        return f"<NodeItem {self.node.get_name()!r}{''.join(f'[{i!r}]' for i in self.path)}>"
+
+
+class _MethodCall:
+    __slots__ = ("_init", "_method")
+
+    def __init__(self, init: ClassInitNode, method: str):
+        self._init = init
+        self._method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ClassCallNode:
+        return ClassCallNode(self._init, self._method, args, kwargs)
+
+
+class Instance:
+    """What calling a decorated class returns: ``obj.method(...)`` makes nodes.
+
+    Methods are looked up on the class (inherited ones included), so a class
+    without its own ``__init__`` works too.
+    """
+
+    __slots__ = ("_init",)
+
+    def __init__(self, init: ClassInitNode):
+        self._init = init
+
+    def set_name(self, name: str) -> Instance:
+        self._init.set_name(name)
+        return self
+
+    def get_name(self) -> str:
+        return self._init.get_name()
+
+    @property
+    def node(self) -> ClassInitNode:
+        return self._init
+
+    def __getattr__(self, attr: str) -> _MethodCall:
+        cls = self._init.cls
+        try:
+            member = inspect.getattr_static(cls, attr)
+        except AttributeError:
+            raise AttributeError(
+                f"workflow class {cls.__qualname__!r} has no method {attr!r}"
+            ) from None
+        if not (callable(member) or isinstance(member, (staticmethod, classmethod))):
+            raise AttributeError(
+                f"{cls.__qualname__}.{attr} is not a method; only method calls become nodes"
+            )
+        return _MethodCall(self._init, attr)
+
+    def __repr__(self) -> str:
+        return f"<Instance of {self._init.qualname} {self._init.get_name()!r}>"
+
+
+def describe(obj: Any) -> str:
+    """A short human description of a node for error messages."""
+    if isinstance(obj, NodeItem):
+        obj = obj.node
+    if isinstance(obj, FunctionNode):
+        return f"node {obj.get_name()!r} (function {obj.qualname}, created #{obj.seq})"
+    if isinstance(obj, ClassInitNode):
+        return f"node {obj.get_name()!r} (class {obj.qualname}, created #{obj.seq})"
+    if isinstance(obj, ClassCallNode):
+        return f"node {obj.get_name()!r} (method {obj.qualname}, created #{obj.seq})"
+    return repr(obj)
+
+
+def as_leaf(obj: Any, position: int) -> BaseNode | NodeItem:
+    """Validate one positional argument of a workflow constructor."""
+    if isinstance(obj, (BaseNode, NodeItem)):
+        return obj
+    if isinstance(obj, Instance):
+        raise GraphError(
+            f"argument {position} is an instance of workflow class {obj._init.qualname!r}, "
+            "not a node; pass the result of one of its method calls (obj.method(...))"
+        )
+    func = getattr(obj, "__wrapped_func__", None)
+    if func is not None:
+        raise GraphError(
+            f"argument {position} is the decorated function {func.__qualname__!r}, not a node; "
+            f"call it to create a node, e.g. {func.__name__}(...)"
+        )
+    if callable(obj) and hasattr(obj, "__qualname__"):
+        raise GraphError(
+            f"argument {position} is the plain callable {obj.__qualname__!r}, which is not a "
+            "node; decorate it with @functionfuse.workflow and pass the node its call returns"
+        )
+    raise GraphError(
+        f"argument {position} ({type(obj).__name__}: {obj!r:.60}) is not a node; workflows take "
+        "nodes made by calling @workflow-decorated functions (or node[i] items)"
+    )
+
+
+def _ancestors_roots(leaves: Iterable[BaseNode]) -> list[BaseNode]:
+    roots: list[BaseNode] = []
+    seen: set[int] = set()
+    stack = list(leaves)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        parents = node.parents
+        if parents:
+            stack.extend(parents)
+        else:
+            roots.append(node)
+    return roots
+
+
+def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
+    """Every node downstream of the roots above ``leaves``, in creation order."""
+    seen: set[int] = set()
+    out: list[BaseNode] = []
+    stack = _ancestors_roots(leaves)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        stack.extend(node.children)
+    out.sort(key=lambda n: n.seq)
+    return out
+
+
+def iter_names(nodes: Iterable[BaseNode]) -> Iterator[tuple[str, BaseNode]]:
+    """``(name, node)`` pairs, checking that names are unique."""
+    by_name: dict[str, BaseNode] = {}
+    for node in nodes:
+        name = node.get_name()
+        other = by_name.get(name)
+        if other is not None:
+            raise GraphError(
+                f"two nodes in one workflow are named {name!r}: {describe(other)} and "
+                f"{describe(node)}; give one of them another name with .set_name(...)"
+            )
+        by_name[name] = node
+        yield name, node

@@ -1,0 +1,91 @@
+"""Pickling with persistent serializers; cloudpickle is the fallback for all else.
+
+Without registered serializers a result is ``cloudpickle.dumps``-ed (by value
+for functions and classes defined in ``__main__``, so any worker can load it)
+and loaded with ``pickle.loads``.  With serializers, a cloudpickle Pickler
+subclass asks the registry for every object it meets, and an object a
+serializer takes is replaced by its persistent id.  The ids are also returned
+separately, so the storage can record them outside the payload and delete
+their side data without unpickling the result.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any, Callable
+
+import cloudpickle
+
+from ..errors import SerializationError
+from .registry import SerializerRegistry
+
+__all__ = ["dumps", "loads", "remove_pids", "PICKLE_PROTOCOL"]
+
+PICKLE_PROTOCOL = 5
+
+
+class _PersistentPickler(cloudpickle.Pickler):
+    def __init__(self, file: Any, registry: SerializerRegistry, protocols: Callable[[], dict]):
+        super().__init__(file, protocol=PICKLE_PROTOCOL)
+        self._registry = registry
+        self._protocols_factory = protocols
+        self._protocols: dict | None = None
+        self.pids: list[tuple[str, Any]] = []
+
+    def persistent_id(self, obj: Any) -> Any:  # noqa: D401 - pickle hook
+        serializer = self._registry.match(type(obj))
+        if serializer is None:
+            return None
+        if self._protocols is None:
+            self._protocols = self._protocols_factory()
+        pid = serializer.pickle(obj, self._protocols)
+        if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == serializer.name):
+            pid = (serializer.name, pid)
+        self.pids.append(pid)
+        return pid
+
+
+class _PersistentUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, registry: SerializerRegistry, protocols: dict):
+        super().__init__(file)
+        self._registry = registry
+        self._protocols = protocols
+
+    def persistent_load(self, pid: Any) -> Any:
+        name, payload = pid
+        return self._registry.by_name(name).unpickle(payload, self._protocols)
+
+
+def dumps(
+    obj: Any, registry: SerializerRegistry | None = None, protocols: Callable[[], dict] | None = None
+) -> tuple[bytes, list[tuple[str, Any]]]:
+    """Serialize ``obj``; returns the payload and the persistent ids written.
+
+    ``protocols`` is called at most once, when a serializer first needs it.
+    Pickling errors propagate unchanged; the caller names the node.
+    """
+    if not registry:
+        return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL), []
+    buffer = io.BytesIO()
+    pickler = _PersistentPickler(buffer, registry, protocols or dict)
+    pickler.dump(obj)
+    return buffer.getvalue(), pickler.pids
+
+
+def loads(
+    payload: bytes | memoryview, registry: SerializerRegistry | None = None, protocols: dict | None = None,
+    *, persistent: bool = False,
+) -> Any:
+    """Inverse of :func:`dumps`; ``persistent`` says whether ids are present."""
+    if not persistent:
+        return pickle.loads(payload)
+    if registry is None:
+        raise SerializationError("the entry uses persistent serializers, but none are registered")
+    return _PersistentUnpickler(io.BytesIO(payload), registry, protocols or {}).load()
+
+
+def remove_pids(pids: list[tuple[str, Any]], registry: SerializerRegistry, protocols: dict) -> None:
+    """Delete the side data behind persistent ids."""
+    for name, payload in pids:
+        registry.by_name(name).remove(payload, protocols)
