@@ -393,7 +393,11 @@ def _expand_chains(tasks: list[Task], by_node: dict[int, Task]) -> None:
         last = max((i for i, t in enumerate(calls) if t.run), default=-1)
         if last < 0:
             continue
-        task.run, task.reason = True, REPLAY if task.reason == CACHED else task.reason
+        if task.reason == CACHED:
+            # The instance is rebuilt for the calls that must run: a replay,
+            # unless the very first call runs anyway (then it is plain work).
+            task.reason = REPLAY if not calls[0].run else calls[0].reason
+        task.run = True
         for t in calls[:last]:
             if not t.run:
                 t.run, t.reason = True, REPLAY

@@ -1,0 +1,88 @@
+import multiprocessing
+import os
+
+import pytest
+
+from functionfuse.errors import StorageConfigError
+from functionfuse.storage import FileStorage, FsspecStorage, storage_factory
+from functionfuse.testing.stores import StorageContract
+
+
+class TestFileStorage(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path):
+        return FileStorage(tmp_path / "store")
+
+
+class TestFileStorageWithoutTmpfile(StorageContract):
+    """The fallback publish path (temporary name + rename)."""
+
+    @pytest.fixture
+    def storage(self, tmp_path):
+        s = FileStorage(tmp_path / "store")
+        s._tmpfile_ok = False
+        return s
+
+
+class TestMemoryStorage(StorageContract):
+    @pytest.fixture
+    def storage(self):
+        return FsspecStorage("memory://cache")
+
+
+def test_factory_file_kind(tmp_path):
+    s = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    assert isinstance(s, FileStorage)
+    assert os.path.isdir(tmp_path / "s")
+
+
+def test_factory_unknown_kind_lists_all_three():
+    with pytest.raises(StorageConfigError) as info:
+        storage_factory({"kind": "disk", "options": {"path": "x"}})
+    msg = str(info.value)
+    assert "'disk'" in msg and "'file'" in msg and "'S3'" in msg and "'ray'" in msg
+
+
+def test_factory_missing_and_unknown_options(tmp_path):
+    with pytest.raises(StorageConfigError, match="missing option.*'path'"):
+        storage_factory({"kind": "file", "options": {}})
+    with pytest.raises(StorageConfigError, match="options"):
+        storage_factory({"kind": "file"})
+    with pytest.raises(StorageConfigError, match="unknown option.*'pth'"):
+        storage_factory({"kind": "file", "options": {"path": str(tmp_path), "pth": 1}})
+    with pytest.raises(StorageConfigError, match="dict"):
+        storage_factory("file")
+
+
+def test_factory_kinds_not_available_yet(tmp_path):
+    with pytest.raises(StorageConfigError, match="not available"):
+        storage_factory({"kind": "S3", "options": {"path": "/b/p", "s3fs": {}}})
+
+
+def test_storage_path_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    with pytest.raises(StorageConfigError, match="afile.*not a folder"):
+        storage_factory({"kind": "file", "options": {"path": str(f)}})
+    assert f.read_text() == "keep me"
+
+
+def _writer(path, value, barrier):
+    s = FileStorage(path)
+    barrier.wait()
+    for _ in range(50):
+        s.save("wf", "n", "1" * 32, value, {})
+
+
+def test_concurrent_writers_leave_one_valid_entry(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), v, barrier)) for v in ("A" * 5000, "B" * 5000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = FileStorage(tmp_path)
+    assert s.read_task("wf", "n") in ("A" * 5000, "B" * 5000)
+    assert len(os.listdir(tmp_path / "wf")) == 1  # no temp files left behind

@@ -1,0 +1,402 @@
+"""Correct caching (SPEC section 2) on the local backend with file storage."""
+
+import collections
+import os
+import textwrap
+import threading
+
+import pytest
+
+from functionfuse import CacheWarning, HashingError, NodeExecutionError, SerializationError, workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from helpers import run_script
+
+CALLS = collections.Counter()
+LOADS = collections.Counter()
+
+
+@pytest.fixture(autouse=True)
+def _reset_counters():
+    CALLS.clear()
+    LOADS.clear()
+
+
+def _load_tracked(tag, data):
+    LOADS[tag] += 1
+    return Tracked(tag, data)
+
+
+class Tracked:
+    """A result that counts how often it is unpickled."""
+
+    def __init__(self, tag, data):
+        self.tag, self.data = tag, data
+
+    def __reduce__(self):
+        return _load_tracked, (self.tag, self.data)
+
+
+@workflow
+def source(n):
+    CALLS["source"] += 1
+    return Tracked("source", list(range(n)))
+
+
+@workflow
+def step(t, tag):
+    CALLS[tag] += 1
+    return Tracked(tag, [x + 1 for x in t.data])
+
+
+@workflow
+def total(t):
+    CALLS["total"] += 1
+    return sum(t.data)
+
+
+def chain(n=5, length=3):
+    node = source(n).set_name("source")
+    for i in range(length):
+        node = step(node, f"s{i}").set_name(f"s{i}")
+    return total(node).set_name("total")
+
+
+def run(leaf, storage, **kw):
+    wf = LocalWorkflow(leaf, workflow_name="wf")
+    wf.set_storage(storage)
+    return wf, wf.run(**kw)
+
+
+def actions(wf):
+    return {e.node: (e.action, e.reason) for e in wf.last_report.events}
+
+
+def test_first_run_computes_and_stores_everything(storage):
+    wf, result = run(chain(), storage)
+    assert result == sum(range(5)) + 3 * 5
+    assert set(actions(wf).values()) == {("computed", "new")}
+    assert storage.list_tasks("wf") == ["s0", "s1", "s2", "source", "total"]
+
+
+def test_resume_is_lazy(storage):
+    run(chain(), storage)
+    CALLS.clear()
+    LOADS.clear()
+    wf, result = run(chain(), storage)
+    assert result == 25
+    assert CALLS == {}
+    assert LOADS == {}  # only the small leaf was read; no intermediate was unpickled
+    acts = actions(wf)
+    assert acts["total"] == ("read", "cached")
+    assert all(acts[n] == ("skipped", "cached") for n in ("source", "s0", "s1", "s2"))
+
+
+def test_only_needed_inputs_are_loaded(storage):
+    run(chain(), storage)
+    LOADS.clear()
+    storage.remove_task("wf", "total")
+    wf, result = run(chain(), storage)
+    assert result == 25
+    assert LOADS == {"s2": 1}
+    assert actions(wf)["total"] == ("computed", "new")
+
+
+def test_argument_change_recomputes_node_and_downstream_only(storage):
+    a = source(5).set_name("source")
+    left = step(a, "left").set_name("left")
+    right = step(a, "right").set_name("right")
+    run([total(left).set_name("tl"), total(right).set_name("tr")][1], storage)  # builds both branches
+    CALLS.clear()
+    a = source(5).set_name("source")
+    left = step(a, "left").set_name("left")
+    right = step(a, "right2").set_name("right")  # literal argument changed
+    wf, _ = run(total(right).set_name("tr"), storage)
+    total(left).set_name("tl")
+    acts = actions(wf)
+    assert acts["right"] == ("computed", "input changed")
+    assert acts["tr"] == ("computed", "input changed")
+    assert acts["source"][0] == "read"  # needed by the node that runs
+    assert acts["left"] == ("skipped", "cached")
+    assert CALLS == {"right2": 1, "total": 1}
+
+
+def _define(tmp_path, body, name):
+    path = tmp_path / f"mod_{name}_{abs(hash(body))}.py"
+    path.write_text(textwrap.dedent(body))
+    namespace = {"workflow": workflow, "CALLS": CALLS}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+def test_code_change_reason_and_comment_change_is_not_a_change(tmp_path, storage):
+    v1 = "@workflow\ndef double(x):\n    CALLS['double'] += 1\n    return 2 * x\n"
+    v1_comment = "@workflow\ndef double(x):\n    '''doc'''\n    CALLS['double'] += 1  # hi\n    return 2 * x\n"
+    v2 = "@workflow\ndef double(x):\n    CALLS['double'] += 1\n    return 3 * x\n"
+
+    def build(src):
+        double = _define(tmp_path, src, "double")
+        return double(4).set_name("d")
+
+    wf, r = run(build(v1), storage)
+    assert r == 8
+    wf, r = run(build(v1_comment), storage)
+    assert actions(wf)["d"] == ("read", "cached")
+    wf, r = run(build(v2), storage)
+    assert r == 12
+    assert actions(wf)["d"] == ("computed", "code changed")
+    # the stale entry of the old code was replaced, not kept beside the new one
+    assert len([f for f in os.listdir(storage.path + "/wf") if f.startswith("d-")]) == 1
+
+
+def test_closure_values_are_inputs(storage):
+    def build(k):
+        @workflow
+        def scaled(x):
+            return x * k
+
+        return scaled(2).set_name("scaled")
+
+    wf, r = run(build(3), storage)
+    assert r == 6
+    wf, r = run(build(3), storage)
+    assert actions(wf)["scaled"] == ("read", "cached")
+    wf, r = run(build(4), storage)
+    assert r == 8
+    assert actions(wf)["scaled"] == ("computed", "input changed")
+
+
+def test_force_recomputes_matching_nodes_and_downstream(storage):
+    run(chain(), storage)
+    CALLS.clear()
+    wf, r = run(chain(), storage, force="s1")
+    assert r == 25
+    acts = actions(wf)
+    assert acts["s1"] == ("computed", "forced")
+    assert acts["s2"] == ("computed", "upstream forced")
+    assert acts["total"] == ("computed", "upstream forced")
+    assert acts["source"] == ("skipped", "cached")
+    assert acts["s0"] == ("read", "cached")
+    assert CALLS == {"s1": 1, "s2": 1, "total": 1}
+    wf, _ = run(chain(), storage)
+    assert actions(wf)["s1"] == ("skipped", "cached")
+
+
+def _entry_path(storage, name):
+    folder = os.path.join(storage.path, "wf")
+    [f] = [f for f in os.listdir(folder) if f.startswith(name + "-")]
+    return os.path.join(folder, f)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_corrupt_entry_is_recomputed_with_warning(storage, damage):
+    run(chain(), storage)
+    path = _entry_path(storage, "s2")
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    if damage == "flip":
+        data[-5] ^= 0x55
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data = b""
+    with open(path, "wb") as fh:
+        fh.write(bytes(data))
+    storage.remove_task("wf", "total")
+    CALLS.clear()
+    with pytest.warns(CacheWarning, match="'s2'.*unusable"):
+        wf, r = run(chain(), storage)
+    assert r == 25
+    acts = actions(wf)
+    assert acts["s2"] == ("computed", "corrupt entry")
+    assert CALLS == {"s2": 1, "total": 1}
+    wf, r = run(chain(), storage)  # the entry was repaired
+    assert r == 25 and actions(wf)["total"] == ("read", "cached")
+    assert storage.read_task("wf", "s2").data == [x + 3 for x in range(5)]
+
+
+def test_node_error_names_node_and_keeps_stored_results(storage):
+    @workflow
+    def boom(t):
+        raise RuntimeError("bad input")
+
+    leaf = boom(step(source(5).set_name("source"), "s0").set_name("s0")).set_name("boom")
+    wf = LocalWorkflow(leaf, workflow_name="wf")
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="'boom' failed: RuntimeError: bad input") as info:
+        wf.run()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.node == "boom"
+    assert storage.list_tasks("wf") == ["s0", "source"]
+    assert actions(wf)["s0"] == ("computed", "new")
+
+
+def test_unpicklable_result_is_a_clear_error_and_loses_nothing(storage):
+    @workflow
+    def make_lock(t):
+        return threading.Lock()
+
+    run(chain(), storage)
+    before = sorted(os.listdir(os.path.join(storage.path, "wf")))
+    leaf = make_lock(chain()).set_name("locker")
+    wf = LocalWorkflow(leaf, workflow_name="wf")
+    wf.set_storage(storage)
+    with pytest.raises(SerializationError, match="node 'locker'.*_thread.lock.*register_persistent_serializers"):
+        wf.run()
+    assert sorted(os.listdir(os.path.join(storage.path, "wf"))) == before
+
+
+def test_unhashable_argument_warns_and_always_recomputes(storage):
+    class Opaque:
+        pass
+
+    @workflow
+    def use(o, x):
+        CALLS["use"] += 1
+        return x
+
+    for _ in range(2):
+        with pytest.warns(CacheWarning, match="node 'u'.*argument 0.*Opaque.*recomputed on every run"):
+            wf, r = run(use(Opaque(), 1).set_name("u"), storage)
+    assert CALLS["use"] == 2
+    assert actions(wf)["u"] == ("computed", "unhashable input")
+    wf = LocalWorkflow(use(Opaque(), 1).set_name("u"), workflow_name="wf")
+    wf.set_storage(storage)
+    with pytest.raises(HashingError, match="node 'u': argument 0"):
+        wf.run(strict_hashing=True)
+
+
+def test_log_nodes_never_stored_always_run(storage):
+    @workflow
+    def show(x):
+        CALLS["show"] += 1
+        return x
+
+    def build():
+        return show(chain()).set_name("show")
+
+    for i in range(2):
+        wf = LocalWorkflow(build(), workflow_name="wf")
+        wf.set_storage(storage)
+        wf.log_nodes("sh.*")
+        assert wf.run() == 25
+    assert CALLS["show"] == 2
+    assert "show" not in storage.list_tasks("wf")
+    assert actions(wf)["show"] == ("computed", "not stored")
+
+
+def test_always_read_gives_children_the_stored_form(storage):
+    storage.always_read = True
+
+    @workflow
+    def peek(t):
+        return LOADS["source"]
+
+    LOADS.clear()
+    wf, r = run(peek(source(3).set_name("source")).set_name("peek"), storage)
+    assert r == 1  # the child received the object re-read from storage
+
+
+def test_without_storage_everything_runs(storage):
+    wf = LocalWorkflow(chain(), workflow_name="wf")
+    assert wf.run() == 25
+    assert set(actions(wf).values()) == {("computed", "no storage")}
+
+
+COUNTS = collections.Counter()
+
+
+@workflow
+class Accumulator:
+    def __init__(self, start):
+        COUNTS["init"] += 1
+        self.total = start
+
+    def add(self, x):
+        COUNTS["add"] += 1
+        self.total += x
+        return self.total
+
+
+def build_chain():
+    acc = Accumulator(10).set_name("acc")
+    calls = [acc.add(i).set_name(f"add{i}") for i in range(4)]
+    return calls
+
+
+def test_class_chain_cached_and_replayed(storage):
+    COUNTS.clear()
+    calls = build_chain()
+    wf = LocalWorkflow(*calls, workflow_name="wf")
+    wf.set_storage(storage)
+    assert wf.run() == [10, 11, 13, 16]
+    assert COUNTS == {"init": 1, "add": 4}
+
+    COUNTS.clear()
+    wf = LocalWorkflow(*build_chain(), workflow_name="wf")
+    wf.set_storage(storage)
+    assert wf.run() == [10, 11, 13, 16]
+    assert COUNTS == {}  # nothing replayed: every call is stored
+
+    storage.remove_task("wf", "add2")
+    COUNTS.clear()
+    wf = LocalWorkflow(*build_chain(), workflow_name="wf")
+    wf.set_storage(storage)
+    assert wf.run() == [10, 11, 13, 16]
+    assert COUNTS == {"init": 1, "add": 3}  # replayed add0, add1; computed add2; add3 read
+    acts = actions(wf)
+    assert acts["acc"] == ("replayed", "replay")
+    assert acts["add0"] == ("replayed", "replay")
+    assert acts["add2"] == ("computed", "new")
+    assert acts["add3"] == ("read", "cached")
+
+
+def test_class_chain_key_covers_history(storage):
+    COUNTS.clear()
+    wf = LocalWorkflow(*build_chain(), workflow_name="wf")
+    wf.set_storage(storage)
+    wf.run()
+    acc = Accumulator(20).set_name("acc")  # constructor argument changed
+    calls = [acc.add(i).set_name(f"add{i}") for i in range(4)]
+    wf = LocalWorkflow(*calls, workflow_name="wf")
+    wf.set_storage(storage)
+    assert wf.run() == [20, 21, 23, 26]
+    assert {e.action for e in wf.last_report.events} == {"computed"}
+
+
+CRASH_SCRIPT = """
+import os, sys, json
+from functionfuse import workflow, storage_factory
+from functionfuse.backends.builtin.localback import LocalWorkflow
+
+@workflow
+def step(x, i):
+    if os.environ.get("CRASH_AT") == str(i):
+        os.kill(os.getpid(), 9)
+    return x + [i]
+
+node = []
+for i in range(6):
+    node = step(node, i).set_name(f"step{i}")
+wf = LocalWorkflow(node, workflow_name="crash")
+wf.set_storage(storage_factory({"kind": "file", "options": {"path": sys.argv[1]}}))
+result = wf.run()
+print(json.dumps({"result": result, "events": [[e.node, e.action] for e in wf.last_report.events]}))
+"""
+
+
+def test_kill_9_mid_run_resumes_from_stored_nodes(tmp_path):
+    import json
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    store = tmp_path / "store"
+    os.environ["CRASH_AT"] = "3"
+    try:
+        proc = run_script(script, store, check=False)
+    finally:
+        del os.environ["CRASH_AT"]
+    assert proc.returncode == -9
+    out = json.loads(run_script(script, store))
+    assert out["result"] == [0, 1, 2, 3, 4, 5]
+    assert [a for _, a in out["events"]] == ["skipped", "skipped", "read", "computed", "computed", "computed"]
+    assert not [f for f in os.listdir(store / "crash") if f.startswith(".")]

@@ -1,0 +1,181 @@
+import textwrap
+
+import pytest
+
+from functionfuse import GraphError, workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from helpers import run_script
+
+
+@workflow
+def add(a, b):
+    return a + b
+
+
+@workflow
+def pair(x):
+    return (x, x * 10)
+
+
+def build():
+    a = add(1, 2)
+    b = add(a, 3)
+    c = add(b, a)
+    return c
+
+
+def names(wf):
+    return [n for n, _ in wf.graph_traversal()]
+
+
+def test_default_names_numbered_per_qualname():
+    wf = LocalWorkflow(build(), workflow_name="w")
+    assert names(wf) == ["add_0000", "add_0001", "add_0002"]
+
+
+def test_default_names_stable_when_rebuilt_in_same_process():
+    first = names(LocalWorkflow(build(), workflow_name="w"))
+    second = names(LocalWorkflow(build(), workflow_name="w"))
+    assert first == second == ["add_0000", "add_0001", "add_0002"]
+
+
+def test_default_names_stable_in_new_process(tmp_path):
+    script = tmp_path / "g.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from functionfuse import workflow
+            from functionfuse.backends.builtin.localback import LocalWorkflow
+
+            @workflow
+            def f(x):
+                return x
+
+            @workflow
+            def g(x, y):
+                return x
+
+            unrelated = f(0)  # another graph: does not shift numbering
+            a = f(1); b = f(a); c = g(a, b)
+            print(",".join(n for n, _ in LocalWorkflow(c, workflow_name="w").graph_traversal()))
+            """
+        )
+    )
+    out = [run_script(script) for _ in range(2)]
+    assert out[0] == out[1] == "f_0000,f_0001,g_0000\n"
+
+
+def test_set_name_and_get_name_chainable():
+    node = add(1, 2).set_name("three")
+    assert node.get_name() == "three"
+    assert add(1, 1).get_name() == "add_0000"
+
+
+def test_duplicate_names_rejected_naming_both():
+    a = add(1, 2).set_name("same")
+    b = add(a, 3).set_name("same")
+    with pytest.raises(GraphError) as info:
+        LocalWorkflow(b, workflow_name="w")
+    msg = str(info.value)
+    assert "'same'" in msg and "#%d" % a.seq in msg and "#%d" % b.seq in msg
+
+
+def test_subscript_and_nested_nodes():
+    p = pair(2)
+    total = add(p[0], p[1])
+    nested = add([p[0], {"k": p}], [(total,)])
+    wf = LocalWorkflow(nested, total, p[1], workflow_name="w")
+    assert wf.run() == [[2, {"k": (2, 20)}, (22,)], 22, 20]
+
+
+def test_nested_subscript():
+    p = pair(3)
+    wf = LocalWorkflow(p[1], workflow_name="w")
+    assert wf.run() == 30
+
+
+def test_passing_root_runs_whole_pipeline():
+    a = add(1, 1)
+    b = add(a, 1)
+    c = add(b, 1).set_name("leaf")
+    wf = LocalWorkflow(a, workflow_name="w")
+    assert [n for n, _ in wf.graph_traversal()] == ["add_0000", "add_0001", "leaf"]
+    assert wf.run() == 2
+
+
+class Base:
+    def inc(self, by):
+        self.value += by
+        return self.value
+
+
+@workflow
+class Counter(Base):
+    def __init__(self, start):
+        self.value = start
+
+    def pair(self):
+        return (self.value, -self.value)
+
+
+@workflow
+class NoInit(Base):
+    value = 100
+
+
+def test_class_nodes_run_in_call_order_with_inherited_methods():
+    c = Counter(1).set_name("counter")
+    a = c.inc(1)
+    b = c.inc(a)
+    p = c.pair()
+    wf = LocalWorkflow(a, b, p[1], workflow_name="w")
+    assert wf.run() == [2, 4, -4]
+    assert names(wf) == ["counter", "Base.inc_0000", "Base.inc_0001", "Counter.pair_0000"]
+
+
+def test_class_without_init():
+    n = NoInit()
+    r = n.inc(5)
+    assert LocalWorkflow(r, workflow_name="w").run() == 105
+
+
+def test_unknown_method_is_attribute_error():
+    with pytest.raises(AttributeError, match="no method 'nope'"):
+        Counter(1).nope()
+
+
+def test_non_decorated_objects_rejected():
+    def plain(x):
+        return x
+
+    with pytest.raises(GraphError, match="plain callable 'test_non_decorated_objects_rejected.<locals>.plain'"):
+        LocalWorkflow(plain, workflow_name="w")
+    with pytest.raises(GraphError, match="decorated function 'add'.*call it"):
+        LocalWorkflow(add, workflow_name="w")
+    with pytest.raises(GraphError, match="argument 0 .*int.*not a node"):
+        LocalWorkflow(3, workflow_name="w")
+    with pytest.raises(GraphError, match="instance of workflow class"):
+        LocalWorkflow(Counter(1), workflow_name="w")
+    with pytest.raises(GraphError, match="instance of the workflow class"):
+        add(Counter(1), 1)
+    with pytest.raises(GraphError, match="workflow_name"):
+        LocalWorkflow(add(1, 2), workflow_name="")
+
+
+def test_node_from_another_graph_rejected():
+    mine = add(1, 2)
+    other = add(5, 5)
+    wf = LocalWorkflow(mine, workflow_name="w")
+    with pytest.raises(GraphError, match="not part of workflow 'w'.*another graph"):
+        wf.replace_func(other, lambda a, b: 0)
+
+
+def test_graph_reusable_by_several_workflows_and_runs():
+    a = add(1, 2)
+    b = add(a, 10)
+    wf1 = LocalWorkflow(b, workflow_name="w1")
+    wf2 = LocalWorkflow(a, workflow_name="w2")
+    wf2.replace_func(a, lambda x, y: x * y)
+    assert wf1.run() == 13
+    assert wf2.run() == 2
+    assert wf1.run() == 13  # replace_func is per workflow

@@ -1,0 +1,177 @@
+import dataclasses
+import datetime
+import enum
+import pathlib
+import pickle
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from functionfuse import HashingError, normalize_token, tokenize
+
+
+def check_token(value, other):
+    """Idempotent, stable across a pickle round trip, different for different input."""
+    t = tokenize(value)
+    assert tokenize(value) == t
+    assert tokenize(pickle.loads(pickle.dumps(value))) == t
+    assert tokenize(other) != t
+
+
+def test_golden_digests():
+    """Pinned digests: changing the encoding breaks every user's cache; do it on purpose only."""
+    pinned = {
+        "int": tokenize(1),
+        "str": tokenize("1"),
+        "nested": tokenize({"a": [1, 2.5, None, True], "b": (b"x", frozenset({3}))}),
+        "array": tokenize(np.arange(6, dtype="int64").reshape(2, 3)),
+    }
+    assert pinned == {
+        "int": "770d322cb9fa7fc475b6125a23b3e22544dc1244525066b4f434d1d275fc7461",
+        "str": "bfeb840cc599f3ab63a194d72649a9446e9acd7ecd8e358c61c79321837674e4",
+        "nested": "fad7c43972202cb35e6fab895ca4876df11e07bd9f460344dc8af0fc61ef4dd6",
+        "array": "0c0588d0d85a4d1082fe91db38391e4fe322126c1ce49d14a34dedeed2c71d3c",
+    }
+
+
+def test_type_tags_prevent_collisions():
+    values = [1, 1.0, True, "1", b"1", [1], (1,), {1}, frozenset({1}), {1: None}, None, 0, False, "", b""]
+    tokens = [tokenize(v) for v in values]
+    assert len(set(tokens)) == len(values)
+
+
+def test_container_equality_semantics():
+    assert tokenize({"a": 1, "b": 2}) == tokenize({"b": 2, "a": 1})
+    assert tokenize({3, 1, 2}) == tokenize({2, 3, 1})
+    assert tokenize([1, 2]) != tokenize([2, 1])
+    assert tokenize([[1], 2]) != tokenize([1, [2]])
+    assert tokenize("ab", "c") != tokenize("a", "bc")
+
+
+def test_float_edge_cases():
+    assert tokenize(0.0) != tokenize(-0.0)
+    assert tokenize(float("nan")) == tokenize(float("nan"))
+    assert tokenize(0.1 + 0.2) != tokenize(0.3)
+
+
+def test_numpy_by_content():
+    a = np.arange(10.0)
+    check_token(a, a + 1)
+    assert tokenize(a) == tokenize(a.copy())
+    assert tokenize(a) != tokenize(a.astype("float32"))
+    assert tokenize(a.reshape(2, 5)) != tokenize(a.reshape(5, 2))
+    assert tokenize(a[::2]) == tokenize(np.ascontiguousarray(a[::2]))
+    assert tokenize(np.float64(1.0)) != tokenize(1.0)
+    check_token(np.array(["a", None], dtype=object), np.array(["a", 1], dtype=object))
+
+
+def test_pandas_by_content():
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    check_token(df, df.assign(a=[1, 3]))
+    assert tokenize(df) == tokenize(df.copy())
+    assert tokenize(df) != tokenize(df.rename(columns={"a": "c"}))
+    assert tokenize(df) != tokenize(df.set_axis([5, 6]))
+    s = pd.Series([1.0, 2.0], name="s")
+    check_token(s, s.rename("t"))
+    assert tokenize(df["a"]) != tokenize(df["a"].astype("float64"))
+
+
+class Color(enum.Enum):
+    RED = 1
+    BLUE = 2
+
+
+@dataclasses.dataclass
+class Config:
+    lr: float
+    layers: list
+
+
+Point = namedtuple("Point", "x y")
+
+
+def test_stdlib_types():
+    check_token(Color.RED, Color.BLUE)
+    check_token(Config(0.1, [1, 2]), Config(0.1, [1, 3]))
+    check_token(Point(1, 2), Point(2, 1))
+    assert tokenize(Point(1, 2)) != tokenize((1, 2))
+    check_token(pathlib.PurePosixPath("/a/b"), pathlib.PurePosixPath("/a/c"))
+    check_token(datetime.datetime(2024, 1, 1), datetime.datetime(2024, 1, 2))
+    check_token(OrderedDict(a=1), OrderedDict(a=2))
+    assert tokenize(OrderedDict(a=1)) != tokenize({"a": 1})
+    check_token(range(3), range(4))
+    check_token(slice(1, 2), slice(1, 3))
+
+
+class Opaque:
+    pass
+
+
+class WithToken:
+    def __init__(self, v):
+        self.v = v
+
+    def __functionfuse_token__(self):
+        return ("WithToken", self.v)
+
+
+class Registered:
+    def __init__(self, v):
+        self.v = v
+
+
+def test_unhashable_is_loud():
+    with pytest.raises(HashingError, match="Opaque.*__functionfuse_token__.*normalize_token.register"):
+        tokenize(Opaque())
+    cyclic = []
+    cyclic.append(cyclic)
+    with pytest.raises(HashingError, match="cycle"):
+        tokenize(cyclic)
+
+
+def test_custom_token_and_registration():
+    assert tokenize(WithToken(1)) == tokenize(WithToken(1))
+    assert tokenize(WithToken(1)) != tokenize(WithToken(2))
+    normalize_token.register(Registered, lambda r: r.v)
+    assert tokenize(Registered([1])) == tokenize(Registered([1]))
+    assert tokenize(Registered([1])) != tokenize(Registered([2]))
+    assert tokenize(Registered(1)) != tokenize(1)
+
+
+def test_functions_hash_by_source_not_identity():
+    def f(x):
+        return x + 1
+
+    def g(x):
+        return x + 2
+
+    f2 = f
+    assert tokenize(f) == tokenize(f2)
+    assert tokenize(f) != tokenize(g)
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
+    lambda children: st.lists(children, max_size=4)
+    | st.tuples(children, children)
+    | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    | st.frozensets(st.integers() | st.text(max_size=3), max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_like)
+def test_property_idempotent_and_pickle_stable(value):
+    t = tokenize(value)
+    assert tokenize(value) == t
+    assert tokenize(pickle.loads(pickle.dumps(value))) == t
+
+
+@given(json_like, json_like)
+def test_property_different_values_differ(a, b):
+    if a != b:
+        assert tokenize(a) != tokenize(b)
