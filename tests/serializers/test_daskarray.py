@@ -1,0 +1,129 @@
+import os
+
+import dask
+import dask.array as da
+import h5py
+import numpy as np
+import pytest
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.serializers.daskarray import DaskArraySerializer
+
+
+@pytest.fixture
+def dstorage(storage):
+    storage.register_persistent_serializers(DaskArraySerializer)
+    return storage
+
+
+COMPUTED_BLOCKS = []
+
+
+def _block(x, block_info=None):
+    COMPUTED_BLOCKS.append(block_info[0]["chunk-location"])
+    return x * 2
+
+
+@workflow
+def make(n, chunk):
+    return {"array": da.arange(n, chunks=chunk).map_blocks(_block, dtype="int64"), "n": n}
+
+
+@workflow
+def mean(d):
+    return float(d["array"].mean().compute())
+
+
+def test_stored_as_hdf5_chunk_by_chunk_and_read_lazily(dstorage):
+    COMPUTED_BLOCKS.clear()
+    wf = LocalWorkflow(mean(make(100, 10).set_name("make")).set_name("mean"), workflow_name="wf")
+    wf.set_storage(dstorage)
+    assert wf.run() == 99.0
+    side = os.path.join(dstorage.path, "wf", ".data")
+    [h5name] = os.listdir(side)
+    with h5py.File(os.path.join(side, h5name), "r") as h5:
+        dset = h5["data"]
+        assert dset.chunks == (10,)
+        assert dset.shape == (100,)
+        np.testing.assert_array_equal(dset[:], np.arange(100) * 2)
+    # each block computed once for storing, once for the child (which got the live array)
+    assert len(COMPUTED_BLOCKS) == 20
+
+    COMPUTED_BLOCKS.clear()
+    loaded = dstorage.read_task("wf", "make")
+    assert isinstance(loaded["array"], da.Array)
+    assert loaded["array"].chunks == ((10,) * 10,)
+    assert loaded["array"].name.startswith("functionfuse-")
+    assert COMPUTED_BLOCKS == []  # nothing recomputed: it reads HDF5
+    np.testing.assert_array_equal(loaded["array"].compute(), np.arange(100) * 2)
+
+
+def test_always_read_hands_children_the_hdf5_backed_array(dstorage):
+    dstorage.always_read = True
+
+    @workflow
+    def name_of(d):
+        return d["array"].name
+
+    wf = LocalWorkflow(name_of(make(20, 5)), workflow_name="wf")
+    wf.set_storage(dstorage)
+    assert wf.run().startswith("functionfuse-")
+
+
+def test_subclass_of_registered_type_matches(dstorage):
+    class MyArray(da.Array):
+        pass
+
+    arr = da.ones((4, 4), chunks=2)
+    sub = MyArray(arr.dask, arr.name, arr.chunks, meta=arr._meta)
+    dstorage.save("wf", "n", "0" * 32, [sub], {})
+    assert dstorage.read_task_meta("wf", "n")["persistent"] == ["DaskArraySerializer"]
+    out = dstorage.read_task("wf", "n")[0]
+    np.testing.assert_array_equal(out.compute(), np.ones((4, 4)))
+
+
+def test_remove_task_and_workflow_delete_hdf5(dstorage):
+    dstorage.save("wf", "a", "0" * 32, da.zeros(10, chunks=5), {})
+    dstorage.save("wf", "b", "1" * 32, {"x": da.zeros(10, chunks=5)}, {})
+    side = os.path.join(dstorage.path, "wf", ".data")
+    assert len(os.listdir(side)) == 2
+    dstorage.remove_task("wf", "a")
+    assert len(os.listdir(side)) == 1
+    dstorage.remove_workflow("wf")
+    assert not os.path.exists(os.path.join(dstorage.path, "wf"))
+
+
+def test_replacing_an_entry_deletes_old_side_data(dstorage):
+    def build(n):
+        return make(n, 5).set_name("make")
+
+    for n in (10, 20):
+        wf = LocalWorkflow(build(n), workflow_name="wf")
+        wf.set_storage(dstorage)
+        wf.run()
+    assert len(os.listdir(os.path.join(dstorage.path, "wf", ".data"))) == 1
+    assert dstorage.read_task("wf", "make")["n"] == 20
+
+
+def test_larger_than_chunk_memory_is_streamed(dstorage):
+    # 64 MB of float64 in 1 MB chunks, generated lazily: storing must not build it whole.
+    import tracemalloc
+
+    arr = da.random.default_rng(0).random((8192, 1024), chunks=(128, 1024))
+    tracemalloc.start()
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            dstorage.save("wf", "big", "2" * 32, arr, {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB while storing a 64 MiB array"
+    loaded = dstorage.read_task("wf", "big")
+    assert loaded.shape == arr.shape and loaded.chunksize == (128, 1024)
+    np.testing.assert_allclose(loaded[:3, :5].compute(), arr[:3, :5].compute())
+
+
+def test_empty_array_round_trips(dstorage):
+    dstorage.save("wf", "e", "3" * 32, da.zeros((0, 3), chunks=1), {})
+    assert dstorage.read_task("wf", "e").shape == (0, 3)
