@@ -49,7 +49,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import CorruptEntryError, HashingError, NodeExecutionError, SerializationError, StorageError
@@ -105,12 +105,20 @@ class CacheEvent:
     seconds: float = 0.0
 
 
-@dataclass
 class RunReport:
-    """Per-node events of one run, in traversal order."""
+    """Per-node events of one run, in traversal order (built on first access)."""
 
-    workflow: str
-    events: list[CacheEvent] = field(default_factory=list)
+    def __init__(self, workflow: str, events: list[CacheEvent] | None = None, tasks: list | None = None):
+        self.workflow = workflow
+        self._events = events
+        self._tasks = tasks
+
+    @property
+    def events(self) -> list[CacheEvent]:
+        if self._events is None:
+            self._events = [CacheEvent(t.name, t.key, t.action, t.reason, t.seconds) for t in self._tasks or ()]
+            self._tasks = None
+        return self._events
 
     def by_node(self) -> dict[str, CacheEvent]:
         return {e.node: e for e in self.events}
@@ -146,42 +154,33 @@ class RunReport:
 
 
 class Task:
-    """One node's part in one run (what backends schedule)."""
+    """One node's part in one run (what backends schedule).
 
-    __slots__ = (
-        "node",
-        "name",
-        "func",
-        "key",
-        "fingerprint",
-        "inputs",
-        "entry",
-        "run",
-        "reason",
-        "store",
-        "overwrite",
-        "stale",
-        "action",
-        "seconds",
-        "deps",
-    )
+    The cache fields (``key``, ``entry`` ...) are class-level defaults, set on
+    the instance only when a storage is used: a run without storage pays for
+    none of them (``__dict__`` in the slots makes that possible).
+    """
+
+    __slots__ = ("node", "name", "func", "deps", "uses", "run", "reason", "action", "seconds", "__dict__")
+
+    key: str | None = None
+    fingerprint: str | None = None
+    inputs: dict = {}
+    entry: str | None = None  # file name of a valid-looking entry for ``key``
+    store = False
+    overwrite = False
+    stale: list = []
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:
         self.node = node
         self.name = name
         self.func = func
-        self.key: str | None = None
-        self.fingerprint: str | None = None
-        self.inputs: dict[str, str] = {}
-        self.entry: str | None = None  # file name of a valid-looking entry for ``key``
+        self.deps: list[Task] = []
+        self.uses = 0  # running consumers left (the local backend frees values at 0)
         self.run = True
         self.reason = NO_STORAGE
-        self.store = False
-        self.overwrite = False
-        self.stale: list[str] = []
         self.action = "skipped"
         self.seconds = 0.0
-        self.deps: list[Task] = []
 
     def __repr__(self) -> str:
         return f"<Task {self.name} run={self.run} reason={self.reason!r}>"
@@ -200,10 +199,7 @@ class Plan:
         return self.by_node[id(node)]
 
     def report(self) -> RunReport:
-        return RunReport(
-            self.workflow,
-            [CacheEvent(t.name, t.key, t.action, t.reason, t.seconds) for t in self.tasks],
-        )
+        return RunReport(self.workflow, tasks=self.tasks)
 
 
 # -- keys -----------------------------------------------------------------------
@@ -319,11 +315,12 @@ def make_plan(
     tasks: list[Task] = []
     by_node: dict[int, Task] = {}
     for name, node in named:
-        func = funcs.get(id(node))
-        if func is None:
-            func = getattr(node, "func", None)
+        func = funcs.get(id(node)) if funcs else None
+        if func is None and type(node) is FunctionNode:
+            func = node.func
         task = Task(node, name, func)
-        task.deps = [by_node[id(d)] for d in node.deps]
+        if node.deps:
+            task.deps = [by_node[id(d)] for d in node.deps]
         tasks.append(task)
         by_node[id(node)] = task
     plan = Plan(workflow, tasks, by_node, storage)
@@ -410,15 +407,22 @@ def execute(task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
     """Call the node's function; user errors become NodeExecutionError."""
     node = task.node
     try:
+        if type(node) is FunctionNode:
+            return task.func(*args, **kwargs)
         if isinstance(node, ClassCallNode):
             return getattr(instance, node.method)(*args, **kwargs)
         if isinstance(node, ClassInitNode):
             return node.cls(*args, **kwargs)
         return task.func(*args, **kwargs)
     except Exception as exc:
-        raise NodeExecutionError(
-            f"node {task.name!r} failed: {type(exc).__name__}: {exc}", node=task.name, key=task.key
-        ) from exc
+        raise node_error(task, exc) from exc
+
+
+def node_error(task: Task, exc: Exception) -> NodeExecutionError:
+    """The error raised for a node whose function raised ``exc``."""
+    return NodeExecutionError(
+        f"node {task.name!r} failed: {type(exc).__name__}: {exc}", node=task.name, key=task.key
+    )
 
 
 def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
@@ -431,9 +435,12 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     value = execute(task, args, kwargs, instance)
     elapsed = time.perf_counter() - start
     task.seconds = elapsed
-    task.action = "replayed" if task.reason == REPLAY else "computed"
+    if task.reason == REPLAY:
+        task.action = "replayed"
+        return value
+    task.action = "computed"
     storage = plan.storage
-    if storage is None or not task.store or task.reason == REPLAY:
+    if storage is None or not task.store:
         return value
     meta = {
         "fingerprint": task.fingerprint,

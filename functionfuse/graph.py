@@ -44,6 +44,18 @@ __all__ = [
 _SEQ = itertools.count()
 
 
+class _Epoch:
+    """Bumped whenever an existing node's name may change (set_name, merges),
+    so workflows can cache their name list."""
+
+    value = 0
+
+
+def names_epoch() -> int:
+    """The current naming epoch (see :class:`_Epoch`)."""
+    return _Epoch.value
+
+
 class _Component:
     """The connected component a node belongs to; owns default naming."""
 
@@ -73,6 +85,7 @@ def _merge(components: list[_Component]) -> _Component:
             target.nodes.extend(comp.nodes)
         target.nodes.sort(key=lambda n: n.seq)
         target.named = False
+        _Epoch.value += 1
     return target
 
 
@@ -137,44 +150,57 @@ class BaseNode:
         self._default_name: str | None = None
         top_refs: list[tuple[int | str, Any]] = []
         nested: list[int | str] = []
-        for i, a in enumerate(args):
-            if isinstance(a, (BaseNode, NodeItem)):
+        deps: list[BaseNode] = []
+        i = 0
+        for a in args:
+            if isinstance(a, _REFS):
                 top_refs.append((i, a))
-            elif type(a) in (list, tuple, dict) or isinstance(a, Instance):
+            elif type(a) in _SCANNED or isinstance(a, Instance):
                 if _contains_ref(a):
                     nested.append(i)
-        for k, a in kwargs.items():
-            if isinstance(a, (BaseNode, NodeItem)):
-                top_refs.append((k, a))
-            elif type(a) in (list, tuple, dict) or isinstance(a, Instance):
-                if _contains_ref(a):
-                    nested.append(k)
+            i += 1
+        if kwargs:
+            for k, a in kwargs.items():
+                if isinstance(a, _REFS):
+                    top_refs.append((k, a))
+                elif type(a) in _SCANNED or isinstance(a, Instance):
+                    if _contains_ref(a):
+                        nested.append(k)
         self.top_refs = top_refs
         self.nested = nested
-        if top_refs or nested or after is not None:
-            parents: list[BaseNode] = []
-            for _, ref in top_refs:
-                parents.append(ref if isinstance(ref, BaseNode) else ref.node)
-            for where in nested:
-                _refs_in(args[where] if isinstance(where, int) else kwargs[where], parents)
-            deps: list[BaseNode] = []
-            seen: set[int] = set()
-            for p in parents:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    deps.append(p)
-            self.deps = deps
-            linked = deps if after is None or id(after) in seen else [*deps, after]
-            for p in linked:
-                p.children.append(self)
-            comps = {id(p.component): p.component for p in linked}
-            comp = next(iter(comps.values())) if len(comps) == 1 else _merge(list(comps.values()))
-        else:
-            self.deps = []
+        self.deps = deps
+        if not (top_refs or nested or after is not None):
             comp = _Component()
+        elif len(top_refs) == 1 and not nested and after is None:
+            ref = top_refs[0][1]
+            parent = ref if isinstance(ref, BaseNode) else ref.node
+            deps.append(parent)
+            parent.children.append(self)
+            comp = parent.component
+        else:
+            comp = self._link(args, kwargs, after)
         comp.nodes.append(self)
         comp.named = False
         self.component = comp
+
+    def _link(self, args: tuple, kwargs: dict, after: BaseNode | None) -> _Component:
+        """Record parents (deduplicated) and merge their components."""
+        parents: list[BaseNode] = []
+        for _, ref in self.top_refs:
+            parents.append(ref if isinstance(ref, BaseNode) else ref.node)
+        for where in self.nested:
+            _refs_in(args[where] if isinstance(where, int) else kwargs[where], parents)
+        deps = self.deps
+        seen: set[int] = set()
+        for p in parents:
+            if id(p) not in seen:
+                seen.add(id(p))
+                deps.append(p)
+        linked = deps if after is None or id(after) in seen else [*deps, after]
+        for p in linked:
+            p.children.append(self)
+        comps = {id(p.component): p.component for p in linked}
+        return next(iter(comps.values())) if len(comps) == 1 else _merge(list(comps.values()))
 
     # -- compatible API ---------------------------------------------------
     def set_name(self, name: str) -> BaseNode:
@@ -182,6 +208,7 @@ class BaseNode:
         if not isinstance(name, str) or not name:
             raise GraphError(f"node names must be non-empty strings, got {name!r} for {describe(self)}")
         self._name = name
+        _Epoch.value += 1
         return self
 
     def get_name(self) -> str:
@@ -216,17 +243,22 @@ class BaseNode:
 
     def resolve_args(self, value_of: Any) -> tuple[tuple, dict]:
         """Arguments with every node reference replaced by ``value_of(ref)``."""
-        args, kwargs = self.args, self.kwargs
-        if not self.top_refs and not self.nested:
-            return args, kwargs
-        args = list(args)
-        kwargs = dict(kwargs)
-        for where, ref in self.top_refs:
-            if isinstance(where, int):
+        top, nested = self.top_refs, self.nested
+        if not top and not nested:
+            return self.args, self.kwargs
+        args = list(self.args)
+        kwargs = self.kwargs
+        copied = False
+        for where, ref in top:
+            if where.__class__ is int:
                 args[where] = value_of(ref)
             else:
+                if not copied:
+                    kwargs, copied = dict(kwargs), True
                 kwargs[where] = value_of(ref)
-        for where in self.nested:
+        if nested and not copied:
+            kwargs = dict(kwargs)
+        for where in nested:
             if isinstance(where, int):
                 args[where] = _substitute(args[where], value_of)
             else:
@@ -252,10 +284,14 @@ class FunctionNode(BaseNode):
 
     __slots__ = ("func", "version")
 
-    def __init__(self, func: Any, args: tuple, kwargs: dict, version: str | None = None):
+    def __init__(
+        self, func: Any, args: tuple, kwargs: dict, version: str | None = None, qualname: str | None = None
+    ):
         self.func = func
         self.version = version
-        super().__init__(getattr(func, "__qualname__", type(func).__qualname__), args, kwargs)
+        if qualname is None:
+            qualname = getattr(func, "__qualname__", type(func).__qualname__)
+        BaseNode.__init__(self, qualname, args, kwargs)
 
 
 class ClassInitNode(BaseNode):
@@ -365,6 +401,10 @@ class Instance:
         return f"<Instance of {self._init.qualname} {self._init.get_name()!r}>"
 
 
+_REFS = (BaseNode, NodeItem)
+_SCANNED = frozenset((list, tuple, dict))
+
+
 def describe(obj: Any) -> str:
     """A short human description of a node for error messages."""
     if isinstance(obj, NodeItem):
@@ -408,15 +448,18 @@ def _ancestors_roots(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     roots: list[BaseNode] = []
     seen: set[int] = set()
     stack = list(leaves)
+    pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
-        node = stack.pop()
+        node = pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        parents = node.parents
-        if parents:
-            stack.extend(parents)
-        else:
+        deps, after = node.deps, node.after
+        if deps:
+            extend(deps)
+        if after is not None:
+            push(after)
+        elif not deps:
             roots.append(node)
     return roots
 
@@ -426,15 +469,20 @@ def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     seen: set[int] = set()
     out: list[BaseNode] = []
     stack = _ancestors_roots(leaves)
+    pop, extend, add = stack.pop, stack.extend, seen.add
     while stack:
-        node = stack.pop()
+        node = pop()
         if id(node) in seen:
             continue
-        seen.add(id(node))
+        add(id(node))
         out.append(node)
-        stack.extend(node.children)
-    out.sort(key=lambda n: n.seq)
+        extend(node.children)
+    out.sort(key=_seq_of)
     return out
+
+
+def _seq_of(node: BaseNode) -> int:
+    return node.seq
 
 
 def iter_names(nodes: Iterable[BaseNode]) -> Iterator[tuple[str, BaseNode]]:

@@ -28,10 +28,11 @@ class NodeFactory:
         self.func = func
         self.version = None if version is None else str(version)
         self.__wrapped_func__ = func
+        self._qualname = getattr(func, "__qualname__", type(func).__qualname__)
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> FunctionNode:
-        return FunctionNode(self.func, args, kwargs, self.version)
+        return FunctionNode(self.func, args, kwargs, self.version, self._qualname)
 
     def __repr__(self) -> str:
         return f"<workflow function {self.func.__qualname__}>"

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import GraphError
-from ..graph import BaseNode, FunctionNode, NodeItem, as_leaf, collect_run_set, describe, iter_names
+from ..graph import BaseNode, FunctionNode, NodeItem, as_leaf, collect_run_set, describe, iter_names, names_epoch
 
 __all__ = ["BaseWorkflow"]
 
@@ -41,16 +41,23 @@ class BaseWorkflow:
         self.leaves: list[BaseNode | NodeItem] = [as_leaf(n, i) for i, n in enumerate(nodes)]
         leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
         self.nodes: list[BaseNode] = collect_run_set(leaf_nodes)
-        self.roots = [n for n in self.nodes if not n.parents]
+        self.roots = [n for n in self.nodes if not n.deps and n.after is None]
         self._members = {id(n) for n in self.nodes}
         self._funcs: dict[int, Any] = {}
         self._unstored: set[int] = set()
         self.object_storage: Any = None
         self.last_report: Any = None
+        self._names_cache: tuple[int, list[tuple[str, BaseNode]]] | None = None
         self._named()  # reject duplicate names now
 
     def _named(self) -> list[tuple[str, BaseNode]]:
-        return list(iter_names(self.nodes))
+        """``(name, node)`` pairs, recomputed only when a name may have changed."""
+        epoch = names_epoch()
+        cached = self._names_cache
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, list(iter_names(self.nodes)))
+            self._names_cache = cached
+        return cached[1]
 
     # -- compatible API ---------------------------------------------------------
     def set_storage(self, object_storage: Any) -> None:
@@ -68,7 +75,7 @@ class BaseWorkflow:
 
     def graph_traversal(self) -> Iterator[tuple[str, BaseNode]]:
         """``(name, node)`` for every node of the workflow, in dependency order."""
-        yield from self._named()
+        yield from list(self._named())
 
     def find_nodes(self, pattern: str | None = None) -> list[BaseNode]:
         """Nodes whose names fully match the regular expression ``pattern``."""

@@ -19,14 +19,28 @@ schedules.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..caching import LOAD_ERRORS, Plan, RunReport, Task, entry_failed, execute, load_node, make_plan, run_node
-from ..graph import BaseNode, ClassCallNode, NodeItem
+from ..caching import (
+    LOAD_ERRORS,
+    Plan,
+    RunReport,
+    Task,
+    entry_failed,
+    execute,
+    load_node,
+    make_plan,
+    node_error,
+    run_node,
+)
+from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem
 from .base import BaseWorkflow
 
 __all__ = ["LocalWorkflow"]
+
+_MISSING = object()
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +103,8 @@ class LocalWorkflow(BaseWorkflow):
             results = runner.execute()
         finally:
             self.last_report = plan.report()
-            logger.info("%s", self.last_report.summary())
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s", self.last_report.summary())
         return results[0] if len(self.leaves) == 1 else results
 
     @property
@@ -105,27 +120,40 @@ class _LocalRun:
         self.plan = plan
         self.leaves = leaves
         self.values: dict[int, Any] = {}
-        self.remaining: dict[int, int] = {}
+        by_node = plan.by_node
         for leaf in leaves:
             node = leaf.node if isinstance(leaf, NodeItem) else leaf
-            self.remaining[id(node)] = 1 << 40  # returned: never dropped
+            by_node[id(node)].uses = 1 << 40  # returned: never dropped
         for task in plan.tasks:
             if task.run:
                 for dep in task.deps:
-                    key = id(dep.node)
-                    self.remaining[key] = self.remaining.get(key, 0) + 1
+                    dep.uses += 1
 
     def execute(self) -> list[Any]:
         by_node = self.plan.by_node
+        values = self.values
+        fast = self.plan.storage is None
+        value_of = self._value_of
+        perf = time.perf_counter
         for task in self.plan.tasks:
             if task.run:
-                self._run(task)
+                node = task.node
+                if fast and type(node) is FunctionNode:
+                    # The no-storage hot path of run_node, inlined.
+                    args, kwargs = node.resolve_args(value_of)
+                    start = perf()
+                    try:
+                        values[id(node)] = task.func(*args, **kwargs)
+                    except Exception as exc:
+                        raise node_error(task, exc) from exc
+                    task.seconds = perf() - start
+                    task.action = "computed"
+                else:
+                    self._run(task)
                 for dep in task.deps:
-                    key = id(dep.node)
-                    left = self.remaining[key] - 1
-                    self.remaining[key] = left
-                    if left == 0:
-                        self.values.pop(key, None)
+                    dep.uses -= 1
+                    if dep.uses == 0:
+                        values.pop(id(dep.node), None)
         out = []
         for leaf in self.leaves:
             if isinstance(leaf, NodeItem):
@@ -135,9 +163,16 @@ class _LocalRun:
         return out
 
     def _value_of(self, ref: BaseNode | NodeItem) -> Any:
-        if isinstance(ref, NodeItem):
-            return ref.extract(self._value(self.plan.by_node[id(ref.node)]))
-        return self._value(self.plan.by_node[id(ref)])
+        if type(ref) is NodeItem:
+            node = ref.node
+            value = self.values.get(id(node), _MISSING)
+            if value is _MISSING:
+                value = self._value(self.plan.by_node[id(node)])
+            return ref.extract(value)
+        value = self.values.get(id(ref), _MISSING)
+        if value is _MISSING:
+            value = self._value(self.plan.by_node[id(ref)])
+        return value
 
     def _value(self, task: Task) -> Any:
         try:
