@@ -165,7 +165,6 @@ class Task:
 
     key: str | None = None
     fingerprint: str | None = None
-    inputs: dict = {}
     entry: str | None = None  # file name of a valid-looking entry for ``key``
     store = False
     overwrite = False
@@ -237,24 +236,33 @@ def _unhashable(task: Task, exc: Unhashable, strict: bool, where: str) -> bytes:
 
 
 def _culprit(node: BaseNode) -> str:
-    enc = Encoder(lambda o: b"@" if isinstance(o, (BaseNode, NodeItem)) else None)
+    def hook(obj: Any) -> bytes | None:
+        return b"@" if isinstance(obj, (BaseNode, NodeItem)) else None
+
     for i, a in enumerate(node.args):
         try:
-            enc.encode(a)
+            Encoder(hook).encode(a)
         except Unhashable:
             return f"argument {i}"
     for k, a in node.kwargs.items():
         try:
-            enc.encode(a)
+            Encoder(hook).encode(a)
         except Unhashable:
             return f"argument {k!r}"
     return "a captured (closure or default) value"
 
 
-def compute_key(task: Task, key_of: dict[int, str], strict: bool) -> None:
-    """Set ``task.key``, ``task.fingerprint`` and ``task.inputs``."""
+def compute_key(task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict | None = None) -> None:
+    """Set ``task.key`` and ``task.fingerprint`` (see the module docstring)."""
     node = task.node
-    fp = _fingerprint(node, task.func)
+    func = task.func
+    if fp_cache is not None and type(node) is FunctionNode:
+        cache_key = (id(func), node.version)
+        fp = fp_cache.get(cache_key)
+        if fp is None:
+            fp = fp_cache[cache_key] = _fingerprint(node, func)
+    else:
+        fp = _fingerprint(node, func)
 
     def ref_hook(obj: Any) -> bytes | None:
         if isinstance(obj, BaseNode):
@@ -263,31 +271,22 @@ def compute_key(task: Task, key_of: dict[int, str], strict: bool) -> None:
             return b"@" + key_of[id(obj.node)].encode() + Encoder().encode(obj.path)
         return None
 
-    enc = Encoder(ref_hook)
     try:
-        argbytes = enc.encode((node.args, node.kwargs))
+        argbytes = Encoder(ref_hook).encode((node.args, node.kwargs))
     except Unhashable as exc:
         argbytes = _unhashable(task, exc, strict, _culprit(node))
     captured = b""
-    if isinstance(node, FunctionNode):
-        inputs = function_inputs(task.func)
+    if type(node) is FunctionNode:
+        inputs = function_inputs(func)
         if any(inputs):
             try:
-                captured = enc.encode(inputs)
+                captured = Encoder(ref_hook).encode(inputs)
             except Unhashable as exc:
                 captured = _unhashable(task, exc, strict, "a captured (closure or default) value")
     previous = key_of[id(node.after)].encode() if node.after is not None else b""
-    h = hashlib.sha256(b"node|")
-    h.update(fp.encode())
-    h.update(b"|")
-    h.update(previous)
-    h.update(b"|")
-    h.update(argbytes)
-    h.update(b"|")
-    h.update(captured)
-    task.key = h.hexdigest()[:32]
+    data = b"|".join((b"node", fp.encode(), previous, argbytes, captured))
+    task.key = hashlib.sha256(data).hexdigest()[:32]
     task.fingerprint = fp
-    task.inputs = {t.name: t.key for t in task.deps}  # type: ignore[misc]
 
 
 # -- plan -------------------------------------------------------------------------
@@ -328,15 +327,19 @@ def make_plan(
         return plan
 
     listing = storage.scan(workflow)
+    files, by_name = listing.files, listing.by_name
     key_of: dict[int, str] = {}
+    fp_cache: dict = {}
     forced = _compile(force)
+    any_forced = False
     for task in tasks:
         node = task.node
-        compute_key(task, key_of, strict)
+        compute_key(task, key_of, strict, fp_cache)
         key_of[id(node)] = task.key  # type: ignore[assignment]
         if isinstance(node, ClassInitNode):
             if any(p.fullmatch(task.name) for p in forced):
                 task.run, task.reason = True, FORCED
+                any_forced = True
             else:
                 task.run, task.reason = False, CACHED  # decided by its calls below
             continue
@@ -345,15 +348,17 @@ def make_plan(
             continue
         task.store = True
         filename = storage.entry_name(task.name, task.key)
-        previous = listing.by_name.get(storage.encoded(task.name), ())
-        task.stale = [f for f in previous if f != filename]
-        if any(p.fullmatch(task.name) for p in forced):
-            task.run, task.reason, task.overwrite = True, FORCED, filename in listing.files
-        elif _upstream_forced(task, by_node):
-            task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in listing.files
+        previous = by_name.get(storage.encoded(task.name))
+        if previous and (len(previous) > 1 or previous[0] != filename):
+            task.stale = [f for f in previous if f != filename]
+        if forced and any(p.fullmatch(task.name) for p in forced):
+            task.run, task.reason, task.overwrite = True, FORCED, filename in files
+            any_forced = True
+        elif any_forced and _upstream_forced(task, by_node):
+            task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
         elif task.reason == UNHASHABLE:
             task.run = True
-        elif filename in listing.files:
+        elif filename in files:
             task.run, task.reason, task.entry = False, CACHED, filename
         else:
             task.run, task.reason = True, _miss_reason(storage, workflow, task)
@@ -444,7 +449,7 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
         return value
     meta = {
         "fingerprint": task.fingerprint,
-        "inputs": task.inputs,
+        "inputs": {dep.name: dep.key for dep in task.deps},
         "function": getattr(task.func, "__qualname__", task.node.qualname),
         "duration_s": round(elapsed, 6),
     }

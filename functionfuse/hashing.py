@@ -167,9 +167,20 @@ class Encoder:
         self._feed(obj, out)
         return b"".join(out)
 
-    # The exact-type table covers the hot builtins without an MRO walk.
+    # Hot builtins are tested first, then the exact-type table, then the
+    # slower paths (graph references, custom tokens, registry, subclasses).
     def _feed(self, obj: Any, out: list[bytes]) -> None:
         cls = type(obj)
+        if cls is int:
+            out.append(b"i%de" % obj)
+            return
+        if cls is str:
+            data = obj.encode("utf-8", "surrogatepass")
+            out.append(b"s%d:%s" % (len(data), data))
+            return
+        if cls is tuple:
+            self._seq(b"t", obj, out)
+            return
         enc = _EXACT.get(cls)
         if enc is not None:
             enc(self, obj, out)
@@ -207,44 +218,47 @@ class Encoder:
             f"no deterministic token for a value of type {_type_name(cls)}",
         )
 
-    def _guarded(self, obj: Any, action: Callable[[], None]) -> None:
+    def _enter(self, obj: Any) -> int:
         oid = id(obj)
         if oid in self._active:
             raise Unhashable(obj, "the value contains itself (a reference cycle)")
         self._active.add(oid)
-        try:
-            action()
-        finally:
-            self._active.discard(oid)
+        return oid
+
+    def _guarded(self, obj: Any, action: Callable[[], None]) -> None:
+        oid = self._enter(obj)
+        action()
+        self._active.discard(oid)
 
     # -- containers -------------------------------------------------------
+    # On Unhashable the encoder is abandoned, so no try/finally is needed to
+    # keep ``_active`` consistent.
     def _seq(self, tag: bytes, obj: Any, out: list[bytes]) -> None:
-        def body() -> None:
-            out.append(tag)
-            for item in obj:
-                self._feed(item, out)
-            out.append(b"e")
-
-        self._guarded(obj, body)
+        oid = self._enter(obj)
+        out.append(tag)
+        feed = self._feed
+        for item in obj:
+            feed(item, out)
+        out.append(b"e")
+        self._active.discard(oid)
 
     def _unordered(self, tag: bytes, obj: Any, out: list[bytes]) -> None:
-        def body() -> None:
-            out.append(tag)
-            out.extend(sorted(self.encode(item) for item in obj))
-            out.append(b"e")
-
-        self._guarded(obj, body)
+        oid = self._enter(obj)
+        out.append(tag)
+        out.extend(sorted(self.encode(item) for item in obj))
+        out.append(b"e")
+        self._active.discard(oid)
 
     def _mapping(self, obj: Any, out: list[bytes]) -> None:
-        def body() -> None:
-            out.append(b"d")
-            pairs = sorted((self.encode(k), self.encode(v)) for k, v in obj.items())
-            for k, v in pairs:
+        oid = self._enter(obj)
+        out.append(b"d")
+        if obj:
+            encode = self.encode
+            for k, v in sorted((encode(k), encode(v)) for k, v in obj.items()):
                 out.append(k)
                 out.append(v)
-            out.append(b"e")
-
-        self._guarded(obj, body)
+        out.append(b"e")
+        self._active.discard(oid)
 
 
 def _enc_none(e: Encoder, obj: Any, out: list[bytes]) -> None:
