@@ -52,9 +52,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CorruptEntryError, HashingError, NodeExecutionError, SerializationError, StorageError
+from .errors import (
+    CorruptEntryError,
+    GraphError,
+    HashingError,
+    NodeExecutionError,
+    SerializationError,
+    StorageError,
+)
 from .fingerprint import code_fingerprint, function_inputs
-from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem
+from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name
 
 __all__ = [
@@ -265,10 +272,18 @@ def compute_key(task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict
         fp = _fingerprint(node, func)
 
     def ref_hook(obj: Any) -> bytes | None:
-        if isinstance(obj, BaseNode):
-            return b"@" + key_of[id(obj)].encode()
-        if isinstance(obj, NodeItem):
-            return b"@" + key_of[id(obj.node)].encode() + Encoder().encode(obj.path)
+        if isinstance(obj, (BaseNode, NodeItem)):
+            target = obj if isinstance(obj, BaseNode) else obj.node
+            key = key_of.get(id(target))
+            if key is None:
+                raise GraphError(
+                    f"node {task.name!r} has {describe(target)} hidden inside an argument; only "
+                    "lists, tuples, dicts and sets are searched for nodes, so pass it directly "
+                    "or inside one of those"
+                )
+            if isinstance(obj, BaseNode):
+                return b"@" + key.encode()
+            return b"@" + key.encode() + Encoder().encode(obj.path)
         return None
 
     try:
@@ -331,15 +346,18 @@ def make_plan(
     key_of: dict[int, str] = {}
     fp_cache: dict = {}
     forced = _compile(force)
-    any_forced = False
+    forced_ids: set[int] = set()  # forced nodes and everything downstream of them
     for task in tasks:
         node = task.node
         compute_key(task, key_of, strict, fp_cache)
         key_of[id(node)] = task.key  # type: ignore[assignment]
+        is_forced = bool(forced) and any(p.fullmatch(task.name) for p in forced)
+        downstream = bool(forced_ids) and _upstream_forced(node, forced_ids)
+        if is_forced or downstream:
+            forced_ids.add(id(node))
         if isinstance(node, ClassInitNode):
-            if any(p.fullmatch(task.name) for p in forced):
+            if is_forced:
                 task.run, task.reason = True, FORCED
-                any_forced = True
             else:
                 task.run, task.reason = False, CACHED  # decided by its calls below
             continue
@@ -351,10 +369,9 @@ def make_plan(
         previous = by_name.get(storage.encoded(task.name))
         if previous and (len(previous) > 1 or previous[0] != filename):
             task.stale = [f for f in previous if f != filename]
-        if forced and any(p.fullmatch(task.name) for p in forced):
+        if is_forced:
             task.run, task.reason, task.overwrite = True, FORCED, filename in files
-            any_forced = True
-        elif any_forced and _upstream_forced(task, by_node):
+        elif downstream:
             task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
         elif task.reason == UNHASHABLE:
             task.run = True
@@ -366,11 +383,10 @@ def make_plan(
     return plan
 
 
-def _upstream_forced(task: Task, by_node: dict[int, Task]) -> bool:
-    parents = list(task.deps)
-    if task.node.after is not None:
-        parents.append(by_node[id(task.node.after)])
-    return any(p.run and p.reason in (FORCED, UPSTREAM_FORCED) for p in parents)
+def _upstream_forced(node: BaseNode, forced_ids: set[int]) -> bool:
+    if node.after is not None and id(node.after) in forced_ids:
+        return True
+    return any(id(d) in forced_ids for d in node.deps)
 
 
 def _miss_reason(storage: Any, workflow: str, task: Task) -> str:
@@ -484,7 +500,7 @@ def entry_failed(task: Task, exc: Exception) -> None:
         CacheWarning,
         stacklevel=3,
     )
-    logger.warning("node %r: entry %s unusable (%s); recomputing", task.name, task.entry, exc)
+    logger.debug("node %r: entry %s unusable (%s); recomputing", task.name, task.entry, exc)
     task.run, task.reason, task.overwrite = True, reason, True
     task.entry = None
 

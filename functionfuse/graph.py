@@ -74,6 +74,13 @@ class _Component:
         self.named = True
 
 
+def merge_components(nodes: Iterable[BaseNode]) -> None:
+    """Put ``nodes`` in one component, so one workflow numbers them together."""
+    comps = {id(n.component): n.component for n in nodes}
+    if len(comps) > 1:
+        _merge(list(comps.values()))
+
+
 def _merge(components: list[_Component]) -> _Component:
     """Merge components into the largest one, keeping creation order."""
     target = max(components, key=lambda c: len(c.nodes))
@@ -93,12 +100,22 @@ def _is_ref(value: Any) -> bool:
     return isinstance(value, (BaseNode, NodeItem))
 
 
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
 def _contains_ref(value: Any) -> bool:
-    cls = type(value)
-    if cls is list or cls is tuple:
-        return any(_is_ref(v) or _contains_ref(v) for v in value)
-    if cls is dict:
+    """Whether a container argument holds nodes (searched recursively).
+
+    Lists, tuples (named tuples too), dicts (and subclasses such as
+    OrderedDict) and sets are searched; a node used as a dict key is an error.
+    """
+    if isinstance(value, dict):
+        for k in value:
+            if _is_ref(k):
+                raise GraphError(f"a node cannot be a dict key ({k!r}); use it as a value instead")
         return any(_is_ref(v) or _contains_ref(v) for v in value.values())
+    if isinstance(value, _CONTAINERS):
+        return any(_is_ref(v) or _contains_ref(v) for v in value)
     if isinstance(value, Instance):
         raise GraphError(
             f"an instance of the workflow class {value._init.qualname!r} was passed as an "
@@ -112,11 +129,11 @@ def _refs_in(value: Any, out: list[BaseNode]) -> None:
         out.append(value)
     elif isinstance(value, NodeItem):
         out.append(value.node)
-    elif type(value) in (list, tuple):
-        for v in value:
-            _refs_in(v, out)
-    elif type(value) is dict:
+    elif isinstance(value, dict):
         for v in value.values():
+            _refs_in(v, out)
+    elif isinstance(value, _CONTAINERS):
+        for v in value:
             _refs_in(v, out)
 
 
@@ -155,7 +172,7 @@ class BaseNode:
         for a in args:
             if isinstance(a, _REFS):
                 top_refs.append((i, a))
-            elif type(a) in _SCANNED or isinstance(a, Instance):
+            elif type(a) in _SCANNED or isinstance(a, _NESTING):
                 if _contains_ref(a):
                     nested.append(i)
             i += 1
@@ -163,7 +180,7 @@ class BaseNode:
             for k, a in kwargs.items():
                 if isinstance(a, _REFS):
                     top_refs.append((k, a))
-                elif type(a) in _SCANNED or isinstance(a, Instance):
+                elif type(a) in _SCANNED or isinstance(a, _NESTING):
                     if _contains_ref(a):
                         nested.append(k)
         self.top_refs = top_refs
@@ -276,6 +293,12 @@ def _substitute(value: Any, value_of: Any) -> Any:
         return tuple(_substitute(v, value_of) for v in value)
     if cls is dict:
         return {k: _substitute(v, value_of) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # named tuple
+        return cls(*(_substitute(v, value_of) for v in value))
+    if isinstance(value, dict):
+        return cls((k, _substitute(v, value_of)) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return cls(_substitute(v, value_of) for v in value)
     return value
 
 
@@ -403,6 +426,7 @@ class Instance:
 
 _REFS = (BaseNode, NodeItem)
 _SCANNED = frozenset((list, tuple, dict))
+_NESTING = (*_CONTAINERS, Instance)
 
 
 def describe(obj: Any) -> str:

@@ -140,6 +140,13 @@ class Dispatch:
 normalize_token = Dispatch()
 
 
+@normalize_token.register_lazy("logging")
+def _register_logging() -> None:
+    import logging
+
+    normalize_token.register(logging.Logger, lambda lg: ("Logger", lg.name))
+
+
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -352,6 +359,8 @@ _EXACT: dict[type, Callable[[Encoder, Any, list[bytes]], None]] = {
     range: _enc_repr(b"r"),
     slice: _enc_slice,
     type(Ellipsis): lambda e, o, out: out.append(b"."),
+    # A module (e.g. captured by a closure) is identified by name, like a global.
+    types.ModuleType: lambda e, o, out: out.append(_len_prefixed(b"M", o.__name__.encode())),
     decimal.Decimal: _enc_repr(b"m"),
     fractions.Fraction: _enc_repr(b"m"),
     uuid.UUID: _enc_repr(b"m"),

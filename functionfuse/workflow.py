@@ -37,6 +37,12 @@ class NodeFactory:
     def __repr__(self) -> str:
         return f"<workflow function {self.func.__qualname__}>"
 
+    def __functionfuse_token__(self) -> tuple:
+        # A decorated function captured by another node's closure: its code.
+        from .fingerprint import code_fingerprint
+
+        return ("workflow-function", code_fingerprint(self.func, self.version))
+
 
 class ClassFactory:
     """A decorated class: calling it returns an :class:`~functionfuse.graph.Instance`."""
@@ -53,6 +59,11 @@ class ClassFactory:
 
     def __repr__(self) -> str:
         return f"<workflow class {self.cls.__qualname__}>"
+
+    def __functionfuse_token__(self) -> tuple:
+        from .fingerprint import code_fingerprint
+
+        return ("workflow-class", code_fingerprint(self.cls, self.version))
 
 
 @overload

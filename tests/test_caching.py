@@ -400,3 +400,56 @@ def test_kill_9_mid_run_resumes_from_stored_nodes(tmp_path):
     assert out["result"] == [0, 1, 2, 3, 4, 5]
     assert [a for _, a in out["events"]] == ["skipped", "skipped", "read", "computed", "computed", "computed"]
     assert not [f for f in os.listdir(store / "crash") if f.startswith(".")]
+
+
+def test_force_propagates_through_log_nodes(storage):
+    def build():
+        s = source(3).set_name("source")
+        mid = step(s, "mid").set_name("mid")
+        return total(mid).set_name("total")
+
+    def make():
+        wf = LocalWorkflow(build(), workflow_name="wf")
+        wf.set_storage(storage)
+        wf.log_nodes("mid")
+        return wf
+
+    make().run()
+    wf = make()
+    wf.run(force="source")
+    assert actions(wf)["total"] == ("computed", "upstream forced")
+
+
+def test_shared_object_stored_once_and_identity_kept(storage):
+    import dask.array as da
+
+    from functionfuse.serializers.daskarray import DaskArraySerializer
+
+    storage.register_persistent_serializers(DaskArraySerializer)
+    x = da.ones(10, chunks=5)
+    storage.save("wf", "n", "0" * 32, {"a": x, "b": x}, {})
+    assert len(os.listdir(os.path.join(storage.path, "wf", ".data"))) == 1
+    loaded = storage.read_task("wf", "n")
+    assert loaded["a"] is loaded["b"]
+
+
+def test_recompute_without_the_serializer_does_not_fail(storage):
+    import dask.array as da
+
+    from functionfuse.serializers.daskarray import DaskArraySerializer
+    from functionfuse.storage import FileStorage
+
+    @workflow
+    def arr():
+        return da.ones(4, chunks=2)
+
+    storage.register_persistent_serializers(DaskArraySerializer)
+    wf = LocalWorkflow(arr().set_name("arr"), workflow_name="wf")
+    wf.set_storage(storage)
+    wf.run()
+    wf = LocalWorkflow(arr().set_name("arr"), workflow_name="wf")
+    wf.set_storage(FileStorage(storage.path))  # serializer not registered here
+    with pytest.warns(CacheWarning, match="not registered"):
+        result = wf.run()
+    assert result.sum().compute() == 4
+    assert actions(wf)["arr"] == ("computed", "unreadable entry")

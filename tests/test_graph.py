@@ -179,3 +179,43 @@ def test_graph_reusable_by_several_workflows_and_runs():
     assert wf1.run() == 13
     assert wf2.run() == 2
     assert wf1.run() == 13  # replace_func is per workflow
+
+
+def test_nodes_in_named_tuples_ordered_dicts_and_sets():
+    from collections import OrderedDict, namedtuple
+
+    P = namedtuple("P", "a b")
+    one = add(0, 1)
+
+    @workflow
+    def show(x):
+        return x
+
+    out = LocalWorkflow(show(P(one, 2)), show(OrderedDict(k=one)), show({one, 5}), workflow_name="w").run()
+    assert out == [P(1, 2), OrderedDict(k=1), {1, 5}]
+    assert type(out[0]) is P and type(out[1]) is OrderedDict
+
+
+def test_node_as_dict_key_or_hidden_in_object_is_an_error(storage):
+    one = add(0, 1)
+    with pytest.raises(GraphError, match="dict key"):
+        add({one: 1}, 2)
+
+    class Box:
+        def __init__(self, v):
+            self.v = v
+
+        def __functionfuse_token__(self):
+            return self.v
+
+    node = add(Box(one), 1).set_name("boxed")
+    wf = LocalWorkflow(node, workflow_name="w")
+    wf.set_storage(storage)
+    with pytest.raises(GraphError, match="'boxed' has node 'add_0000'.*hidden inside an argument"):
+        wf.run()
+
+
+def test_separate_graphs_in_one_workflow_are_numbered_together():
+    wf = LocalWorkflow(add(1, 1), add(2, 2), workflow_name="w")
+    assert names(wf) == ["add_0000", "add_0001"]
+    assert wf.run() == [2, 4]

@@ -14,7 +14,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import GraphError
-from ..graph import BaseNode, FunctionNode, NodeItem, as_leaf, collect_run_set, describe, iter_names, names_epoch
+from ..graph import (
+    BaseNode,
+    FunctionNode,
+    NodeItem,
+    as_leaf,
+    collect_run_set,
+    describe,
+    iter_names,
+    merge_components,
+    names_epoch,
+)
 
 __all__ = ["BaseWorkflow"]
 
@@ -41,6 +51,9 @@ class BaseWorkflow:
         self.leaves: list[BaseNode | NodeItem] = [as_leaf(n, i) for i, n in enumerate(nodes)]
         leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
         self.nodes: list[BaseNode] = collect_run_set(leaf_nodes)
+        # Separate graphs in one workflow are numbered together (load_0000,
+        # load_0001 ...), as if they were one graph.
+        merge_components(self.nodes)
         self.roots = [n for n in self.nodes if not n.deps and n.after is None]
         self._members = {id(n) for n in self.nodes}
         self._funcs: dict[int, Any] = {}

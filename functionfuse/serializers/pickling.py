@@ -32,17 +32,24 @@ class _PersistentPickler(cloudpickle.Pickler):
         self._protocols_factory = protocols
         self._protocols: dict | None = None
         self.pids: list[tuple[str, Any]] = []
+        # persistent_id runs before pickle's memo: remember objects already
+        # stored so one object shared inside a result is stored once.
+        self._done: dict[int, tuple[Any, Any]] = {}
 
     def persistent_id(self, obj: Any) -> Any:  # noqa: D401 - pickle hook
         serializer = self._registry.match(type(obj))
         if serializer is None:
             return None
+        done = self._done.get(id(obj))
+        if done is not None:
+            return done[1]
         if self._protocols is None:
             self._protocols = self._protocols_factory()
         pid = serializer.pickle(obj, self._protocols)
         if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == serializer.name):
             pid = (serializer.name, pid)
         self.pids.append(pid)
+        self._done[id(obj)] = (obj, pid)
         return pid
 
 
@@ -51,10 +58,17 @@ class _PersistentUnpickler(pickle.Unpickler):
         super().__init__(file)
         self._registry = registry
         self._protocols = protocols
+        self._loaded: dict[bytes, Any] = {}
 
     def persistent_load(self, pid: Any) -> Any:
+        # The same id twice means one shared object: load it once.
+        ident = pickle.dumps(pid, protocol=PICKLE_PROTOCOL)
+        if ident in self._loaded:
+            return self._loaded[ident]
         name, payload = pid
-        return self._registry.by_name(name).unpickle(payload, self._protocols)
+        obj = self._registry.by_name(name).unpickle(payload, self._protocols)
+        self._loaded[ident] = obj
+        return obj
 
 
 def dumps(

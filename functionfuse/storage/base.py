@@ -89,11 +89,13 @@ class Storage(ABC):
     """Base of every storage.  See the module docstring for the layout."""
 
     protocol_name = FILE_PROTOCOL
+    _sep = "/"
 
     def __init__(self) -> None:
         self.registry = SerializerRegistry()
         self._always_read = False
         self._made_dirs: set[str] = set()
+        self._wf_dirs: dict[str, str] = {}
 
     # -- primitives -----------------------------------------------------------
     @property
@@ -229,9 +231,17 @@ class Storage(ABC):
 
     # -- entries: what the caching core uses ---------------------------------
     def _wf_dir(self, workflow_name: str) -> str:
+        try:
+            return self._wf_dirs[workflow_name]
+        except (KeyError, TypeError):
+            pass
         if not isinstance(workflow_name, str) or not workflow_name:
             raise StorageError(f"workflow names must be non-empty strings, got {workflow_name!r}")
-        return self._join(encode_name(workflow_name))
+        folder = self._wf_dirs[workflow_name] = self._join(encode_name(workflow_name))
+        return folder
+
+    def _entry_path(self, workflow_name: str, filename: str) -> str:
+        return self._wf_dir(workflow_name) + self._sep + filename
 
     @staticmethod
     def entry_name(node_name: str, key: str) -> str:
@@ -299,25 +309,32 @@ class Storage(ABC):
         old_pids: list = []
         if overwrite:
             try:
-                old_pids = self._head(self._join(encode_name(workflow_name), name))[1]
+                old_pids = self._head(self._entry_path(workflow_name, name))[1]
             except (EntryNotFoundError, CorruptEntryError):
                 old_pids = []
         if self._publish(folder, name, data, overwrite):
-            if old_pids:
-                pickling.remove_pids(old_pids, self.registry, self.protocols(workflow_name))
+            self._remove_side_data(workflow_name, old_pids, name)
         else:
             logger.debug("entry %s already present (another writer); keeping it", name)
-            if pids:
-                # Our side data is not referenced by the entry that won.
-                pickling.remove_pids(pids, self.registry, self.protocols(workflow_name))
+            # Our side data is not referenced by the entry that won.
+            self._remove_side_data(workflow_name, pids, name)
         return name
+
+    def _remove_side_data(self, workflow_name: str, pids: list, where: str) -> None:
+        """Delete side data no entry references any more; never fails a run."""
+        if not pids:
+            return
+        try:
+            pickling.remove_pids(pids, self.registry, self.protocols(workflow_name))
+        except (SerializationError, OSError) as exc:
+            logger.warning("side data of %s left in place (remove it with storage.remove_task): %s", where, exc)
 
     def load(self, workflow_name: str, filename: str) -> Any:
         """Load and verify one entry.
 
         Raises EntryNotFoundError, CorruptEntryError or SerializationError.
         """
-        path = self._join(encode_name(workflow_name), filename)
+        path = self._entry_path(workflow_name, filename)
         try:
             data = self._read(path)
         except FileNotFoundError:
@@ -338,8 +355,7 @@ class Storage(ABC):
 
     def read_meta(self, workflow_name: str, filename: str) -> dict:
         """Metadata of one entry, read from its first bytes only."""
-        path = self._join(encode_name(workflow_name), filename)
-        return self._head(path)[0]
+        return self._head(self._entry_path(workflow_name, filename))[0]
 
     def _head(self, path: str) -> tuple[dict, list]:
         try:
@@ -354,17 +370,13 @@ class Storage(ABC):
     def discard(self, workflow_name: str, filenames: list[str]) -> None:
         """Delete entries and their side data (entry first: never a dangling entry)."""
         for filename in filenames:
-            path = self._join(encode_name(workflow_name), filename)
+            path = self._entry_path(workflow_name, filename)
             try:
                 _meta, pids = self._head(path)
             except (EntryNotFoundError, CorruptEntryError):
                 pids = []
             self._delete(path)
-            if pids:
-                try:
-                    pickling.remove_pids(pids, self.registry, self.protocols(workflow_name))
-                except SerializationError as exc:
-                    logger.warning("side data of %s left in place: %s", path, exc)
+            self._remove_side_data(workflow_name, pids, path)
 
     # -- helpers ---------------------------------------------------------------
     def _named_files(self, workflow_name: str) -> list[tuple[str, str]]:

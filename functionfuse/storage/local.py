@@ -80,6 +80,8 @@ class FileStorage(Storage):
             self._fs = LocalFileSystem()
         return self._fs
 
+    _sep = os.sep
+
     def _join(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
 
