@@ -259,18 +259,90 @@ def _culprit(node: BaseNode) -> str:
     return "a captured (closure or default) value"
 
 
-def compute_key(task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict | None = None) -> None:
-    """Set ``task.key`` and ``task.fingerprint`` (see the module docstring)."""
+def _fast_value(value: Any, key_of: dict[int, str]) -> bytes | None:
+    """The encoder's bytes for the common argument types, without an Encoder.
+
+    Must agree byte for byte with :class:`~functionfuse.hashing.Encoder`
+    (a test checks it); anything else returns None and takes the full path.
+    """
+    cls = type(value)
+    if cls is int:
+        return b"i%de" % value
+    if cls is str:
+        data = value.encode("utf-8", "surrogatepass")
+        return b"s%d:%s" % (len(data), data)
+    if cls is FunctionNode or cls is ClassCallNode:
+        key = key_of.get(id(value))
+        return None if key is None else b"@" + key.encode()
+    if cls is float:
+        return b"f" + value.hex().encode() + b"e"
+    if value is None:
+        return b"N"
+    if cls is bool:
+        return b"T" if value else b"F"
+    return None
+
+
+def _fast_args(node: BaseNode, key_of: dict[int, str]) -> bytes | None:
+    """Encoding of ``(args, kwargs)`` when every value is simple (else None)."""
+    if node.nested:
+        return None
+    parts = [b"tt"]
+    for a in node.args:
+        enc = _fast_value(a, key_of)
+        if enc is None:
+            return None
+        parts.append(enc)
+    parts.append(b"ed")
+    if node.kwargs:
+        pairs = []
+        for k, v in node.kwargs.items():
+            enc = _fast_value(v, key_of)
+            if enc is None:
+                return None
+            data = k.encode("utf-8", "surrogatepass")
+            pairs.append((b"s%d:%s" % (len(data), data), enc))
+        for k, v in sorted(pairs):
+            parts.append(k)
+            parts.append(v)
+    parts.append(b"ee")
+    return b"".join(parts)
+
+
+def compute_key(
+    task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict | None = None
+) -> None:
+    """Set ``task.key`` and ``task.fingerprint`` (see the module docstring).
+
+    ``fp_cache`` (one dict per plan) memoises, per function, its fingerprint
+    and the encoding of its closure and default values.
+    """
     node = task.node
     func = task.func
+    cached = None
     if fp_cache is not None and type(node) is FunctionNode:
         cache_key = (id(func), node.version)
-        fp = fp_cache.get(cache_key)
-        if fp is None:
-            fp = fp_cache[cache_key] = _fingerprint(node, func)
-    else:
+        cached = fp_cache.get(cache_key)
+    if cached is None:
         fp = _fingerprint(node, func)
+        captured = _captured(task, key_of, strict) if type(node) is FunctionNode else b""
+        if fp_cache is not None and type(node) is FunctionNode and task.reason != UNHASHABLE:
+            fp_cache[(id(func), node.version)] = (fp, captured)
+    else:
+        fp, captured = cached
+    argbytes = _fast_args(node, key_of)
+    if argbytes is None:
+        try:
+            argbytes = Encoder(_ref_hook(task, key_of)).encode((node.args, node.kwargs))
+        except Unhashable as exc:
+            argbytes = _unhashable(task, exc, strict, _culprit(node))
+    previous = key_of[id(node.after)].encode() if node.after is not None else b""
+    data = b"|".join((b"node", fp.encode(), previous, argbytes, captured))
+    task.key = hashlib.sha256(data).hexdigest()[:32]
+    task.fingerprint = fp
 
+
+def _ref_hook(task: Task, key_of: dict[int, str]) -> Any:
     def ref_hook(obj: Any) -> bytes | None:
         if isinstance(obj, (BaseNode, NodeItem)):
             target = obj if isinstance(obj, BaseNode) else obj.node
@@ -286,22 +358,17 @@ def compute_key(task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict
             return b"@" + key.encode() + Encoder().encode(obj.path)
         return None
 
+    return ref_hook
+
+
+def _captured(task: Task, key_of: dict[int, str], strict: bool) -> bytes:
+    inputs = function_inputs(task.func)
+    if not any(inputs):
+        return b""
     try:
-        argbytes = Encoder(ref_hook).encode((node.args, node.kwargs))
+        return Encoder(_ref_hook(task, key_of)).encode(inputs)
     except Unhashable as exc:
-        argbytes = _unhashable(task, exc, strict, _culprit(node))
-    captured = b""
-    if type(node) is FunctionNode:
-        inputs = function_inputs(func)
-        if any(inputs):
-            try:
-                captured = Encoder(ref_hook).encode(inputs)
-            except Unhashable as exc:
-                captured = _unhashable(task, exc, strict, "a captured (closure or default) value")
-    previous = key_of[id(node.after)].encode() if node.after is not None else b""
-    data = b"|".join((b"node", fp.encode(), previous, argbytes, captured))
-    task.key = hashlib.sha256(data).hexdigest()[:32]
-    task.fingerprint = fp
+        return _unhashable(task, exc, strict, "a captured (closure or default) value")
 
 
 # -- plan -------------------------------------------------------------------------
@@ -342,7 +409,7 @@ def make_plan(
         return plan
 
     listing = storage.scan(workflow)
-    files, by_name = listing.files, listing.by_name
+    files = listing.files
     key_of: dict[int, str] = {}
     fp_cache: dict = {}
     forced = _compile(force)
@@ -366,16 +433,18 @@ def make_plan(
             continue
         task.store = True
         filename = storage.entry_name(task.name, task.key)
-        previous = by_name.get(storage.encoded(task.name))
-        if previous and (len(previous) > 1 or previous[0] != filename):
-            task.stale = [f for f in previous if f != filename]
+        hit = filename in files
+        if not hit or is_forced or downstream:
+            previous = listing.by_name.get(storage.encoded(task.name))
+            if previous and (len(previous) > 1 or previous[0] != filename):
+                task.stale = [f for f in previous if f != filename]
         if is_forced:
             task.run, task.reason, task.overwrite = True, FORCED, filename in files
         elif downstream:
             task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
         elif task.reason == UNHASHABLE:
             task.run = True
-        elif filename in files:
+        elif hit:
             task.run, task.reason, task.entry = False, CACHED, filename
         else:
             task.run, task.reason = True, _miss_reason(storage, workflow, task)

@@ -208,16 +208,20 @@ class BaseNode:
         for where in self.nested:
             _refs_in(args[where] if isinstance(where, int) else kwargs[where], parents)
         deps = self.deps
-        seen: set[int] = set()
-        for p in parents:
-            if id(p) not in seen:
-                seen.add(id(p))
+        for p in parents:  # few parents: a linear scan beats a set
+            if p not in deps:
                 deps.append(p)
-        linked = deps if after is None or id(after) in seen else [*deps, after]
+        linked = deps if after is None or after in deps else [*deps, after]
+        comp = linked[0].component
+        merge = False
         for p in linked:
             p.children.append(self)
+            if p.component is not comp:
+                merge = True
+        if not merge:
+            return comp
         comps = {id(p.component): p.component for p in linked}
-        return next(iter(comps.values())) if len(comps) == 1 else _merge(list(comps.values()))
+        return _merge(list(comps.values()))
 
     # -- compatible API ---------------------------------------------------
     def set_name(self, name: str) -> BaseNode:

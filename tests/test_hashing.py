@@ -175,3 +175,26 @@ def test_property_idempotent_and_pickle_stable(value):
 def test_property_different_values_differ(a, b):
     if a != b:
         assert tokenize(a) != tokenize(b)
+
+
+def test_fast_argument_path_agrees_with_the_encoder():
+    from functionfuse import workflow
+    from functionfuse.caching import _fast_args
+    from functionfuse.hashing import Encoder
+
+    @workflow
+    def f(*args, **kwargs):
+        return None
+
+    parent = f(1)
+    key_of = {id(parent): "k" * 32}
+    hook = lambda o: b"@" + key_of[id(o)].encode() if o is parent else None  # noqa: E731
+    for args, kwargs in [
+        ((), {}),
+        ((1, -5, "x", "ünï", 2.5, None, True, False), {}),
+        ((parent, 3), {"b": parent, "a": "s", "c": 1.0}),
+        ((10**30,), {"z": None}),
+    ]:
+        node = f(*args, **kwargs)
+        assert _fast_args(node, key_of) == Encoder(hook).encode((args, kwargs))
+    assert _fast_args(f([1]), key_of) is None  # containers take the full path

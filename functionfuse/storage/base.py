@@ -22,11 +22,11 @@ it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import platform
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -77,12 +77,28 @@ def split_entry_name(filename: str) -> tuple[str, str] | None:
     return filename[:-_TAIL], filename[-_TAIL + 1 : -len(_SUFFIX)]
 
 
-@dataclass
 class Listing:
-    """A snapshot of a workflow's entries taken at the start of a run."""
+    """A snapshot of a workflow's entry names taken at the start of a run.
 
-    files: set[str] = field(default_factory=set)
-    by_name: dict[str, list[str]] = field(default_factory=dict)
+    ``files`` answers "is this entry stored?"; ``by_name`` (encoded node name
+    -> entry file names) is built on first use, which a fully cached run never
+    needs.
+    """
+
+    def __init__(self, names: list[str] | None = None) -> None:
+        self.files: set[str] = set(names or ())
+        self._by_name: dict[str, list[str]] | None = None
+
+    @property
+    def by_name(self) -> dict[str, list[str]]:
+        if self._by_name is None:
+            by_name: dict[str, list[str]] = {}
+            for filename in self.files:
+                parts = split_entry_name(filename)
+                if parts is not None:
+                    by_name.setdefault(parts[0], []).append(filename)
+            self._by_name = by_name
+        return self._by_name
 
 
 class Storage(ABC):
@@ -96,6 +112,7 @@ class Storage(ABC):
         self._always_read = False
         self._made_dirs: set[str] = set()
         self._wf_dirs: dict[str, str] = {}
+        self._const_meta: dict[str, bytes] = {}
 
     # -- primitives -----------------------------------------------------------
     @property
@@ -254,14 +271,9 @@ class Storage(ABC):
 
     def scan(self, workflow_name: str) -> Listing:
         """One listing of a workflow's entries (cheaper than a lookup per node)."""
-        listing = Listing()
-        for filename in self._listdir(self._wf_dir(workflow_name)):
-            parts = split_entry_name(filename)
-            if parts is None:
-                continue
-            listing.files.add(filename)
-            listing.by_name.setdefault(parts[0], []).append(filename)
-        return listing
+        # Names that are not entries (".data", temporary files) never match an
+        # entry name, so they can stay in ``files``.
+        return Listing(self._listdir(self._wf_dir(workflow_name)))
 
     def protocols(self, workflow_name: str) -> dict:
         """The protocol handles serializers get for this workflow."""
@@ -289,18 +301,16 @@ class Storage(ABC):
                 "workflow.log_nodes(pattern)."
             ) from exc
         meta.update(
-            workflow=workflow_name,
             node=node_name,
             key=key,
-            serializer="cloudpickle",
-            persistent=sorted({p[0] for p in pids}),
-            persistent_versions={
-                p[0]: str(getattr(self.registry.by_name(p[0]), "version", "")) for p in pids
-            },
             created=datetime.now(timezone.utc).isoformat(),
-            versions=library_versions(),
         )
-        data = entry_format.pack(meta, pids, payload)
+        if pids:
+            meta["persistent"] = sorted({p[0] for p in pids})
+            meta["persistent_versions"] = {
+                p[0]: str(getattr(self.registry.by_name(p[0]), "version", "")) for p in pids
+            }
+        data = entry_format.pack(meta, pids, payload, self._constant_meta(workflow_name))
         folder = self._wf_dir(workflow_name)
         if folder not in self._made_dirs:
             self._ensure_dir(folder)
@@ -319,6 +329,19 @@ class Storage(ABC):
             # Our side data is not referenced by the entry that won.
             self._remove_side_data(workflow_name, pids, name)
         return name
+
+    def _constant_meta(self, workflow_name: str) -> bytes:
+        """JSON members every entry of a workflow shares, encoded once."""
+        cached = self._const_meta.get(workflow_name)
+        if cached is None:
+            members = {
+                "workflow": workflow_name,
+                "serializer": "cloudpickle",
+                "versions": library_versions(),
+            }
+            cached = json.dumps(members, separators=(",", ":"))[1:-1].encode()
+            self._const_meta[workflow_name] = cached
+        return cached
 
     def _remove_side_data(self, workflow_name: str, pids: list, where: str) -> None:
         """Delete side data no entry references any more; never fails a run."""

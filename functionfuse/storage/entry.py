@@ -47,14 +47,19 @@ class Entry:
         return json.loads(bytes(self.meta_bytes))
 
 
-def pack(meta: dict, pids: list, payload: bytes) -> bytes:
-    """Encode an entry; ``meta`` gains ``payload_size`` (the CRC-32 lives in the header)."""
+def pack(meta: dict, pids: list, payload: bytes, extra_json: bytes = b"") -> bytes:
+    """Encode an entry; ``meta`` gains ``payload_size`` (the CRC-32 lives in the header).
+
+    ``extra_json`` holds pre-encoded JSON members (``"k":v,...``) shared by
+    many entries, spliced into the metadata object to save re-encoding them.
+    """
     pid_bytes = pickle.dumps(pids, protocol=5) if pids else b""
-    crc = zlib.crc32(payload)
-    crc = zlib.crc32(pid_bytes, crc)
     meta["payload_size"] = len(payload)
     meta_bytes = json.dumps(meta, separators=(",", ":"), default=str).encode()
-    crc = zlib.crc32(meta_bytes, crc)
+    if extra_json:
+        meta_bytes = meta_bytes[:-1] + b"," + extra_json + b"}" if len(meta_bytes) > 2 else b"{" + extra_json + b"}"
+    # In file order, so a reader checks everything after the prefix in one call.
+    crc = zlib.crc32(payload, zlib.crc32(pid_bytes, zlib.crc32(meta_bytes)))
     return b"".join(
         (MAGIC, HEADER.pack(len(meta_bytes), len(pid_bytes), len(payload), crc), meta_bytes, pid_bytes, payload)
     )
@@ -81,7 +86,7 @@ def unpack(data: bytes, where: str, *, verify: bool = True) -> Entry:
     pids_view = view[start + meta_len : start + meta_len + pids_len]
     payload = view[start + meta_len + pids_len :]
     if verify:
-        actual = zlib.crc32(meta, zlib.crc32(pids_view, zlib.crc32(payload)))
+        actual = zlib.crc32(view[start:])
         if actual != crc:
             raise CorruptEntryError(f"{where}: checksum mismatch (stored {crc:08x}, read {actual:08x})")
     pids = pickle.loads(pids_view) if pids_len else []
