@@ -166,23 +166,27 @@ class BaseNode:
         self._name: str | None = None
         self._default_name: str | None = None
         top_refs: list[tuple[int | str, Any]] = []
-        nested: list[int | str] = []
+        nested: list[int | str] = _NO_NESTED
         deps: list[BaseNode] = []
         i = 0
         for a in args:
-            if isinstance(a, _REFS):
+            cls = type(a)
+            if cls in _ATOMS:
+                pass
+            elif isinstance(a, _REFS):
                 top_refs.append((i, a))
-            elif type(a) in _SCANNED or isinstance(a, _NESTING):
-                if _contains_ref(a):
-                    nested.append(i)
+            elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
+                nested = [*nested, i]
             i += 1
         if kwargs:
             for k, a in kwargs.items():
-                if isinstance(a, _REFS):
+                cls = type(a)
+                if cls in _ATOMS:
+                    pass
+                elif isinstance(a, _REFS):
                     top_refs.append((k, a))
-                elif type(a) in _SCANNED or isinstance(a, _NESTING):
-                    if _contains_ref(a):
-                        nested.append(k)
+                elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
+                    nested = [*nested, k]
         self.top_refs = top_refs
         self.nested = nested
         self.deps = deps
@@ -430,6 +434,8 @@ class Instance:
 
 _REFS = (BaseNode, NodeItem)
 _SCANNED = frozenset((list, tuple, dict))
+_ATOMS = frozenset((int, float, str, bool, bytes, type(None)))
+_NO_NESTED: list = []  # shared, never mutated: most nodes have no nested nodes
 _NESTING = (*_CONTAINERS, Instance)
 
 

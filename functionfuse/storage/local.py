@@ -29,6 +29,7 @@ from .base import Storage
 __all__ = ["FileStorage"]
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_SMALL = 1 << 16
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -91,9 +92,30 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return []
 
-    def _read(self, path: str) -> bytes:
-        with open(path, "rb", buffering=0) as f:
-            return f.readall()
+    def _read(self, path: str) -> bytes | bytearray:
+        # Most entries are small: one read() of up to 64 KiB, no fstat, no
+        # file object (this is the cache-hit hot path).  Larger ones are read
+        # into one preallocated buffer.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            head = os.read(fd, _SMALL)
+            if len(head) < _SMALL:
+                return head
+            size = os.fstat(fd).st_size
+            buf = bytearray(max(size, _SMALL))
+            buf[:_SMALL] = head
+            view = memoryview(buf)
+            filled = _SMALL
+            while filled < size:
+                got = os.readv(fd, [view[filled:]])
+                if got == 0:
+                    break
+                filled += got
+            view.release()
+            del buf[filled:]
+            return buf
+        finally:
+            os.close(fd)
 
     def _read_head(self, path: str, size: int) -> bytes:
         with open(path, "rb", buffering=0) as f:
