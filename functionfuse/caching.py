@@ -283,6 +283,11 @@ def _fast_value(value: Any, key_of: dict[int, str]) -> bytes | None:
     return None
 
 
+def _sorted_kwargs(kwargs: dict) -> dict:
+    """Keyword arguments in name order: ``f(a=1, b=2)`` is the call ``f(b=2, a=1)``."""
+    return kwargs if len(kwargs) < 2 else dict(sorted(kwargs.items()))
+
+
 def _fast_args(node: BaseNode, key_of: dict[int, str]) -> bytes | None:
     """Encoding of ``(args, kwargs)`` when every value is simple (else None)."""
     if node.nested:
@@ -295,16 +300,13 @@ def _fast_args(node: BaseNode, key_of: dict[int, str]) -> bytes | None:
         parts.append(enc)
     parts.append(b"ed")
     if node.kwargs:
-        pairs = []
-        for k, v in node.kwargs.items():
+        for k, v in _sorted_kwargs(node.kwargs).items():
             enc = _fast_value(v, key_of)
             if enc is None:
                 return None
             data = k.encode("utf-8", "surrogatepass")
-            pairs.append((b"s%d:%s" % (len(data), data), enc))
-        for k, v in sorted(pairs):
-            parts.append(k)
-            parts.append(v)
+            parts.append(b"s%d:%s" % (len(data), data))
+            parts.append(enc)
     parts.append(b"ee")
     return b"".join(parts)
 
@@ -333,7 +335,7 @@ def compute_key(
     argbytes = _fast_args(node, key_of)
     if argbytes is None:
         try:
-            argbytes = Encoder(_ref_hook(task, key_of)).encode((node.args, node.kwargs))
+            argbytes = Encoder(_ref_hook(task, key_of)).encode((node.args, _sorted_kwargs(node.kwargs)))
         except Unhashable as exc:
             argbytes = _unhashable(task, exc, strict, _culprit(node))
     previous = key_of[id(node.after)].encode() if node.after is not None else b""

@@ -7,8 +7,9 @@ Invariants
   libraries are installed.  One algorithm (SHA-256) is used for every digest.
 * **Types are part of the value.**  Every encoding starts with a type tag, so
   ``1``, ``1.0``, ``True`` and ``"1"`` never collide.
-* **Equal containers hash alike.**  Dict items and set elements are sorted by
-  their canonical encoding, so insertion order does not matter.
+* **Equal sets hash alike.**  Set elements are sorted by their canonical
+  encoding.  Dicts keep insertion order: it changes what code iterating them
+  produces, and a miss is safe where a wrong hit is not.
 * **Unhashable is loud.**  A value of an unknown type raises
   :class:`~functionfuse.errors.HashingError` (strict) or, in the caching layer,
   becomes a random token (a guaranteed cache miss) with a warning.  It is never
@@ -147,6 +148,15 @@ def _register_logging() -> None:
     normalize_token.register(logging.Logger, lambda lg: ("Logger", lg.name))
 
 
+def _call_normalizer(func: Callable[[Any], Any], obj: Any) -> Any:
+    try:
+        return func(obj)
+    except Unhashable:
+        raise
+    except Exception as exc:  # a normalizer failing on odd data: unhashable, not a crash
+        raise Unhashable(obj, f"its normalizer raised {type(exc).__name__}: {exc}") from exc
+
+
 def _type_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -203,12 +213,12 @@ class Encoder:
         custom = getattr(cls, "__functionfuse_token__", None)
         if custom is not None:
             out.append(_len_prefixed(b"U", _type_name(cls).encode()))
-            self._guarded(obj, lambda: self._feed(custom(obj), out))
+            self._guarded(obj, lambda: self._feed(_call_normalizer(custom, obj), out))
             return
         func = normalize_token.dispatch(cls)
         if func is not None:
             out.append(_len_prefixed(b"R", _type_name(cls).encode()))
-            self._guarded(obj, lambda: self._feed(func(obj), out))
+            self._guarded(obj, lambda: self._feed(_call_normalizer(func, obj), out))
             return
         if dataclasses.is_dataclass(cls):
             fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
@@ -257,13 +267,14 @@ class Encoder:
         self._active.discard(oid)
 
     def _mapping(self, obj: Any, out: list[bytes]) -> None:
+        # Insertion order counts: dicts are ordered, and code that iterates a
+        # dict (json.dumps, DataFrame(d) ...) gives different results.
         oid = self._enter(obj)
         out.append(b"d")
-        if obj:
-            encode = self.encode
-            for k, v in sorted((encode(k), encode(v)) for k, v in obj.items()):
-                out.append(k)
-                out.append(v)
+        feed = self._feed
+        for k, v in obj.items():
+            feed(k, out)
+            feed(v, out)
         out.append(b"e")
         self._active.discard(oid)
 
@@ -407,8 +418,8 @@ def tokenize(*args: Any, **kwargs: Any) -> str:
     True
     >>> tokenize(1) == tokenize("1")
     False
-    >>> tokenize({"a": 1, "b": 2}) == tokenize({"b": 2, "a": 1})
-    True
+    >>> tokenize({"a": 1, "b": 2}) == tokenize({"b": 2, "a": 1})  # dicts are ordered
+    False
     """
     try:
         data = Encoder().encode((args, kwargs))
@@ -428,19 +439,27 @@ def tokenize(*args: Any, **kwargs: Any) -> str:
 def _register_numpy() -> None:
     import numpy as np
 
+    def _dtype_text(dtype: Any) -> str:
+        # Structured dtypes: '|V8' alone would not tell fields apart.
+        return dtype.str if dtype.names is None and dtype.subdtype is None else repr(dtype.descr)
+
     @normalize_token.register(np.ndarray)
     def _array(x: Any) -> Any:
         if x.dtype.hasobject:
             return ("ndarray-object", x.shape, x.tolist())
         data = np.ascontiguousarray(x)
         digest = hashlib.sha256(data.view(np.uint8).reshape(-1) if data.size else b"").digest()
-        return ("ndarray", x.dtype.str, x.shape, digest)
+        return ("ndarray", _dtype_text(x.dtype), x.shape, digest)
+
+    @normalize_token.register(np.ma.MaskedArray)
+    def _masked(x: Any) -> Any:
+        return ("masked", _array(np.ma.getdata(x)), _array(np.ma.getmaskarray(x)), x.fill_value)
 
     @normalize_token.register(np.generic)
     def _scalar(x: Any) -> Any:
         if x.dtype.hasobject:
             return ("npscalar-object", x.item())
-        return ("npscalar", x.dtype.str, x.tobytes())
+        return ("npscalar", _dtype_text(x.dtype), x.tobytes())
 
     @normalize_token.register(np.dtype)
     def _dtype(x: Any) -> Any:
@@ -468,14 +487,19 @@ def _register_pandas() -> None:
     def _index(x: Any) -> Any:
         return ("Index", str(x.dtype), list(x.names), len(x), _hashed(x.to_series(index=None)))
 
+    def _dtype_info(dtype: Any) -> Any:
+        if isinstance(dtype, pd.CategoricalDtype):
+            return ("category", _index(dtype.categories), bool(dtype.ordered))
+        return str(dtype)
+
     @normalize_token.register(pd.Series)
     def _series(x: Any) -> Any:
-        return ("Series", x.name, str(x.dtype), _index(x.index), _hashed(x))
+        return ("Series", x.name, _dtype_info(x.dtype), _index(x.index), _hashed(x))
 
     @normalize_token.register(pd.DataFrame)
     def _frame(x: Any) -> Any:
         columns = [
-            (name, str(dtype), _hashed(x.iloc[:, i]))
+            (name, _dtype_info(dtype), _hashed(x.iloc[:, i]))
             for i, (name, dtype) in enumerate(x.dtypes.items())
         ]
         return ("DataFrame", _index(x.columns), _index(x.index), columns)

@@ -453,3 +453,13 @@ def test_recompute_without_the_serializer_does_not_fail(storage):
         result = wf.run()
     assert result.sum().compute() == 4
     assert actions(wf)["arr"] == ("computed", "unreadable entry")
+
+
+def test_keyword_order_does_not_change_the_key(storage):
+    @workflow
+    def kw(a, b):
+        return a - b
+
+    run(kw(a=5, b=1).set_name("kw"), storage)
+    wf, r = run(kw(b=1, a=5).set_name("kw"), storage)
+    assert r == 4 and actions(wf)["kw"] == ("read", "cached")
