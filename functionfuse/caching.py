@@ -256,7 +256,7 @@ def _culprit(node: BaseNode) -> str:
             Encoder(hook).encode(a)
         except Unhashable:
             return f"argument {k!r}"
-    return "a captured (closure or default) value"
+    return "a captured value (closure, default, bound argument or callable state)"
 
 
 def _fast_value(value: Any, key_of: dict[int, str]) -> bytes | None:
@@ -327,7 +327,12 @@ def compute_key(
         cached = fp_cache.get(cache_key)
     if cached is None:
         fp = _fingerprint(node, func)
-        captured = _captured(task, key_of, strict) if type(node) is FunctionNode else b""
+        if type(node) is FunctionNode:
+            captured = _captured(task, func, key_of, strict)
+        elif type(node) is ClassInitNode:  # the calls chain to this key
+            captured = _captured(task, node.cls, key_of, strict)
+        else:
+            captured = b""
         if fp_cache is not None and type(node) is FunctionNode and task.reason != UNHASHABLE:
             fp_cache[(id(func), node.version)] = (fp, captured)
     else:
@@ -363,14 +368,14 @@ def _ref_hook(task: Task, key_of: dict[int, str]) -> Any:
     return ref_hook
 
 
-def _captured(task: Task, key_of: dict[int, str], strict: bool) -> bytes:
-    inputs = function_inputs(task.func)
+def _captured(task: Task, func: Any, key_of: dict[int, str], strict: bool) -> bytes:
+    inputs = function_inputs(func)
     if not any(inputs):
         return b""
     try:
         return Encoder(_ref_hook(task, key_of)).encode(inputs)
     except Unhashable as exc:
-        return _unhashable(task, exc, strict, "a captured (closure or default) value")
+        return _unhashable(task, exc, strict, "a captured value (closure, default, bound argument or callable state)")
 
 
 # -- plan -------------------------------------------------------------------------

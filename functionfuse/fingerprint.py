@@ -21,6 +21,7 @@ from "input changed".
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import logging
 import textwrap
@@ -43,10 +44,14 @@ logger = logging.getLogger(__name__)
 _CACHE: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 
 
-def _strip(tree: ast.AST) -> ast.AST:
+def _strip(tree: ast.Module) -> ast.AST:
+    # Only the outermost definition loses its decorators (``@workflow`` and
+    # friends are not the function's behaviour); decorators inside it are code.
+    for top in tree.body:
+        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            top.decorator_list = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            node.decorator_list = []
             body = node.body
             if (
                 body
@@ -105,7 +110,8 @@ def _source_or_code(obj: Any) -> str:
             code = getattr(func, "__code__", None)
             parts.append(name + "=" + (_code_token(code) if code is not None else ""))
         return "class:" + "|".join(parts)
-    return "opaque:" + f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', repr(obj))}"
+    # Never repr(): it may hold a memory address or an abbreviated value.
+    return "opaque:" + _qualname(obj)
 
 
 def _qualname(obj: Any) -> str:
@@ -125,13 +131,21 @@ def code_fingerprint(obj: Any, version: str | None = None) -> str:
         return _CACHE[obj]
     except (KeyError, TypeError):
         pass
-    if inspect.isclass(obj):
+    if isinstance(obj, functools.partial):
+        # The wrapped function's code; the bound arguments are inputs.
+        text = "partial|" + code_fingerprint(obj.func)
+    elif isinstance(obj, types.MethodType):
+        text = "method|" + code_fingerprint(obj.__func__)
+    elif inspect.isclass(obj):
         parts = [
             _qualname(base) + ":" + _source_or_code(base)
             for base in obj.__mro__
             if base.__module__ != "builtins"
         ]
         text = "class|" + "\n".join(parts)
+    elif not isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)) and callable(obj):
+        # A callable object: the code of its class; its state is an input.
+        text = "callable|" + code_fingerprint(type(obj))
     else:
         target = inspect.unwrap(obj) if callable(obj) else obj
         text = "function|" + _qualname(obj) + "|" + _source_or_code(target)
@@ -156,9 +170,38 @@ def closure_values(func: Any) -> tuple[Any, ...]:
 
 
 def function_inputs(func: Any) -> tuple[Any, ...]:
-    """What a function reads besides its arguments and globals: closure values
-    and default values.  These count as inputs of a node's key."""
-    return (closure_values(func), getattr(func, "__defaults__", None), getattr(func, "__kwdefaults__", None))
+    """What a callable reads besides its arguments and globals; these count as
+    inputs of a node's key.
+
+    * a function: its closure values and default values;
+    * ``functools.partial``: its bound arguments, plus the inputs of the function;
+    * a bound method: the object it is bound to, plus the method's inputs;
+    * a class: the closure and default values of every method in its MRO;
+    * any other callable object: the object itself (hashed by its
+      ``__functionfuse_token__``, a registered normalizer, or as a dataclass;
+      otherwise it is unhashable and the node is recomputed with a warning).
+    """
+    if isinstance(func, types.FunctionType):
+        return (closure_values(func), func.__defaults__, func.__kwdefaults__)
+    if isinstance(func, functools.partial):
+        return ("partial", func.args, func.keywords, function_inputs(func.func))
+    if isinstance(func, types.MethodType):
+        return ("method", func.__self__, function_inputs(func.__func__))
+    if inspect.isclass(func):
+        parts = []
+        for base in func.__mro__:
+            if base.__module__ == "builtins":
+                continue
+            for name, value in sorted(vars(base).items()):
+                target = getattr(value, "__func__", value)  # staticmethod / classmethod
+                if isinstance(target, types.FunctionType):
+                    inputs = function_inputs(target)
+                    if any(inputs):
+                        parts.append((base.__qualname__, name, inputs))
+        return tuple(parts)
+    if isinstance(func, types.BuiltinFunctionType) or not callable(func):
+        return ()
+    return ("callable", func)
 
 
 _IN_PROGRESS: set[int] = set()

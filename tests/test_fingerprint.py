@@ -63,3 +63,14 @@ def test_lambda_and_no_source_fall_back_to_bytecode():
     g = eval("lambda x: x + 2")
     assert code_fingerprint(f) != code_fingerprint(g)
     assert code_fingerprint(f) == code_fingerprint(eval("lambda x: x + 1"))
+
+
+def test_inner_decorators_are_code():
+    src = """
+def f(x):
+    @times({k})
+    def g(y):
+        return y + 1
+    return g(x)
+"""
+    assert code_fingerprint(_define(src.format(k=2))) != code_fingerprint(_define(src.format(k=3)))
