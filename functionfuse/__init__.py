@@ -14,6 +14,7 @@ from .errors import (
     HashingError,
     NodeExecutionError,
     SerializationError,
+    SerializerNotRegisteredError,
     StorageConfigError,
     StorageError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "EntryNotFoundError",
     "CorruptEntryError",
     "SerializationError",
+    "SerializerNotRegisteredError",
     "ExecutorError",
     "NodeExecutionError",
     "__version__",

@@ -58,6 +58,7 @@ from .errors import (
     HashingError,
     NodeExecutionError,
     SerializationError,
+    SerializerNotRegisteredError,
     StorageError,
 )
 from .fingerprint import code_fingerprint, function_inputs
@@ -559,10 +560,15 @@ def load_node(plan: Plan, task: Task) -> Any:
     """Load a cached node's result.
 
     Raises CorruptEntryError / SerializationError / EntryNotFoundError when the
-    entry cannot be used; the caller warns and recomputes.
+    entry cannot be used; the caller warns and recomputes.  A serializer that
+    is not registered is a configuration error: it is raised, naming the node,
+    and the entry is kept.
     """
     start = time.perf_counter()
-    value = plan.storage.load(plan.workflow, task.entry)
+    try:
+        value = plan.storage.load(plan.workflow, task.entry)
+    except SerializerNotRegisteredError as exc:
+        raise SerializerNotRegisteredError(f"node {task.name!r}: {exc}") from None
     task.seconds = time.perf_counter() - start
     task.action = "read"
     return value

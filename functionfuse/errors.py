@@ -16,6 +16,7 @@ __all__ = [
     "EntryNotFoundError",
     "CorruptEntryError",
     "SerializationError",
+    "SerializerNotRegisteredError",
     "ExecutorError",
     "NodeExecutionError",
 ]
@@ -51,6 +52,14 @@ class CorruptEntryError(StorageError):
 
 class SerializationError(FunctionFuseError):
     """A result cannot be serialized or deserialized."""
+
+
+class SerializerNotRegisteredError(SerializationError):
+    """An entry needs a persistent serializer this storage does not have.
+
+    A configuration mistake, not damage: the entry is kept and the run stops,
+    rather than recomputing and replacing a good result.
+    """
 
 
 class ExecutorError(FunctionFuseError):

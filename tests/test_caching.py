@@ -433,9 +433,10 @@ def test_shared_object_stored_once_and_identity_kept(storage):
     assert loaded["a"] is loaded["b"]
 
 
-def test_recompute_without_the_serializer_does_not_fail(storage):
+def test_missing_serializer_is_an_error_and_keeps_the_entry(storage):
     import dask.array as da
 
+    from functionfuse import SerializerNotRegisteredError
     from functionfuse.serializers.daskarray import DaskArraySerializer
     from functionfuse.storage import FileStorage
 
@@ -447,12 +448,13 @@ def test_recompute_without_the_serializer_does_not_fail(storage):
     wf = LocalWorkflow(arr().set_name("arr"), workflow_name="wf")
     wf.set_storage(storage)
     wf.run()
+    before = sorted(os.listdir(os.path.join(storage.path, "wf", ".data")))
     wf = LocalWorkflow(arr().set_name("arr"), workflow_name="wf")
     wf.set_storage(FileStorage(storage.path))  # serializer not registered here
-    with pytest.warns(CacheWarning, match="not registered"):
-        result = wf.run()
-    assert result.sum().compute() == 4
-    assert actions(wf)["arr"] == ("computed", "unreadable entry")
+    with pytest.raises(SerializerNotRegisteredError, match="node 'arr'.*'DaskArraySerializer'.*register"):
+        wf.run()
+    assert sorted(os.listdir(os.path.join(storage.path, "wf", ".data"))) == before
+    assert storage.read_task("wf", "arr").sum().compute() == 4
 
 
 def test_keyword_order_does_not_change_the_key(storage):

@@ -35,6 +35,7 @@ from ..caching import (
     node_error,
     run_node,
 )
+from ..errors import SerializerNotRegisteredError
 from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem
 from .base import BaseWorkflow
 
@@ -182,6 +183,8 @@ class _LocalRun:
         if task.entry is not None:
             try:
                 value = load_node(self.plan, task)
+            except SerializerNotRegisteredError:
+                raise  # a configuration error: keep the entry, stop the run
             except LOAD_ERRORS as exc:
                 entry_failed(task, exc)
             else:

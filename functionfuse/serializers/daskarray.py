@@ -74,7 +74,11 @@ class DaskArraySerializer:
                 fileobj = handle.open(filename, "wb")
                 h5 = h5py.File(fileobj, "w")
             with h5:
-                dset = h5.create_dataset(_DATASET, shape=obj.shape, dtype=obj.dtype, chunks=chunks)
+                # fletcher32: a checksum per chunk, so damaged side data raises
+                # when read instead of silently giving wrong numbers.
+                dset = h5.create_dataset(
+                    _DATASET, shape=obj.shape, dtype=obj.dtype, chunks=chunks, fletcher32=chunks is not None
+                )
                 if obj.size:
                     da.store(obj, dset, lock=True)
         except BaseException:

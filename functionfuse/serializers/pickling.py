@@ -12,6 +12,7 @@ their side data without unpickling the result.
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ from .registry import SerializerRegistry
 __all__ = ["dumps", "loads", "remove_pids", "PICKLE_PROTOCOL"]
 
 PICKLE_PROTOCOL = 5
+
+logger = logging.getLogger(__name__)
 
 
 class _PersistentPickler(cloudpickle.Pickler):
@@ -83,7 +86,16 @@ def dumps(
         return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL), []
     buffer = io.BytesIO()
     pickler = _PersistentPickler(buffer, registry, protocols or dict)
-    pickler.dump(obj)
+    try:
+        pickler.dump(obj)
+    except BaseException:
+        # Side data already written for this result is referenced by nothing.
+        if pickler.pids:
+            try:
+                remove_pids(pickler.pids, registry, pickler._protocols or {})
+            except Exception:  # noqa: BLE001 - cleanup must not hide the real error
+                logger.warning("could not remove side data of a failed save: %s", pickler.pids)
+        raise
     return buffer.getvalue(), pickler.pids
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..errors import SerializationError
+from ..errors import SerializationError, SerializerNotRegisteredError
 
 __all__ = ["SerializerRegistry"]
 
@@ -89,7 +89,7 @@ class SerializerRegistry:
         try:
             return self._by_name[name]
         except KeyError:
-            raise SerializationError(
+            raise SerializerNotRegisteredError(
                 f"the entry was written with serializer {name!r}, which is not registered on "
                 f"this storage (registered: {sorted(self._by_name) or 'none'}); call "
                 "storage.register_persistent_serializers(...) with it before reading"

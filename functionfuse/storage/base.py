@@ -291,14 +291,12 @@ class Storage(ABC):
         """
         try:
             payload, pids = pickling.dumps(value, self.registry, lambda: self.protocols(workflow_name))
-        except SerializationError:
-            raise
-        except (pickling.pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+        except Exception as exc:  # any failure of user __reduce__ / serializers: name the node
             raise SerializationError(
                 f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
-                f"cannot be serialized: {exc}. Register a persistent serializer for its type with "
-                "storage.register_persistent_serializers(...), or keep the node out of storage with "
-                "workflow.log_nodes(pattern)."
+                f"cannot be serialized: {type(exc).__name__}: {exc}. Register a persistent serializer "
+                "for its type with storage.register_persistent_serializers(...), or keep the node out "
+                "of storage with workflow.log_nodes(pattern)."
             ) from exc
         meta.update(
             node=node_name,

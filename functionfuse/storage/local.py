@@ -18,6 +18,7 @@ directly because they sit on the hot path of every node:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -53,6 +54,10 @@ class FileStorage(Storage):
 
     def __init__(self, path: str | os.PathLike, *, durable: bool = False) -> None:
         super().__init__()
+        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+            raise StorageConfigError(
+                f"option 'path' of the file storage must be a non-empty str or path, got {path!r}"
+            )
         self.path = os.path.abspath(os.fspath(path))
         self.durable = bool(durable)
         self._tmpfile_ok = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
@@ -129,8 +134,13 @@ class FileStorage(Storage):
         if self._tmpfile_ok and not overwrite:
             try:
                 fd = os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
-            except OSError:  # the filesystem does not support O_TMPFILE
-                self._tmpfile_ok = False
+            except FileNotFoundError:  # the folder was removed behind our back
+                os.makedirs(folder, exist_ok=True)
+                return self._publish(folder, name, data, overwrite)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._tmpfile_ok = False  # the filesystem does not support O_TMPFILE
             else:
                 try:
                     _write_all(fd, data)
@@ -148,6 +158,7 @@ class FileStorage(Storage):
         if not overwrite and os.path.exists(final):
             return False
         tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}-{os.getpid()}")
+        os.makedirs(folder, exist_ok=True)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

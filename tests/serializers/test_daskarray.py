@@ -127,3 +127,34 @@ def test_larger_than_chunk_memory_is_streamed(dstorage):
 def test_empty_array_round_trips(dstorage):
     dstorage.save("wf", "e", "3" * 32, da.zeros((0, 3), chunks=1), {})
     assert dstorage.read_task("wf", "e").shape == (0, 3)
+
+
+def test_damaged_hdf5_side_data_is_detected(dstorage):
+    arr = da.arange(1000, chunks=100)
+    dstorage.save("wf", "a", "0" * 32, arr, {})
+    side = os.path.join(dstorage.path, "wf", ".data")
+    [name] = os.listdir(side)
+    path = os.path.join(side, name)
+    with h5py.File(path, "r") as h5:
+        offset = h5["data"].id.get_chunk_info(3).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 10)
+        byte = fh.read(1)
+        fh.seek(offset + 10)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    loaded = dstorage.read_task("wf", "a")
+    with pytest.raises(OSError):
+        loaded.compute()
+
+
+def test_failed_save_leaves_no_side_data(dstorage):
+    from functionfuse import SerializationError
+
+    class Bad:
+        def __reduce__(self):
+            raise RuntimeError("no")
+
+    with pytest.raises(SerializationError, match="node 'n'.*RuntimeError: no"):
+        dstorage.save("wf", "n", "0" * 32, [da.ones(4, chunks=2), Bad()], {})
+    side = os.path.join(dstorage.path, "wf", ".data")
+    assert not os.path.exists(side) or os.listdir(side) == []

@@ -86,3 +86,17 @@ def test_concurrent_writers_leave_one_valid_entry(tmp_path):
     s = FileStorage(tmp_path)
     assert s.read_task("wf", "n") in ("A" * 5000, "B" * 5000)
     assert len(os.listdir(tmp_path / "wf")) == 1  # no temp files left behind
+
+
+def test_bad_path_type_names_the_option():
+    with pytest.raises(StorageConfigError, match="option 'path'.*None"):
+        storage_factory({"kind": "file", "options": {"path": None}})
+
+
+def test_folder_removed_by_another_storage_object(tmp_path):
+    a = FileStorage(tmp_path / "s")
+    a.save("wf", "n", "0" * 32, 1, {})
+    FileStorage(tmp_path / "s").remove_workflow("wf")
+    a.save("wf", "m", "1" * 32, 2, {})  # recreates the folder
+    assert a.read_task("wf", "m") == 2
+    assert a._tmpfile_ok  # the fast path stays on
