@@ -42,6 +42,7 @@ only two operations a backend performs on a node.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -535,11 +536,11 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     task.seconds = elapsed
     if task.reason == REPLAY:
         task.action = "replayed"
-        return value
+        return _snapshot(value, instance)
     task.action = "computed"
     storage = plan.storage
     if storage is None or not task.store:
-        return value
+        return _snapshot(value, instance)
     meta = {
         "fingerprint": task.fingerprint,
         "inputs": {dep.name: dep.key for dep in task.deps},
@@ -551,9 +552,23 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     if task.stale:
         storage.discard(plan.workflow, task.stale)
         task.stale = []
-    if storage.always_read:
+    if storage.always_read or (instance is not None and value is instance):
+        # A method returning ``self`` hands children the object as it was
+        # then, as a later run reading the entry would; later calls on the
+        # live instance must not change it.
         value = storage.load(plan.workflow, filename)
     return value
+
+
+def _snapshot(value: Any, instance: Any) -> Any:
+    """A copy of ``value`` when it is the live stateful instance itself."""
+    if instance is None or value is not instance:
+        return value
+    try:
+        return copy.deepcopy(value)
+    except Exception as exc:  # noqa: BLE001 - an uncopyable object: hand over the live one
+        logger.debug("cannot snapshot %r (%s); children get the live instance", type(value), exc)
+        return value
 
 
 def load_node(plan: Plan, task: Task) -> Any:

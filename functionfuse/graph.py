@@ -74,13 +74,6 @@ class _Component:
         self.named = True
 
 
-def merge_components(nodes: Iterable[BaseNode]) -> None:
-    """Put ``nodes`` in one component, so one workflow numbers them together."""
-    comps = {id(n.component): n.component for n in nodes}
-    if len(comps) > 1:
-        _merge(list(comps.values()))
-
-
 def _merge(components: list[_Component]) -> _Component:
     """Merge components into the largest one, keeping creation order."""
     target = max(components, key=lambda c: len(c.nodes))
@@ -519,11 +512,37 @@ def _seq_of(node: BaseNode) -> int:
     return node.seq
 
 
-def iter_names(nodes: Iterable[BaseNode]) -> Iterator[tuple[str, BaseNode]]:
+def workflow_default_names(nodes: list[BaseNode]) -> dict[int, str] | None:
+    """Default names for a workflow spanning several unconnected graphs.
+
+    Their nodes are numbered together, in creation order, as if they were one
+    graph, without touching the graphs themselves (so building one workflow
+    never renames the nodes of another).  ``None`` when ``nodes`` lie in one
+    graph, whose own numbering (``get_name()``) applies.
+    """
+    comps = {id(n.component): n.component for n in nodes}
+    if len(comps) < 2:
+        return None
+    everything = sorted((n for c in comps.values() for n in c.nodes), key=_seq_of)
+    counters: dict[str, int] = {}
+    names: dict[int, str] = {}
+    for node in everything:
+        i = counters.get(node.qualname, 0)
+        counters[node.qualname] = i + 1
+        names[id(node)] = f"{node.qualname}_{i:04d}"
+    return names
+
+
+def iter_names(
+    nodes: Iterable[BaseNode], defaults: dict[int, str] | None = None
+) -> Iterator[tuple[str, BaseNode]]:
     """``(name, node)`` pairs, checking that names are unique."""
     by_name: dict[str, BaseNode] = {}
     for node in nodes:
-        name = node.get_name()
+        if defaults is not None and node._name is None:
+            name = defaults[id(node)]
+        else:
+            name = node.get_name()
         other = by_name.get(name)
         if other is not None:
             raise GraphError(

@@ -524,3 +524,37 @@ def test_class_node_closures_are_inputs(storage):
         wf, r = run(make(k)().fit(5).set_name("fit"), storage)
         assert r == 5 * k
         assert actions(wf)["fit"][0] == "computed"
+
+
+@workflow
+class Estimator:
+    def __init__(self):
+        self.coef = 0
+
+    def fit(self, x):
+        self.coef = x
+        return self  # sklearn style
+
+    def refit(self, x):
+        self.coef = x
+        return x
+
+
+@workflow
+def predict(model):
+    return model.coef
+
+
+@pytest.mark.parametrize("with_storage", [True, False])
+def test_method_returning_self_gives_children_the_state_at_that_call(storage, with_storage):
+    def build():
+        m = Estimator().set_name("m")
+        fitted = m.fit(1).set_name("fit")
+        m.refit(100).set_name("refit")
+        return predict(fitted).set_name("predict")
+
+    for _ in range(2):  # cold, then warm: the same answer
+        wf = LocalWorkflow(build(), workflow_name="wf")
+        if with_storage:
+            wf.set_storage(storage)
+        assert wf.run() == 1

@@ -219,3 +219,13 @@ def test_separate_graphs_in_one_workflow_are_numbered_together():
     wf = LocalWorkflow(add(1, 1), add(2, 2), workflow_name="w")
     assert names(wf) == ["add_0000", "add_0001"]
     assert wf.run() == [2, 4]
+
+
+def test_building_a_workflow_never_renames_another_workflows_nodes():
+    a = add(1, 1)
+    b = add(2, 2)
+    wf1 = LocalWorkflow(b, workflow_name="one")
+    assert names(wf1) == ["add_0000"]
+    wf2 = LocalWorkflow(a, b, workflow_name="two")
+    assert names(wf2) == ["add_0000", "add_0001"]
+    assert names(wf1) == ["add_0000"]

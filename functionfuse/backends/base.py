@@ -22,8 +22,8 @@ from ..graph import (
     collect_run_set,
     describe,
     iter_names,
-    merge_components,
     names_epoch,
+    workflow_default_names,
 )
 
 __all__ = ["BaseWorkflow"]
@@ -51,9 +51,6 @@ class BaseWorkflow:
         self.leaves: list[BaseNode | NodeItem] = [as_leaf(n, i) for i, n in enumerate(nodes)]
         leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
         self.nodes: list[BaseNode] = collect_run_set(leaf_nodes)
-        # Separate graphs in one workflow are numbered together (load_0000,
-        # load_0001 ...), as if they were one graph.
-        merge_components(self.nodes)
         self.roots = [n for n in self.nodes if not n.deps and n.after is None]
         self._members = {id(n) for n in self.nodes}
         self._funcs: dict[int, Any] = {}
@@ -68,7 +65,10 @@ class BaseWorkflow:
         epoch = names_epoch()
         cached = self._names_cache
         if cached is None or cached[0] != epoch:
-            cached = (epoch, list(iter_names(self.nodes)))
+            # Separate graphs in one workflow are numbered together (load_0000,
+            # load_0001 ...), as if they were one graph.
+            defaults = workflow_default_names(self.nodes)
+            cached = (epoch, list(iter_names(self.nodes, defaults)))
             self._names_cache = cached
         return cached[1]
 

@@ -46,26 +46,29 @@ KEY_HEX = 32
 _SUFFIX = entry_format.SUFFIX
 _TAIL = 1 + KEY_HEX + len(_SUFFIX)  # "-" + key + ".ffr"
 
-_VERSIONS: dict[str, str] | None = None
+_TRACKED = ("numpy", "pandas", "dask", "h5py", "zarr", "sklearn", "torch")
+_VERSIONS: dict[tuple[str, ...], dict[str, str]] = {}
 
 
 def library_versions() -> dict[str, str]:
-    """Versions recorded in every entry (computed once per process)."""
-    global _VERSIONS
-    if _VERSIONS is None:
+    """Versions recorded in every entry: Python, functionfuse, cloudpickle and
+    the scientific libraries imported at the time of the save."""
+    present = tuple(m for m in _TRACKED if m in sys.modules)
+    versions = _VERSIONS.get(present)
+    if versions is None:
         import cloudpickle
 
         from .. import __version__
 
-        _VERSIONS = {
+        versions = {
             "python": platform.python_version(),
             "functionfuse": __version__,
             "cloudpickle": cloudpickle.__version__,
         }
-        for mod in ("numpy", "pandas", "dask"):
-            if mod in sys.modules:
-                _VERSIONS[mod] = getattr(sys.modules[mod], "__version__", "?")
-    return _VERSIONS
+        for mod in present:
+            versions[mod] = str(getattr(sys.modules[mod], "__version__", "?"))
+        _VERSIONS[present] = versions
+    return versions
 
 
 def split_entry_name(filename: str) -> tuple[str, str] | None:
@@ -112,7 +115,7 @@ class Storage(ABC):
         self._always_read = False
         self._made_dirs: set[str] = set()
         self._wf_dirs: dict[str, str] = {}
-        self._const_meta: dict[str, bytes] = {}
+        self._const_meta: dict[tuple[str, int], bytes] = {}
 
     # -- primitives -----------------------------------------------------------
     @property
@@ -330,15 +333,13 @@ class Storage(ABC):
 
     def _constant_meta(self, workflow_name: str) -> bytes:
         """JSON members every entry of a workflow shares, encoded once."""
-        cached = self._const_meta.get(workflow_name)
+        versions = library_versions()
+        cache_key = (workflow_name, id(versions))
+        cached = self._const_meta.get(cache_key)
         if cached is None:
-            members = {
-                "workflow": workflow_name,
-                "serializer": "cloudpickle",
-                "versions": library_versions(),
-            }
+            members = {"workflow": workflow_name, "serializer": "cloudpickle", "versions": versions}
             cached = json.dumps(members, separators=(",", ":"))[1:-1].encode()
-            self._const_meta[workflow_name] = cached
+            self._const_meta[cache_key] = cached
         return cached
 
     def _remove_side_data(self, workflow_name: str, pids: list, where: str) -> None:

@@ -55,6 +55,7 @@ def pack(meta: dict, pids: list, payload: bytes, extra_json: bytes = b"") -> byt
     """
     pid_bytes = pickle.dumps(pids, protocol=5) if pids else b""
     meta["payload_size"] = len(payload)
+    meta["payload_crc32"] = f"{zlib.crc32(payload):08x}"
     meta_bytes = json.dumps(meta, separators=(",", ":"), default=str).encode()
     if extra_json:
         meta_bytes = meta_bytes[:-1] + b"," + extra_json + b"}" if len(meta_bytes) > 2 else b"{" + extra_json + b"}"

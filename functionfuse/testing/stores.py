@@ -117,6 +117,7 @@ class StorageContract:
         assert meta["workflow"] == "wf"
         assert meta["serializer"] == "cloudpickle"
         assert meta["payload_size"] > 1000
+        assert len(meta["payload_crc32"]) == 8
         assert {"python", "functionfuse", "cloudpickle"} <= set(meta["versions"])
         assert "created" in meta and "inputs" in meta
         assert storage.read_task_meta("wf", "node") == meta
