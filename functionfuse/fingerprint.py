@@ -95,8 +95,41 @@ def _code_token(code: types.CodeType) -> str:
     return "|".join(parts)
 
 
+def _find_code(code: types.CodeType, name: str) -> list[types.CodeType]:
+    found = [code] if code.co_name == name else []
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found.extend(_find_code(const, name))
+    return found
+
+
+def _source_is_running_code(obj: Any) -> bool:
+    """Whether the source file still holds the code that runs.
+
+    A module edited on disk but not re-imported (a long-lived notebook) would
+    otherwise key the old code's results under the new source.  Checked where
+    a standalone compile is comparable: functions without free variables.
+    """
+    code = getattr(obj, "__code__", None)
+    if code is None or code.co_freevars:
+        return True
+    try:
+        compiled = compile(textwrap.dedent(inspect.getsource(obj)), "<fingerprint>", "exec")
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return True
+    running = _code_token(code)
+    return any(_code_token(c) == running for c in _find_code(compiled, code.co_name))
+
+
 def _source_or_code(obj: Any) -> str:
     src = normalized_source(obj)
+    if src is not None and not inspect.isclass(obj) and not _source_is_running_code(obj):
+        logger.warning(
+            "the source of %s on disk differs from the code that runs (edited but not "
+            "re-imported?); fingerprinting its bytecode instead",
+            getattr(obj, "__qualname__", obj),
+        )
+        src = None
     if src is not None:
         return "src:" + src
     code = getattr(obj, "__code__", None)

@@ -74,3 +74,24 @@ def f(x):
     return g(x)
 """
     assert code_fingerprint(_define(src.format(k=2))) != code_fingerprint(_define(src.format(k=3)))
+
+
+def test_source_edited_on_disk_but_not_reimported(tmp_path, caplog):
+    import importlib.util
+    import linecache
+
+    path = tmp_path / "edited_mod.py"
+
+    def load():
+        spec = importlib.util.spec_from_file_location("edited_mod", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.f
+
+    path.write_text("def f(x):\n    return x + 1\n")
+    running = load()
+    path.write_text("def f(x):\n    return x + 1000\n")  # edited, not re-imported
+    linecache.checkcache(str(path))
+    stale = code_fingerprint(running)
+    assert "differs from the code that runs" in caplog.text
+    assert stale != code_fingerprint(load())
