@@ -24,6 +24,7 @@ import ast
 import functools
 import inspect
 import logging
+import sys
 import textwrap
 import types
 import weakref
@@ -113,6 +114,10 @@ def _source_is_running_code(obj: Any) -> bool:
     code = getattr(obj, "__code__", None)
     if code is None or code.co_freevars:
         return True
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    loader = getattr(module, "__loader__", None)
+    if loader is not None and type(loader).__module__.startswith("_pytest"):
+        return True  # pytest's assertion rewriting compiles from a modified tree
     try:
         compiled = compile(textwrap.dedent(inspect.getsource(obj)), "<fingerprint>", "exec")
     except (OSError, TypeError, SyntaxError, ValueError):
