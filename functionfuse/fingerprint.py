@@ -109,7 +109,9 @@ def _source_is_running_code(obj: Any) -> bool:
 
     A module edited on disk but not re-imported (a long-lived notebook) would
     otherwise key the old code's results under the new source.  Checked where
-    a standalone compile is comparable: functions without free variables.
+    a standalone compile is comparable (functions without free variables), on
+    names, variables and constants: an edit that only swaps an operator goes
+    unnoticed.
     """
     code = getattr(obj, "__code__", None)
     if code is None or code.co_freevars:
@@ -122,8 +124,15 @@ def _source_is_running_code(obj: Any) -> bool:
         compiled = compile(textwrap.dedent(inspect.getsource(obj)), "<fingerprint>", "exec")
     except (OSError, TypeError, SyntaxError, ValueError):
         return True
-    running = _code_token(code)
-    return any(_code_token(c) == running for c in _find_code(compiled, code.co_name))
+    running = _static_token(code)
+    return any(_static_token(c) == running for c in _find_code(compiled, code.co_name))
+
+
+def _static_token(code: types.CodeType) -> tuple:
+    # Names, variables and constants only: CPython 3.11 rewrites co_code of a
+    # function that has run (specialisation), so bytecode cannot be compared.
+    consts = tuple(_static_token(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts)
+    return (code.co_name, code.co_names, code.co_varnames, consts)
 
 
 def _source_or_code(obj: Any) -> str:
