@@ -558,3 +558,20 @@ def test_method_returning_self_gives_children_the_state_at_that_call(storage, wi
         if with_storage:
             wf.set_storage(storage)
         assert wf.run() == 1
+
+
+def test_replayed_method_returning_self_gives_children_a_snapshot(storage):
+    def build():
+        m = Estimator().set_name("m")
+        fitted = m.fit(1).set_name("fit")
+        m.refit(100).set_name("refit")
+        return predict(fitted).set_name("predict")
+
+    wf = LocalWorkflow(build(), workflow_name="wf")
+    wf.set_storage(storage)
+    assert wf.run() == 1
+    storage.remove_task("wf", pattern="[rp]*")  # refit must run: fit is replayed, predict recomputed
+    wf = LocalWorkflow(build(), workflow_name="wf")
+    wf.set_storage(storage)
+    assert wf.run() == 1
+    assert actions(wf)["fit"] == ("replayed", "replay")
