@@ -178,6 +178,7 @@ class Task:
     store = False
     overwrite = False
     stale: list = []
+    method: str | None = None  # for a call on a stateful instance
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:
         self.node = node
@@ -314,12 +315,14 @@ def _fast_args(node: BaseNode, key_of: dict[int, str]) -> bytes | None:
 
 
 def compute_key(
-    task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict | None = None
+    task: Task, key_of: dict[int, str], strict: bool, fp_cache: dict | None = None, extra: bytes = b""
 ) -> None:
     """Set ``task.key`` and ``task.fingerprint`` (see the module docstring).
 
     ``fp_cache`` (one dict per plan) memoises, per function, its fingerprint
-    and the encoding of its closure and default values.
+    and the encoding of its closure and default values.  ``extra`` is what a
+    backend adds to the node's inputs (a plugin's seed, for example); empty
+    adds nothing, so keys are the same on every backend.
     """
     node = task.node
     func = task.func
@@ -347,6 +350,8 @@ def compute_key(
             argbytes = _unhashable(task, exc, strict, _culprit(node))
     previous = key_of[id(node.after)].encode() if node.after is not None else b""
     data = b"|".join((b"node", fp.encode(), previous, argbytes, captured))
+    if extra:
+        data += b"|extra|" + extra
     task.key = hashlib.sha256(data).hexdigest()[:32]
     task.fingerprint = fp
 
@@ -400,15 +405,28 @@ def make_plan(
     unstored: set[int] | frozenset = frozenset(),
     force: str | Iterable[str] | None = None,
     strict: bool = False,
+    extra: dict[int, bytes] | None = None,
+    unusable: set[str] | frozenset = frozenset(),
 ) -> Plan:
-    """Key every node and decide what runs (see the module docstring)."""
+    """Key every node and decide what runs (see the module docstring).
+
+    ``extra`` maps ``id(node)`` to bytes added to that node's key (see
+    :func:`compute_key`).  ``unusable`` holds entry file names found corrupt or
+    unreadable by an earlier attempt of the same run: those nodes are
+    recomputed and their entries replaced.
+    """
     tasks: list[Task] = []
     by_node: dict[int, Task] = {}
     for name, node in named:
         func = funcs.get(id(node)) if funcs else None
-        if func is None and type(node) is FunctionNode:
-            func = node.func
+        if func is None:
+            if type(node) is FunctionNode:
+                func = node.func
+            elif type(node) is ClassInitNode:
+                func = node.cls
         task = Task(node, name, func)
+        if type(node) is ClassCallNode:
+            task.method = node.method
         if node.deps:
             task.deps = [by_node[id(d)] for d in node.deps]
         tasks.append(task)
@@ -425,7 +443,7 @@ def make_plan(
     forced_ids: set[int] = set()  # forced nodes and everything downstream of them
     for task in tasks:
         node = task.node
-        compute_key(task, key_of, strict, fp_cache)
+        compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
         key_of[id(node)] = task.key  # type: ignore[assignment]
         is_forced = bool(forced) and any(p.fullmatch(task.name) for p in forced)
         downstream = bool(forced_ids) and _upstream_forced(node, forced_ids)
@@ -453,6 +471,8 @@ def make_plan(
             task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
         elif task.reason == UNHASHABLE:
             task.run = True
+        elif hit and filename in unusable:
+            task.run, task.reason, task.overwrite = True, CORRUPT, True
         elif hit:
             task.run, task.reason, task.entry = False, CACHED, filename
         else:
@@ -504,14 +524,9 @@ def _expand_chains(tasks: list[Task], by_node: dict[int, Task]) -> None:
 
 def execute(task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
     """Call the node's function; user errors become NodeExecutionError."""
-    node = task.node
     try:
-        if type(node) is FunctionNode:
-            return task.func(*args, **kwargs)
-        if isinstance(node, ClassCallNode):
-            return getattr(instance, node.method)(*args, **kwargs)
-        if isinstance(node, ClassInitNode):
-            return node.cls(*args, **kwargs)
+        if task.method is not None:
+            return getattr(instance, task.method)(*args, **kwargs)
         return task.func(*args, **kwargs)
     except Exception as exc:
         raise node_error(task, exc) from exc

@@ -73,7 +73,33 @@ class NodeExecutionError(FunctionFuseError):
     the node and its cache key.
     """
 
-    def __init__(self, message: str, *, node: str, key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, node: str, key: str | None = None, remote_traceback: str | None = None
+    ) -> None:
         super().__init__(message)
         self.node = node
         self.key = key
+        #: The traceback of the user's exception when it was raised on a worker.
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):  # keep node, key and the cause across processes
+        cause = self.__cause__
+        try:
+            import pickle
+
+            pickle.dumps(cause)
+        except Exception:  # noqa: BLE001 - an unpicklable cause travels as text only
+            cause = None
+        return (_rebuild_node_error, (type(self), self.args[0], self.node, self.key, self.remote_traceback, cause))
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nTraceback on the worker:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+def _rebuild_node_error(cls, message, node, key, remote_traceback, cause):  # type: ignore[no-untyped-def]
+    err = cls(message, node=node, key=key, remote_traceback=remote_traceback)
+    err.__cause__ = cause
+    return err

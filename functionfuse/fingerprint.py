@@ -147,7 +147,7 @@ def _source_or_code(obj: Any) -> str:
     if src is not None:
         return "src:" + src
     code = getattr(obj, "__code__", None)
-    if code is not None:
+    if isinstance(code, types.CodeType):
         logger.debug("no source for %r; fingerprinting its bytecode", obj)
         return "code:" + _code_token(code)
     if inspect.isclass(obj):
@@ -155,7 +155,8 @@ def _source_or_code(obj: Any) -> str:
         for name, value in sorted(vars(obj).items()):
             func = getattr(value, "__func__", value)
             code = getattr(func, "__code__", None)
-            parts.append(name + "=" + (_code_token(code) if code is not None else ""))
+            # Extension types (Cython, C) have no code objects, only descriptors.
+            parts.append(name + "=" + (_code_token(code) if isinstance(code, types.CodeType) else ""))
         return "class:" + "|".join(parts)
     # Never repr(): it may hold a memory address or an abbreviated value.
     return "opaque:" + _qualname(obj)

@@ -60,10 +60,10 @@ def dask_client():
         n_workers=2,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         resources={"disk": 1},
     )
-    client = distributed.Client(cluster)
+    client = distributed.Client(cluster, set_as_default=False)  # other tests compute locally
     yield client
     client.close()
     cluster.close()

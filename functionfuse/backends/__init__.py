@@ -3,12 +3,19 @@
 Backends are imported lazily: ``import functionfuse`` imports no dask or ray.
 """
 
-__all__ = ["LocalWorkflow"]
+__all__ = ["LocalWorkflow", "DaskWorkflow", "RayWorkflow"]
+
+_WHERE = {
+    "LocalWorkflow": ".local",
+    "DaskWorkflow": ".daskbackend",
+    "RayWorkflow": ".raybackend",
+}
 
 
 def __getattr__(name: str):
-    if name == "LocalWorkflow":
-        from .local import LocalWorkflow
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(name)
+    import importlib
 
-        return LocalWorkflow
-    raise AttributeError(name)
+    return getattr(importlib.import_module(where, __name__), name)

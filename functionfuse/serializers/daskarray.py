@@ -80,7 +80,9 @@ class DaskArraySerializer:
                     _DATASET, shape=obj.shape, dtype=obj.dtype, chunks=chunks, fletcher32=chunks is not None
                 )
                 if obj.size:
-                    da.store(obj, dset, lock=True)
+                    # The local threaded scheduler: an h5py file cannot travel to the
+                    # workers of a distributed Client that may be the default one.
+                    da.store(obj, dset, lock=True, scheduler="threads")
         except BaseException:
             if fileobj is not None:
                 fileobj.close()

@@ -1,0 +1,304 @@
+"""The Dask backend: each node a ``distributed`` task.
+
+``DaskWorkflow`` runs on the ``Client`` it is given, or starts a
+``LocalCluster`` (worker processes) for the run and closes it afterwards.
+
+* Dependencies are futures passed as task arguments: the scheduler orders the
+  tasks and moves values between workers; workers load cached inputs and store
+  results themselves.
+* ``query(pattern).set_remote_args({...})`` gives nodes Dask's per-task
+  options: ``resources``, ``retries``, ``priority``, ``workers``,
+  ``allow_other_workers``.
+* A stateful class instance lives on one worker, chosen when it is created
+  (among the workers offering the instance node's ``resources``, or its
+  ``workers``), and its calls are pinned there, each depending on the previous
+  one, so they run in call order.  If that worker dies the run fails naming
+  the node, instead of waiting forever for a worker that is gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from ..caching import Task
+from ..errors import ExecutorError, GraphError
+from ..graph import BaseNode, ClassCallNode, ClassInitNode
+from . import remote
+from .distributed import DistributedWorkflow, Engine, new_run_id
+
+__all__ = ["DaskWorkflow"]
+
+logger = logging.getLogger(__name__)
+
+#: Dask's per-task options a node may be given (``Client.submit`` arguments).
+TASK_OPTIONS = frozenset({"resources", "retries", "priority", "workers", "allow_other_workers"})
+
+# -- worker side: instances pinned to a worker -------------------------------------------
+
+_HOSTS: dict[str, remote.InstanceHost] = {}
+_HOSTS_LOCK = threading.Lock()
+
+
+def _init_instance(host_key: str, blob: bytes, *deps: Any) -> None:
+    host = remote.InstanceHost()
+    host.init(blob, *deps)
+    with _HOSTS_LOCK:
+        _HOSTS[host_key] = host
+
+
+def _call_instance(host_key: str, previous: Any, blob: bytes, *deps: Any) -> Any:
+    with _HOSTS_LOCK:
+        host = _HOSTS.get(host_key)
+    if host is None:
+        raise ExecutorError(
+            f"the instance {host_key!r} is not on this worker (was its worker restarted?)"
+        )
+    return host.call(blob, *deps)[0]
+
+
+def _drop_instances(run_id: str) -> int:
+    with _HOSTS_LOCK:
+        keys = [k for k in _HOSTS if k.startswith(run_id + "/")]
+        for k in keys:
+            del _HOSTS[k]
+    return len(keys)
+
+
+# -- driver side ------------------------------------------------------------------------
+
+
+class _Host:
+    __slots__ = ("key", "worker", "last", "name")
+
+    def __init__(self, key: str, worker: str, name: str) -> None:
+        self.key, self.worker, self.name, self.last = key, worker, name, None
+
+
+class _DaskEngine(Engine):
+    def __init__(self, client: Any, run_id: str) -> None:
+        import distributed
+
+        self.distributed = distributed
+        self.client = client
+        self.run_id = run_id
+        self.submitted: list[tuple[Task, Any]] = []
+        self.pending: list[Any] = []
+        self.pinned: list[tuple[Task, Any, _Host]] = []
+        self.hosts = 0
+        self._cycle: Any = None
+
+    def _key(self, prefix: str, task: Task) -> str:
+        return f"{prefix}{task.name}-{self.run_id}"
+
+    def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        fut = self.client.submit(remote.run_value, blob, *deps, key=self._key("", task), pure=False, **options)
+        self._track(task, fut)
+        return fut
+
+    def submit_load(self, task: Task, blob: bytes, options: dict) -> Any:
+        fut = self.client.submit(remote.load_value, blob, key=self._key("load-", task), pure=False)
+        self._track(task, fut)
+        return fut
+
+    def _pick_worker(self, task: Task, options: dict) -> str:
+        given = options.get("workers")
+        if given:
+            return given if isinstance(given, str) else list(given)[0]
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        wanted = options.get("resources") or {}
+        fit = sorted(
+            addr
+            for addr, info in workers.items()
+            if all(info.get("resources", {}).get(r, 0) >= amount for r, amount in wanted.items())
+        )
+        if not fit:
+            raise ExecutorError(
+                f"node {task.name!r}: no worker of the Dask cluster offers the resources {wanted!r} "
+                "its instance needs; start workers with them (e.g. LocalCluster(resources=...))"
+            )
+        if self._cycle is None:
+            self._cycle = itertools.count()
+        return fit[next(self._cycle) % len(fit)]
+
+    def new_instance(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> tuple[Any, Any]:
+        worker = self._pick_worker(task, options)
+        host = _Host(f"{self.run_id}/{task.name}", worker, task.name)
+        extra = {k: v for k, v in options.items() if k == "priority"}
+        fut = self.client.submit(
+            _init_instance,
+            host.key,
+            blob,
+            *deps,
+            key=self._key("init-", task),
+            pure=False,
+            workers=[worker],
+            allow_other_workers=False,
+            **extra,
+        )
+        host.last = fut
+        self.hosts += 1
+        self._track(task, fut)
+        self.pinned.append((task, fut, host))
+        return host, fut
+
+    def call(self, host: Any, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        fut = self.client.submit(
+            _call_instance,
+            host.key,
+            host.last,
+            blob,
+            *deps,
+            key=self._key("", task),
+            pure=False,
+            workers=[host.worker],
+            allow_other_workers=False,
+        )
+        host.last = fut
+        self._track(task, fut)
+        self.pinned.append((task, fut, host))
+        return fut
+
+    def _track(self, task: Task, fut: Any) -> None:
+        self.submitted.append((task, fut))
+        self.pending.append(fut)
+
+    def throttle(self, limit: int) -> None:
+        while len(self.pending) >= limit:
+            with self.client.as_current():  # ``wait`` looks for a default client
+                done = self.distributed.wait(self.pending, return_when="FIRST_COMPLETED")
+            self.pending = list(done.not_done)
+
+    def settle(self) -> list[tuple[Task, BaseException | None, Any]]:
+        futures = [f for _, f in self.submitted]
+        lost: dict[str, BaseException] = {}
+        while futures:
+            try:
+                with self.client.as_current():
+                    self.distributed.wait(futures, timeout=1.0)
+                break
+            except self.distributed.TimeoutError:
+                lost = self._lost_instances()
+                if lost:
+                    break
+            except TimeoutError:
+                lost = self._lost_instances()
+                if lost:
+                    break
+        out: list[tuple[Task, BaseException | None, Any]] = []
+        for task, fut in self.submitted:
+            if fut.key in lost:
+                fut.cancel()
+                out.append((task, lost[fut.key], None))
+            elif fut.status == "error":
+                out.append((task, fut.exception(), None))
+            elif fut.status == "cancelled":
+                out.append((task, ExecutorError(f"node {task.name!r}: its Dask task was cancelled"), None))
+            elif fut.status == "finished":
+                out.append((task, None, None))
+            else:  # still pending after an instance's worker died: it depends on it
+                fut.cancel()
+                out.append((task, ExecutorError(f"node {task.name!r}: not run, an input was lost"), None))
+        return out
+
+    def _lost_instances(self) -> dict[str, BaseException]:
+        """Pinned tasks whose worker has left the cluster (they would wait forever)."""
+        if not self.pinned:
+            return {}
+        alive = set(self.client.scheduler_info(n_workers=-1)["workers"])
+        lost = {}
+        for task, fut, host in self.pinned:
+            if not fut.done() and host.worker not in alive:
+                lost[fut.key] = ExecutorError(
+                    f"node {task.name!r}: the Dask worker {host.worker} holding the instance "
+                    f"{host.name!r} died; the instance's state is lost (rerun to rebuild it from "
+                    "the stored calls)"
+                )
+        return lost
+
+    def fetch(self, handle: Any) -> Any:
+        return handle.result()
+
+    def close(self) -> None:
+        if self.hosts:
+            try:
+                self.client.run(_drop_instances, self.run_id)
+            except Exception as exc:  # noqa: BLE001 - cleanup only
+                logger.debug("could not drop instances of run %s: %s", self.run_id, exc)
+
+
+class DaskWorkflow(DistributedWorkflow):
+    """Run a workflow on Dask ``distributed``.
+
+    Parameters
+    ----------
+    *nodes : node or node[i]
+        Nodes whose results :meth:`run` returns.
+    workflow_name : str
+        The name results are stored under.
+    client : distributed.Client, optional
+        The cluster to run on.  Without one, each :meth:`run` starts a
+        ``LocalCluster`` with worker processes and closes it afterwards
+        (``cluster_kwargs`` are passed to it).
+    """
+
+    def __init__(
+        self, *nodes: Any, workflow_name: str, client: Any = None, cluster_kwargs: dict | None = None
+    ) -> None:
+        super().__init__(*nodes, workflow_name=workflow_name)
+        if client is not None and not hasattr(client, "submit"):
+            raise GraphError(f"client must be a distributed.Client, got {client!r}")
+        self.client = client
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+
+    def run(
+        self,
+        return_results: bool = True,
+        max_pending_tasks: int = 0,
+        *,
+        force: str | Iterable[str] | None = None,
+        strict_hashing: bool = False,
+    ) -> Any:
+        """Run the workflow on Dask and return the given nodes' results.
+
+        Returns the single node's result, or a list in the order the nodes
+        were given (``None`` with ``return_results=False``).  ``force``,
+        ``strict_hashing`` and ``max_pending_tasks`` are as for the other
+        backends.  Node errors are raised naming the node.
+        """
+        if self.client is not None:
+            return self._run_on(self.client, return_results, max_pending_tasks, force, strict_hashing)
+        import distributed
+
+        kwargs = {"processes": True, "dashboard_address": None, **self.cluster_kwargs}
+        with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as client:
+            return self._run_on(client, return_results, max_pending_tasks, force, strict_hashing)
+
+    def _run_on(self, client: Any, return_results: bool, max_pending: int, force: Any, strict: bool) -> Any:
+        return self._run(
+            lambda: _DaskEngine(client, new_run_id()),
+            return_results=return_results,
+            max_pending_tasks=max_pending,
+            force=force,
+            strict_hashing=strict,
+        )
+
+    def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:
+        unknown = sorted(set(args) - TASK_OPTIONS)
+        if unknown:
+            names = ", ".join(repr(n.get_name()) for n in nodes[:3]) + (" ..." if len(nodes) > 3 else "")
+            raise GraphError(
+                f"unknown Dask option(s) {', '.join(map(repr, unknown))} for node(s) {names}; valid "
+                f"options: {', '.join(sorted(TASK_OPTIONS))} (the arguments of Client.submit)"
+            )
+
+    def _options(self, task: Task, load: bool = False) -> dict:
+        if load or isinstance(task.node, ClassCallNode):
+            return {}
+        options = self._remote_args.get(id(task.node), {})
+        if isinstance(task.node, ClassInitNode):
+            return options  # used to choose the instance's worker
+        return options

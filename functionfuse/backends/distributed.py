@@ -1,0 +1,417 @@
+"""What the Dask and Ray workflows share: queries, plugins, and the run loop.
+
+The driver keys the graph and decides what runs with
+:func:`functionfuse.caching.make_plan` (exactly as the local backend does, so
+keys are the same on every backend and a run resumes on any of them), then
+submits one engine task per node that must run, in traversal order:
+
+* a node's dependencies are passed as engine handles (Ray ObjectRefs, Dask
+  futures), so the engine schedules them and moves values worker to worker;
+* a cached node is loaded, by a worker, only when a node that runs needs it
+  (lazy resume); a cached result the caller asked for is loaded at the end;
+* a stateful class instance lives on one worker (a Ray actor, a pinned Dask
+  worker), its calls run there in call order;
+* every task is awaited before ``run`` returns, so every save has finished;
+  the first failure in traversal order is raised, naming its node.
+
+A corrupt entry found by a worker is reported with a warning and the run is
+retried once with that node marked for recomputation (everything stored
+meanwhile is reused).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import uuid
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import cloudpickle
+
+from ..caching import LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, load_node, make_plan
+from ..errors import (
+    CorruptEntryError,
+    ExecutorError,
+    FunctionFuseError,
+    GraphError,
+    NodeExecutionError,
+    SerializerNotRegisteredError,
+    StorageError,
+)
+from ..graph import BaseNode, ClassCallNode, ClassInitNode, NodeItem
+from ..hashing import Encoder, Unhashable
+from .base import BaseWorkflow
+from .remote import EntryUnusable, build_spec
+
+__all__ = ["Query", "DistributedWorkflow", "Engine"]
+
+logger = logging.getLogger(__name__)
+
+#: How many times a run is retried after workers found corrupt entries.
+MAX_ATTEMPTS = 3
+
+
+class Query:
+    """Nodes matching a pattern, to give them engine options or a plugin.
+
+    ``query.nodes`` lists them; :meth:`set_remote_args` and :meth:`set_plugin`
+    return the query, so calls chain.
+    """
+
+    def __init__(self, nodes: list[BaseNode], workflow: DistributedWorkflow) -> None:
+        self.nodes = nodes
+        self.workflow = workflow
+
+    def set_remote_args(self, args: dict[str, Any]) -> Query:
+        """Engine options for these nodes (Ray: ``num_cpus``, ``num_gpus``,
+        ``resources``, ``max_retries`` ...; Dask: ``resources``, ``retries``,
+        ``priority``, ``workers`` ...).  Checked before anything is submitted."""
+        if not isinstance(args, dict):
+            raise GraphError(f"set_remote_args takes a dict of options, got {args!r}")
+        self.workflow._check_remote_args(args, self.nodes)
+        for node in self.nodes:
+            self.workflow._remote_args[id(node)] = dict(args)
+        return self
+
+    def set_plugin(self, plugin: Any) -> Query:
+        """Attach ``plugin`` (see :mod:`functionfuse.backends.plugins`) to these nodes."""
+        self.workflow._attach_plugin(self.nodes, plugin)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Query of {len(self.nodes)} node(s) of {self.workflow.workflow_name!r}>"
+
+
+class Engine(ABC):
+    """One run's connection to Ray or Dask (what :class:`DistributedWorkflow` drives)."""
+
+    #: Whether tasks return ``(value, status)`` (Ray) or the value only (Dask).
+    has_status = False
+
+    @abstractmethod
+    def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        """Run a node; returns a handle to its value."""
+
+    @abstractmethod
+    def submit_load(self, task: Task, blob: bytes, options: dict) -> Any:
+        """Load a cached node on a worker; returns a handle to its value."""
+
+    @abstractmethod
+    def new_instance(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> tuple[Any, Any]:
+        """Construct a stateful instance on one worker; returns ``(host, handle)``."""
+
+    @abstractmethod
+    def call(self, host: Any, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        """Run a method call on ``host``, after the previous one."""
+
+    @abstractmethod
+    def throttle(self, limit: int) -> None:
+        """Block until fewer than ``limit`` submitted tasks are unfinished."""
+
+    @abstractmethod
+    def settle(self) -> list[tuple[Task, BaseException | None, Any]]:
+        """Wait for every submitted task; ``(task, error or None, status)`` in submission order."""
+
+    @abstractmethod
+    def fetch(self, handle: Any) -> Any:
+        """The value behind a handle, on the driver."""
+
+    def release(self, handle: Any) -> None:  # noqa: B027 - optional
+        """The driver no longer needs ``handle`` (its consumers are submitted)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the run's resources (instance hosts ...)."""
+
+
+class _Retry(Exception):
+    def __init__(self, entries: set[str]) -> None:
+        self.entries = entries
+
+
+class DistributedWorkflow(BaseWorkflow):
+    """Base of :class:`~functionfuse.backends.builtin.rayback.RayWorkflow` and
+    :class:`~functionfuse.backends.builtin.daskback.DaskWorkflow`."""
+
+    def __init__(self, *nodes: Any, workflow_name: str) -> None:
+        super().__init__(*nodes, workflow_name=workflow_name)
+        self._remote_args: dict[int, dict] = {}
+        self._plugins: dict[int, Any] = {}
+
+    # -- compatible API -------------------------------------------------------------
+    def query(self, pattern: str | None = None) -> Query:
+        """The nodes whose names fully match ``pattern`` (all nodes for ``None``)."""
+        return Query(self.find_nodes(pattern), self)
+
+    def set_plugin(self, pattern: str | None, plugin: Any) -> None:
+        """Attach ``plugin`` to the nodes whose names fully match ``pattern``."""
+        self._attach_plugin(self.find_nodes(pattern), plugin)
+
+    # -- engine specifics -------------------------------------------------------------
+    def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:
+        """Reject options the engine does not know, naming them (overridden)."""
+
+    def _attach_plugin(self, nodes: list[BaseNode], plugin: Any) -> None:
+        if not callable(getattr(plugin, "local_initialize", None)) or not callable(
+            getattr(plugin, "remote_initialize", None)
+        ):
+            raise GraphError(
+                f"{plugin!r} is not a plugin: it needs local_initialize() and remote_initialize() "
+                "(see functionfuse.backends.plugins)"
+            )
+        for node in nodes:
+            self._plugins[id(node)] = plugin
+
+    # -- the run ----------------------------------------------------------------------
+    def _plugin_calls(self, named: list[tuple[str, BaseNode]]) -> tuple[dict[int, bytes], dict[int, Any]]:
+        """Per node: the plugin's key contribution and the function for the worker.
+
+        Plugins are copied for each run, so every run starts from the
+        configured state (the same seeds, the same keys).
+        """
+        extra: dict[int, bytes] = {}
+        funcs: dict[int, Any] = {}
+        if not self._plugins:
+            return extra, funcs
+        copies: dict[int, Any] = {}
+        for name, node in named:
+            plugin = self._plugins.get(id(node))
+            if plugin is None:
+                continue
+            live = copies.get(id(plugin))
+            if live is None:
+                live = copies[id(plugin)] = fresh_copy(plugin)
+            live.local_initialize()
+            funcs[id(node)] = live.remote_initialize()
+            token_of = getattr(live, "token", None)
+            token = token_of() if token_of is not None else None
+            if token is not None:
+                try:
+                    extra[id(node)] = Encoder().encode(token)
+                except Unhashable as exc:
+                    raise GraphError(
+                        f"node {name!r}: the token of plugin {type(live).__qualname__} cannot be hashed "
+                        f"({exc.reason}); return plain data from its token() method"
+                    ) from None
+        return extra, funcs
+
+    def _run(
+        self,
+        engine_factory: Any,
+        *,
+        return_results: bool,
+        max_pending_tasks: int = 0,
+        force: str | Iterable[str] | None = None,
+        strict_hashing: bool = False,
+    ) -> Any:
+        if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
+            raise GraphError(f"max_pending_tasks must be an int >= 0, got {max_pending_tasks!r}")
+        unusable: set[str] = set()
+        for attempt in range(MAX_ATTEMPTS):
+            engine = engine_factory()
+            plan = None
+            try:
+                plan = self._plan(force, strict_hashing, unusable)
+                results = self._one_pass(engine, plan, return_results, max_pending_tasks)
+            except _Retry as retry:
+                unusable |= retry.entries
+                logger.info("retrying %r without unusable entries %s", self.workflow_name, sorted(retry.entries))
+                continue
+            finally:
+                engine.close()
+                if plan is not None:
+                    self.last_report = RunReport(self.workflow_name, tasks=plan.tasks)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s", self.last_report.summary())
+            return results
+        raise ExecutorError(
+            f"workflow {self.workflow_name!r}: entries kept being found unusable after {MAX_ATTEMPTS} "
+            f"attempts ({', '.join(sorted(unusable))}); is another process corrupting the storage?"
+        )
+
+    def _plan(self, force: Any, strict: bool, unusable: set[str]) -> Plan:
+        named = self._named()
+        extra, plugin_funcs = self._plugin_calls(named)
+        plan = make_plan(
+            self.workflow_name,
+            named,
+            self._funcs,
+            self.object_storage,
+            unstored=self._unstored,
+            force=force,
+            strict=strict,
+            extra=extra,
+            unusable=unusable,
+        )
+        plan.plugin_funcs = plugin_funcs  # type: ignore[attr-defined]
+        return plan
+
+    def _one_pass(self, engine: Engine, plan: Plan, return_results: bool, max_pending: int) -> Any:
+        storage_blob = None
+        if plan.storage is not None:
+            try:
+                storage_blob = cloudpickle.dumps(plan.storage)
+            except Exception as exc:  # noqa: BLE001
+                raise StorageError(f"the storage {plan.storage!r} cannot be sent to workers: {exc}") from exc
+        plugin_funcs = plan.plugin_funcs  # type: ignore[attr-defined]
+
+        # Everything to run is pickled before anything is submitted.
+        blobs: dict[int, bytes] = {}
+        for task in plan.tasks:
+            if task.run:
+                blobs[id(task)] = build_spec(plan, task, plugin_funcs.get(id(task.node)), storage_blob)
+                self._options(task)  # unknown options fail now, not half-way
+
+        leaf_nodes = {id(leaf.node if isinstance(leaf, NodeItem) else leaf) for leaf in self.leaves}
+        for task in plan.tasks:
+            if task.run:
+                for dep in task.deps:
+                    dep.uses += 1
+
+        handles: dict[int, Any] = {}
+        hosts: dict[int, Any] = {}
+
+        def handle_of(dep: Task) -> Any:
+            handle = handles.get(id(dep))
+            if handle is None:  # a cached dependency: load it on a worker
+                blob = build_spec(plan, dep, None, storage_blob, load=True)
+                handle = handles[id(dep)] = engine.submit_load(dep, blob, self._options(dep, load=True))
+            return handle
+
+        for task in plan.tasks:
+            if not task.run:
+                continue
+            if max_pending:
+                engine.throttle(max_pending)
+            deps = [handle_of(d) for d in task.deps]
+            blob = blobs.pop(id(task))
+            options = self._options(task)
+            node = task.node
+            if type(node) is ClassInitNode:
+                host, handle = engine.new_instance(task, blob, deps, options)
+                hosts[id(node)] = host
+            elif type(node) is ClassCallNode:
+                handle = engine.call(hosts[id(node.init)], task, blob, deps, options)
+            else:
+                handle = engine.submit(task, blob, deps, options)
+            handles[id(task)] = handle
+            for dep in task.deps:  # let the engine free values nobody needs any more
+                dep.uses -= 1
+                if dep.uses == 0 and id(dep.node) not in leaf_nodes:
+                    released = handles.pop(id(dep), None)
+                    if released is not None:
+                        engine.release(released)
+
+        self._settle(engine, plan)
+        if not return_results:
+            return None
+        values = [self._result(engine, plan, handles, leaf) for leaf in self.leaves]
+        return values[0] if len(values) == 1 else values
+
+    def _settle(self, engine: Engine, plan: Plan) -> None:
+        first: tuple[Task, BaseException] | None = None
+        unusable: set[str] = set()
+        for task, error, status in engine.settle():
+            if error is None:
+                if status is not None:
+                    task.action, task.seconds = status[0], status[1]
+                elif task.run:
+                    task.action = "replayed" if task.reason == "replay" else "computed"
+                else:
+                    task.action = "read"
+                continue
+            if isinstance(error, EntryUnusable):
+                unusable.add(error.entry)
+                by_name = next((t for t in plan.tasks if t.name == error.node), task)
+                by_name.entry = None
+                warnings.warn(
+                    f"{error}; recomputing it", CacheWarning, stacklevel=5
+                )
+                continue
+            if first is None:
+                first = (task, error)
+        if unusable:
+            raise _Retry(unusable)
+        if first is not None:
+            task, error = first
+            raise _named_error(task, error)
+
+    def _result(self, engine: Engine, plan: Plan, handles: dict[int, Any], leaf: Any) -> Any:
+        node = leaf.node if isinstance(leaf, NodeItem) else leaf
+        task = plan.task(node)
+        handle = handles.get(id(task))
+        if handle is not None:
+            value = engine.fetch(handle)
+        else:  # cached and not needed by anything that ran: load it here
+            try:
+                value = load_node(plan, task)
+            except SerializerNotRegisteredError:
+                raise
+            except LOAD_ERRORS as exc:
+                warnings.warn(
+                    f"node {task.name!r}: stored entry {task.entry} is unusable ({exc}); recomputing it",
+                    CacheWarning,
+                    stacklevel=5,
+                )
+                raise _Retry({task.entry or ""}) from None
+        return leaf.extract(value) if isinstance(leaf, NodeItem) else value
+
+    def _options(self, task: Task, load: bool = False) -> dict:
+        """Engine options of a task (overridden: Ray and Dask name them differently)."""
+        return self._remote_args.get(id(task.node), {})
+
+
+def fresh_copy(plugin: Any) -> Any:
+    """A deep copy of a plugin's state that keeps the callables it holds.
+
+    ``random.seed`` is a method of the module's Random instance: a deep copy
+    would bind it to a copy, and seeding would not reach the module.
+    """
+    memo: dict[int, Any] = {}
+    seen: set[int] = set()
+
+    def keep(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if callable(obj) and not hasattr(obj, "local_initialize"):
+            memo[id(obj)] = obj
+            return
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            for item in obj:
+                keep(item)
+        elif isinstance(obj, dict):
+            for item in obj.values():
+                keep(item)
+        elif hasattr(obj, "__dict__"):
+            for item in vars(obj).values():
+                keep(item)
+
+    keep(plugin)
+    return copy.deepcopy(plugin, memo)
+
+
+def _named_error(task: Task, error: BaseException) -> BaseException:
+    """The error to raise from ``run`` for a failure seen on ``task``."""
+    if isinstance(error, FunctionFuseError):
+        return error  # raised by our code on the worker: already names its node
+    err = ExecutorError(
+        f"node {task.name!r} failed on the cluster: {type(error).__name__}: {error}"
+    )
+    err.node = task.name  # type: ignore[attr-defined]
+    err.__cause__ = error
+    return err
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def compile_pattern(pattern: str | None) -> re.Pattern | None:
+    return None if pattern is None else re.compile(pattern)
+
+
+_ = (CorruptEntryError, NodeExecutionError)

@@ -1,0 +1,278 @@
+"""The Ray backend: each node a Ray task, each stateful class instance an actor.
+
+Compatible with the original package's ``RayWorkflow`` and fixed:
+
+* dependencies are real Ray dependencies: ObjectRefs are passed as top-level
+  arguments, so Ray's scheduler sees them and no worker calls ``ray.get``;
+* workers load their cached inputs and store their results themselves;
+* ``max_pending_tasks`` throttles every kind of task, actor calls included;
+* every task (and so every save) is awaited before ``run`` returns, and the
+  first failure is raised with the node's name whatever ``return_results`` is;
+* ``ray_init_args`` that a Ray already running in this process would not honour
+  are reported, instead of being silently ignored (the original shut down the
+  user's Ray and started another).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ..caching import Task
+from ..errors import ExecutorError, GraphError
+from ..graph import BaseNode, ClassCallNode, ClassInitNode
+from . import remote
+from .distributed import DistributedWorkflow, Engine
+
+__all__ = ["RayWorkflow"]
+
+logger = logging.getLogger(__name__)
+
+#: Options of a Ray task a node may be given (ray.remote / .options()).
+TASK_OPTIONS = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "resources",
+        "accelerator_type",
+        "memory",
+        "max_retries",
+        "retry_exceptions",
+        "scheduling_strategy",
+        "runtime_env",
+        "label_selector",
+        "name",
+    }
+)
+#: Options of an actor (given to a class instance node).
+ACTOR_OPTIONS = frozenset(
+    {
+        "num_cpus",
+        "num_gpus",
+        "resources",
+        "accelerator_type",
+        "memory",
+        "max_restarts",
+        "max_task_retries",
+        "scheduling_strategy",
+        "runtime_env",
+        "label_selector",
+    }
+)
+#: What init arguments can be compared with a running Ray.
+_COMPARABLE = {"num_cpus": "CPU", "num_gpus": "GPU"}
+
+
+def _ray() -> Any:
+    import ray
+
+    return ray
+
+
+_REMOTES: dict[str, Any] = {}
+
+
+def _remote(name: str) -> Any:
+    """Ray wrappers of the worker functions, made once per process."""
+    fn = _REMOTES.get(name)
+    if fn is None:
+        ray = _ray()
+        if name == "run":
+            fn = ray.remote(num_returns=2)(remote.run_task)
+        elif name == "load":
+            fn = ray.remote(num_returns=2)(remote.load_task)
+        else:
+            fn = ray.remote(remote.InstanceHost)
+        _REMOTES[name] = fn
+    return fn
+
+
+def ensure_ray(ray_init_args: dict | None) -> None:
+    """Start Ray with ``ray_init_args``, or check a running Ray honours them."""
+    ray = _ray()
+    args = dict(ray_init_args or {})
+    if not ray.is_initialized():
+        args.setdefault("logging_level", logging.WARNING)
+        ray.init(**args)
+        return
+    if not args:
+        return
+    total = ray.cluster_resources()
+    problems = []
+    for key, value in args.items():
+        if key in _COMPARABLE:
+            have = total.get(_COMPARABLE[key], 0)
+            if float(value) != float(have):
+                problems.append(f"{key}={value!r} (the running Ray has {have:g})")
+        elif key == "resources" and isinstance(value, dict):
+            for res, amount in value.items():
+                if float(total.get(res, 0)) != float(amount):
+                    problems.append(f"resources[{res!r}]={amount!r} (the running Ray has {total.get(res, 0):g})")
+        elif key in ("ignore_reinit_error", "logging_level", "log_to_driver", "include_dashboard"):
+            continue
+        else:
+            problems.append(f"{key}={value!r} (cannot be checked against the running Ray)")
+    if problems:
+        raise ExecutorError(
+            "Ray is already running in this process and does not match ray_init_args: "
+            + "; ".join(problems)
+            + ". Call ray.shutdown() before creating the workflow, or pass ray_init_args={} to "
+            "use the running Ray as it is."
+        )
+
+
+class _RayEngine(Engine):
+    has_status = True
+
+    def __init__(self) -> None:
+        self.ray = _ray()
+        self.submitted: list[tuple[Task, Any]] = []  # (task, status ref)
+        self.pending: list[Any] = []
+        self.hosts: list[Any] = []
+
+    def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        fn = _remote("run")
+        value, status = (fn.options(**options) if options else fn).remote(blob, *deps)
+        self._track(task, status)
+        return value
+
+    def submit_load(self, task: Task, blob: bytes, options: dict) -> Any:
+        fn = _remote("load")
+        value, status = (fn.options(**options) if options else fn).remote(blob)
+        self._track(task, status)
+        return value
+
+    def new_instance(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> tuple[Any, Any]:
+        cls = _remote("host")
+        host = (cls.options(**options) if options else cls).remote()
+        self.hosts.append(host)
+        value, status = host.init.options(num_returns=2).remote(blob, *deps)
+        self._track(task, status)
+        return host, value
+
+    def call(self, host: Any, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        value, status = host.call.options(num_returns=2).remote(blob, *deps)
+        self._track(task, status)
+        return value
+
+    def _track(self, task: Task, status: Any) -> None:
+        self.submitted.append((task, status))
+        self.pending.append(status)
+
+    def throttle(self, limit: int) -> None:
+        while len(self.pending) >= limit:
+            _, self.pending = self.ray.wait(self.pending, num_returns=1, fetch_local=False)
+
+    def settle(self) -> list[tuple[Task, BaseException | None, Any]]:
+        ray = self.ray
+        refs = [s for _, s in self.submitted]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        out = []
+        for task, ref in self.submitted:
+            try:
+                status = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - sorted out by the caller
+                out.append((task, _unwrap(exc), None))
+            else:
+                out.append((task, None, status))
+        return out
+
+    def fetch(self, handle: Any) -> Any:
+        try:
+            return self.ray.get(handle)
+        except Exception as exc:
+            raise _unwrap(exc) from None
+
+    def close(self) -> None:
+        self.hosts.clear()  # actors exit when their last handle goes
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user's or our exception behind Ray's RayTaskError wrapper."""
+    ray = _ray()
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return cause
+    return exc
+
+
+class RayWorkflow(DistributedWorkflow):
+    """Run a workflow on Ray.
+
+    Parameters
+    ----------
+    *nodes : node or node[i]
+        Nodes whose results :meth:`run` returns (every node downstream of the
+        roots above them runs).
+    workflow_name : str
+        The name results are stored under.
+    ray_init_args : dict
+        Arguments of ``ray.init`` when Ray is not running yet.  If Ray already
+        runs in this process, arguments it does not honour are an error.
+    """
+
+    def __init__(self, *nodes: Any, workflow_name: str, ray_init_args: dict | None = None) -> None:
+        super().__init__(*nodes, workflow_name=workflow_name)
+        if ray_init_args is not None and not isinstance(ray_init_args, dict):
+            raise GraphError(f"ray_init_args must be a dict of ray.init arguments, got {ray_init_args!r}")
+        ensure_ray(ray_init_args)
+
+    def run(
+        self,
+        return_results: bool = False,
+        max_pending_tasks: int = 0,
+        *,
+        force: str | Iterable[str] | None = None,
+        strict_hashing: bool = False,
+    ) -> Any:
+        """Run the workflow on Ray.
+
+        Parameters
+        ----------
+        return_results : bool
+            Return the given nodes' results (a single value or a list), as
+            :meth:`LocalWorkflow.run` does; otherwise return ``None``.
+        max_pending_tasks : int
+            At most this many tasks submitted and unfinished at once (0: no limit).
+        force, strict_hashing
+            As for :meth:`LocalWorkflow.run`.
+
+        Raises
+        ------
+        NodeExecutionError
+            A node raised; it names the node, with the worker's traceback.
+        ExecutorError
+            A worker died (after the node's ``max_retries``), an actor died ...;
+            it names the node.
+        """
+        ensure_ray(None)
+        return self._run(
+            _RayEngine,
+            return_results=return_results,
+            max_pending_tasks=max_pending_tasks,
+            force=force,
+            strict_hashing=strict_hashing,
+        )
+
+    def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:
+        for node in nodes:
+            if isinstance(node, ClassCallNode):
+                continue  # runs on its instance's actor: options go to the instance node
+            if isinstance(node, ClassInitNode):
+                allowed, where = ACTOR_OPTIONS, f"class instance node {node.get_name()!r} (a Ray actor)"
+            else:
+                allowed, where = TASK_OPTIONS, f"node {node.get_name()!r}"
+            unknown = sorted(set(args) - allowed)
+            if unknown:
+                raise GraphError(
+                    f"{where}: unknown Ray option(s) {', '.join(map(repr, unknown))}; "
+                    f"valid options: {', '.join(sorted(allowed))}"
+                )
+
+    def _options(self, task: Task, load: bool = False) -> dict:
+        if load or isinstance(task.node, ClassCallNode):
+            return {}
+        return self._remote_args.get(id(task.node), {})

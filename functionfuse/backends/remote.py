@@ -1,0 +1,297 @@
+"""What a worker process runs: one node, described by a small picklable spec.
+
+The driver keys the graph and decides what runs (:func:`functionfuse.caching.make_plan`);
+for each node to run or load it builds a :class:`NodeSpec` and pickles it
+*before anything is submitted*, so a node that cannot be sent to a worker is
+reported by name up front.  On the worker the spec is turned back into a
+:class:`~functionfuse.caching.Task` and goes through the same
+:func:`~functionfuse.caching.run_node` / :func:`~functionfuse.caching.load_node`
+as on the local backend: the worker loads its inputs' entries and writes its
+result to the storage itself, so results never travel through the driver.
+
+Dependencies are passed to the engine as *top-level* arguments (Ray
+ObjectRefs, Dask futures), so the engine's scheduler sees them and hands the
+worker their values; :class:`_Slot` placeholders in the spec say where each
+value goes in the node's arguments.
+
+Nothing here imports Ray or Dask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from ..caching import LOAD_ERRORS, Plan, Task, load_node, run_node
+from ..errors import (
+    CorruptEntryError,
+    ExecutorError,
+    FunctionFuseError,
+    NodeExecutionError,
+    SerializerNotRegisteredError,
+    StorageError,
+)
+from ..graph import NodeItem
+
+__all__ = ["NodeSpec", "EntryUnusable", "build_spec", "run_task", "load_task", "InstanceHost"]
+
+logger = logging.getLogger(__name__)
+
+
+class EntryUnusable(FunctionFuseError):
+    """A worker found a cached entry corrupt or unreadable (the driver recomputes it)."""
+
+    def __init__(self, message: str, node: str, entry: str, corrupt: bool) -> None:
+        super().__init__(message)
+        self.node = node
+        self.entry = entry
+        self.corrupt = corrupt
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.node, self.entry, self.corrupt))
+
+
+class _Slot:
+    """Where the value of dependency ``index`` (optionally ``[path]``) goes."""
+
+    __slots__ = ("index", "path")
+
+    def __init__(self, index: int, path: tuple | None) -> None:
+        self.index = index
+        self.path = path
+
+    def __reduce__(self):
+        return (_Slot, (self.index, self.path))
+
+
+class _Stub:
+    """Name and key of a node (what a worker copy of a task needs of its deps)."""
+
+    __slots__ = ("name", "key", "qualname")
+
+    def __init__(self, name: str, key: str | None, qualname: str = "") -> None:
+        self.name, self.key, self.qualname = name, key, qualname
+
+    def __reduce__(self):
+        return (_Stub, (self.name, self.key, self.qualname))
+
+
+@dataclass
+class NodeSpec:
+    """Everything a worker needs to run (or load) one node."""
+
+    task: Task
+    args: tuple
+    kwargs: dict
+    where: tuple  # positions of args/kwargs holding _Slot placeholders
+    plugin: Any
+    workflow: str
+    storage: bytes | None  # the storage, pickled once per run
+
+    def fill(self, deps: tuple) -> tuple[tuple, dict]:
+        """The node's arguments with the dependencies' values in place."""
+        if not self.where:
+            return self.args, self.kwargs
+        args = list(self.args)
+        kwargs = dict(self.kwargs)
+        for pos in self.where:
+            if isinstance(pos, int):
+                args[pos] = _fill(args[pos], deps)
+            else:
+                kwargs[pos] = _fill(kwargs[pos], deps)
+        return tuple(args), kwargs
+
+    def plan(self) -> Plan:
+        return Plan(self.workflow, [self.task], {}, _storage(self.storage))
+
+
+def _fill(value: Any, deps: tuple) -> Any:
+    cls = type(value)
+    if cls is _Slot:
+        out = deps[value.index]
+        if value.path is not None:
+            for item in value.path:
+                out = out[item]
+        return out
+    if cls is list:
+        return [_fill(v, deps) for v in value]
+    if cls is tuple:
+        return tuple(_fill(v, deps) for v in value)
+    if cls is dict:
+        return {k: _fill(v, deps) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # named tuple
+        return cls(*(_fill(v, deps) for v in value))
+    if isinstance(value, dict):
+        return cls((k, _fill(v, deps)) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return cls(_fill(v, deps) for v in value)
+    return value
+
+
+def _worker_task(task: Task) -> Task:
+    """A copy of ``task`` without graph objects (nodes link the whole graph)."""
+    copy = Task.__new__(Task)
+    copy.node = _Stub(task.name, task.key, task.node.qualname)
+    copy.name = task.name
+    copy.func = task.func
+    copy.deps = [_Stub(d.name, d.key) for d in task.deps]
+    copy.uses = 0
+    copy.run = task.run
+    copy.reason = task.reason
+    copy.action = "skipped"
+    copy.seconds = 0.0
+    for field in ("key", "fingerprint", "entry", "store", "overwrite", "stale", "method"):
+        if field in task.__dict__:
+            setattr(copy, field, task.__dict__[field])
+    return copy
+
+
+def build_spec(plan: Plan, task: Task, plugin: Any, storage_blob: bytes | None, *, load: bool = False) -> bytes:
+    """Pickle what a worker needs for ``task``; errors name the node.
+
+    ``task.deps`` gives the order of the dependency values the worker
+    receives.  With ``load=True`` the spec only loads the node's entry.
+    """
+    if load:
+        spec = NodeSpec(_worker_task(task), (), {}, (), None, plan.workflow, storage_blob)
+    else:
+        node = task.node
+        index = {id(d.node): i for i, d in enumerate(task.deps)}
+
+        def placeholder(ref: Any) -> _Slot:
+            if type(ref) is NodeItem:
+                return _Slot(index[id(ref.node)], ref.path)
+            return _Slot(index[id(ref)], None)
+
+        args, kwargs = node.resolve_args(placeholder)
+        where = tuple(dict.fromkeys([w for w, _ in node.top_refs] + list(node.nested)))
+        spec = NodeSpec(_worker_task(task), args, kwargs, where, plugin, plan.workflow, storage_blob)
+    try:
+        return cloudpickle.dumps(spec)
+    except Exception as exc:  # noqa: BLE001 - anything user objects raise while pickling
+        what = "function, its arguments or its plugin" if not load else "storage"
+        raise ExecutorError(
+            f"node {task.name!r} cannot be sent to a worker: its {what} cannot be pickled "
+            f"({type(exc).__name__}: {exc}). Workers run in other processes: pass such objects "
+            "(locks, open files, connections) as something picklable, or create them inside the function."
+        ) from exc
+
+
+# -- worker side ---------------------------------------------------------------------
+
+_STORAGES: dict[bytes, Any] = {}
+
+
+def _storage(blob: bytes | None) -> Any:
+    """The storage of a run, unpickled once per worker process."""
+    if blob is None:
+        return None
+    storage = _STORAGES.get(blob)
+    if storage is None:
+        if len(_STORAGES) > 16:
+            _STORAGES.clear()
+        storage = _STORAGES[blob] = pickle.loads(blob)
+    return storage
+
+
+def _unpack(blob: bytes) -> NodeSpec:
+    return pickle.loads(blob)
+
+
+def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
+    task = spec.task
+    args, kwargs = spec.fill(deps)
+    if spec.plugin is not None:
+        try:
+            spec.plugin()
+        except Exception as exc:
+            raise NodeExecutionError(
+                f"node {task.name!r}: its plugin failed: {type(exc).__name__}: {exc}",
+                node=task.name,
+                key=task.key,
+                remote_traceback="".join(traceback.format_exception(exc)),
+            ) from exc
+    try:
+        return run_node(spec.plan(), task, args, kwargs, instance)
+    except NodeExecutionError as exc:
+        cause = exc.__cause__
+        if cause is not None and exc.remote_traceback is None:
+            exc.remote_traceback = "".join(traceback.format_exception(cause))
+        raise
+    except FunctionFuseError:
+        raise  # storage and serialization errors already name the node
+    except Exception as exc:  # an I/O error of the storage (disk full, endpoint down ...)
+        raise StorageError(
+            f"node {task.name!r}: storing its result failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _status(task: Task) -> tuple[str, float, int]:
+    return (task.action, task.seconds, os.getpid())
+
+
+def run_task(blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
+    """Run one node on a worker; returns ``(value, status)``."""
+    spec = _unpack(blob)
+    value = _compute(spec, deps)
+    return value, _status(spec.task)
+
+
+def load_task(blob: bytes) -> tuple[Any, tuple[str, float, int]]:
+    """Load one cached node on a worker; returns ``(value, status)``."""
+    spec = _unpack(blob)
+    task = spec.task
+    try:
+        value = load_node(spec.plan(), task)
+    except SerializerNotRegisteredError:
+        raise  # a configuration error: keep the entry, stop the run
+    except LOAD_ERRORS as exc:
+        raise EntryUnusable(
+            f"node {task.name!r}: stored entry {task.entry} is unusable ({exc})",
+            task.name,
+            task.entry or "",
+            isinstance(exc, CorruptEntryError),
+        ) from None
+    return value, _status(task)
+
+
+def run_value(blob: bytes, *deps: Any) -> Any:
+    """:func:`run_task` without the status (engines with one return value)."""
+    return run_task(blob, *deps)[0]
+
+
+def load_value(blob: bytes) -> Any:
+    """:func:`load_task` without the status."""
+    return load_task(blob)[0]
+
+
+class InstanceHost:
+    """Holds one stateful instance on a worker: the body of a Ray actor, or of
+    a Dask worker-pinned registry entry.  Calls run in submission order."""
+
+    def __init__(self) -> None:
+        self.instance: Any = None
+
+    def init(self, blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
+        spec = _unpack(blob)
+        start = time.perf_counter()
+        self.instance = _compute(spec, deps)
+        spec.task.seconds = time.perf_counter() - start
+        return None, _status(spec.task)
+
+    def call(self, blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
+        if self.instance is None:
+            raise ExecutorError("internal error: a method call reached an instance host before its constructor")
+        spec = _unpack(blob)
+        value = _compute(spec, deps, self.instance)
+        return value, _status(spec.task)
+
+    def pid(self) -> int:
+        return os.getpid()

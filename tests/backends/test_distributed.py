@@ -1,0 +1,348 @@
+"""Behaviour both distributed backends share, on real clusters.
+
+Every test runs on a local Ray (``ray.init(num_cpus=2)``) and on a
+``distributed.LocalCluster`` with two worker processes (see conftest.py).
+"""
+
+import os
+import random
+import sys
+import threading
+
+import cloudpickle
+import pytest
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.daskback import DaskWorkflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.backends.builtin.rayback import RayWorkflow
+from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
+from functionfuse.caching import CacheWarning
+from functionfuse.errors import ExecutorError, GraphError, NodeExecutionError
+from functionfuse.storage import FileStorage
+
+# Workers cannot import this test module: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(params=["ray", "dask"])
+def backend(request):
+    """``make(*nodes, workflow_name=...)`` building a workflow of each backend."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+
+        def make(*nodes, workflow_name="wf"):
+            return RayWorkflow(*nodes, workflow_name=workflow_name)
+
+        make.run = lambda wf, **kw: wf.run(return_results=True, **kw)
+    else:
+        client = request.getfixturevalue("dask_client")
+
+        def make(*nodes, workflow_name="wf"):
+            return DaskWorkflow(*nodes, workflow_name=workflow_name, client=client)
+
+        make.run = lambda wf, **kw: wf.run(**kw)
+    make.name = request.param
+    return make
+
+
+@workflow
+def where(x):
+    return x, os.getpid()
+
+
+@workflow
+def inc(x):
+    return x + 1
+
+
+@workflow
+def add(a, b):
+    return a + b
+
+
+@workflow
+def total(items):
+    return sum(items)
+
+
+@workflow
+def merge(d):
+    return {k: v * 2 for k, v in d.items()}
+
+
+@workflow
+def fail(x):
+    raise ValueError(f"bad value {x}")
+
+
+@workflow
+def draw(x):
+    return random.random()
+
+
+@workflow
+class Counter:
+    def __init__(self, start):
+        self.value = start
+
+    def add(self, x):
+        self.value += x
+        return self.value, os.getpid()
+
+    def get(self):
+        return self.value
+
+
+def pipeline():
+    a = inc(1).set_name("a")
+    b = inc(a).set_name("b")
+    c = add(a, 10).set_name("c")
+    d = add(b, c).set_name("d")
+    return a, b, c, d
+
+
+def actions(wf):
+    return {e.node: e.action for e in wf.last_report.events}
+
+
+def test_results_and_work_in_worker_processes(backend):
+    w = where(5)
+    t = total([w[0], inc(w[0]), {"k": 1}["k"]])
+    m = merge({"x": w[0], "y": t})
+    wf = backend(t, m, w[1])
+    res = backend.run(wf)
+    assert res[0] == 5 + 6 + 1
+    assert res[1] == {"x": 10, "y": 24}
+    assert res[2] != os.getpid()  # computed in a worker process
+
+
+def test_single_indexed_leaf(backend):
+    w = where(3)
+    assert backend.run(backend(w[0])) == 3
+
+
+def test_resume_is_lazy_and_changes_recompute_downstream_only(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    a, b, c, d = pipeline()
+    wf = backend(d)
+    wf.set_storage(storage)
+    assert backend.run(wf) == 3 + 12
+    assert set(actions(wf).values()) == {"computed"}
+
+    # Intermediate entries are never loaded on a resume: a corrupt one would warn.
+    for name in ("a", "b", "c"):
+        (entry,) = storage.list_tasks("wf", name)
+        path = tmp_path / "s" / "wf" / storage.entry_name(name, wf.last_report.by_node()[name].key)
+        assert path.exists(), entry
+        path.write_bytes(path.read_bytes()[:-3])
+    wf2 = backend(d)
+    wf2.set_storage(storage)
+    assert backend.run(wf2) == 15
+    assert actions(wf2) == {"a": "skipped", "b": "skipped", "c": "skipped", "d": "read"}
+
+
+def test_changed_argument_recomputes_node_and_downstream(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    a, b, c, d = pipeline()
+    wf = backend(d)
+    wf.set_storage(storage)
+    backend.run(wf)
+    a2 = inc(1).set_name("a")
+    b2 = inc(a2).set_name("b")
+    c2 = add(a2, 20).set_name("c")
+    d2 = add(b2, c2).set_name("d")
+    wf2 = backend(d2)
+    wf2.set_storage(storage)
+    assert backend.run(wf2) == 3 + 22
+    report = wf2.last_report.by_node()
+    assert {n: (e.action, e.reason) for n, e in report.items()} == {
+        "a": ("read", "cached"),  # c needs it
+        "b": ("read", "cached"),
+        "c": ("computed", "input changed"),
+        "d": ("computed", "input changed"),
+    }
+
+
+def test_cross_backend_resume_both_ways(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    a, b, c, d = pipeline()
+    local = LocalWorkflow(d, c, workflow_name="wf")
+    local.set_storage(storage)
+    assert local.run() == [15, 12]
+    wf = backend(d, c)
+    wf.set_storage(storage)
+    assert backend.run(wf) == [15, 12]
+    assert "computed" not in actions(wf).values()
+
+    e = inc(d).set_name("e")
+    wf = backend(e)
+    wf.set_storage(storage)
+    assert backend.run(wf) == 16
+    assert actions(wf) == {"a": "skipped", "b": "skipped", "c": "skipped", "d": "read", "e": "computed"}
+    local = LocalWorkflow(e, workflow_name="wf")
+    local.set_storage(storage)
+    assert local.run() == 16
+    assert actions(local)["e"] == "read"
+    assert "computed" not in actions(local).values()
+
+
+def test_node_error_names_the_node_and_keeps_stored_work(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    ok = inc(1).set_name("ok")
+    bad = fail(ok).set_name("bad")
+    after = inc(bad).set_name("after")
+    side = inc(ok).set_name("side")
+    wf = backend(after, side)
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="node 'bad' failed: ValueError: bad value 2") as info:
+        backend.run(wf)
+    assert info.value.node == "bad"
+    assert isinstance(info.value.__cause__, ValueError)
+    assert "raise ValueError" in info.value.remote_traceback
+    assert storage.list_tasks("wf", "*") == ["ok", "side"]  # the independent branch was awaited
+    with pytest.raises(NodeExecutionError):
+        backend.run(wf)
+    assert actions(wf)["side"] == "skipped" and actions(wf)["ok"] == "read"
+
+
+def test_errors_raised_even_without_return_results(backend):
+    wf = backend(fail(1).set_name("boom"))
+    with pytest.raises(NodeExecutionError, match="'boom'"):
+        wf.run(return_results=False)
+
+
+def test_unpicklable_function_is_reported_before_anything_runs(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    lock = threading.Lock()
+
+    @workflow
+    def locked(x):
+        with lock:
+            return x
+
+    first = inc(1).set_name("first")
+    node = locked(first).set_name("locked")
+    wf = backend(node)
+    wf.set_storage(storage)
+    with pytest.raises(ExecutorError, match="node 'locked' cannot be sent to a worker.*lock"):
+        with pytest.warns(CacheWarning, match="node 'locked'.*_thread.lock cannot be hashed"):
+            backend.run(wf)
+    assert storage.list_tasks("wf", "*") == []  # not even 'first' was submitted
+
+
+def test_stateful_instance_stays_on_one_worker_in_call_order(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    counter = Counter(10).set_name("counter")
+    first = counter.add(1).set_name("first")
+    second = counter.add(inc(1)).set_name("second")
+    third = counter.add(5).set_name("third")
+    value = counter.get().set_name("value")
+    wf = backend(first, second, third[0], value)
+    wf.set_storage(storage)
+    res = backend.run(wf)
+    assert [res[0][0], res[1][0], res[2], res[3]] == [11, 13, 18, 18]
+    assert res[0][1] == res[1][1] != os.getpid()  # one worker process holds the instance
+
+    # Resume: nothing runs; then a changed last call replays the chain.
+    assert backend.run(wf) == res
+    assert "computed" not in actions(wf).values()
+    counter = Counter(10).set_name("counter")
+    first = counter.add(1).set_name("first")
+    second = counter.add(inc(1)).set_name("second")
+    third = counter.add(5).set_name("third")
+    value = counter.get().set_name("value")
+    last = counter.add(100).set_name("last")
+    wf = backend(value, last[0])
+    wf.set_storage(storage)
+    assert backend.run(wf) == [18, 118]
+    acts = actions(wf)
+    assert acts["last"] == "computed"
+    assert acts["first"] == acts["second"] == acts["third"] == acts["value"] == "replayed"
+
+
+def test_corrupt_entry_needed_by_a_running_node_is_recomputed(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    a, b, c, d = pipeline()
+    wf = backend(d)
+    wf.set_storage(storage)
+    backend.run(wf)
+    key_b = wf.last_report.by_node()["b"].key
+    path = tmp_path / "s" / "wf" / storage.entry_name("b", key_b)
+    path.write_bytes(path.read_bytes()[:-5])
+    e = inc(d).set_name("e")
+    f = add(b, 100).set_name("f")  # needs b's value
+    wf = backend(e, f)
+    wf.set_storage(storage)
+    with pytest.warns(CacheWarning, match="node 'b'"):
+        assert backend.run(wf) == [16, 103]
+    assert actions(wf)["b"] == "computed"
+    assert wf.last_report.by_node()["b"].reason == "corrupt entry"
+    wf = backend(e, f)
+    wf.set_storage(storage)
+    assert backend.run(wf) == [16, 103]  # the entry was replaced by a good one
+    assert actions(wf)["b"] == "skipped"
+
+
+def test_random_state_plugin_seeds_in_traversal_order_and_keys_are_stable(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    nodes = [draw(i).set_name(f"draw{i}") for i in range(4)]
+    other = inc(1).set_name("other")
+
+    def build(seed, top=9):
+        wf = backend(*nodes, other, workflow_name="seeded")
+        wf.set_plugin("draw.*", RandomStatePlugin(min=0, max=top, seed=seed, seed_func=random.seed))
+        wf.set_storage(storage)
+        return wf
+
+    wf = build(7)
+    values = backend.run(wf)
+    # node k gets seed + k + 1, wrapping to min past max: 8, 9, 0, 1
+    assert values[:4] == [random.Random(s).random() for s in (8, 9, 0, 1)]
+    wf = build(7)
+    assert backend.run(wf) == values  # the same seeds on every run: a full cache hit
+    assert "computed" not in actions(wf).values()
+    wf = build(7, top=10)  # seeds 8, 9, 10, 0: the last two change
+    backend.run(wf)
+    acts = actions(wf)
+    assert [acts[f"draw{i}"] for i in range(4)] == ["read", "read", "computed", "computed"]
+    assert acts["other"] == "read"
+
+
+def test_initializer_plugins_run_on_the_worker_before_the_node(backend, tmp_path):
+    marker = tmp_path / "init.txt"
+
+    def init():
+        with open(marker, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+
+    @workflow
+    def check(x):
+        return marker.read_text().count("\n")
+
+    node = check(1).set_name("check")
+    wf = backend(node)
+    wf.query("check").set_plugin(PluginCollection([InitializerPlugin(init)]))
+    assert backend.run(wf) >= 1
+    assert str(os.getpid()) not in marker.read_text().split()
+
+
+def test_bad_query_options_and_plugins_are_clear(backend):
+    a, b, c, d = pipeline()
+    wf = backend(d)
+    assert [n.get_name() for n in wf.query("[ab]").nodes] == ["a", "b"]
+    with pytest.raises(GraphError, match="unknown .*option.*'bogus'"):
+        wf.query("a").set_remote_args({"bogus": 1})
+    with pytest.raises(GraphError, match="not a plugin"):
+        wf.set_plugin("a", object())
+    with pytest.raises(GraphError, match="max_pending_tasks"):
+        wf.run(max_pending_tasks=-1)
+
+
+def test_max_pending_tasks_with_class_nodes(backend):
+    counter = Counter(0).set_name("counter")
+    calls = [counter.add(i).set_name(f"add{i}") for i in range(6)]
+    others = [inc(i).set_name(f"inc{i}") for i in range(6)]
+    wf = backend(calls[-1][0], total(others).set_name("sum"))
+    assert wf.run(return_results=True, max_pending_tasks=1) == [15, 21]
+    assert wf.run(return_results=True, max_pending_tasks=2) == [15, 21]
