@@ -189,9 +189,11 @@ class _DaskEngine(Engine):
                 if lost:
                     break
         out: list[tuple[Task, BaseException | None, Any]] = []
+        leftover = []
+        # Statuses first, cancellations after: cancelling a future cancels its dependents.
         for task, fut in self.submitted:
             if fut.key in lost:
-                fut.cancel()
+                leftover.append(fut)
                 out.append((task, lost[fut.key], None))
             elif fut.status == "error":
                 out.append((task, fut.exception(), None))
@@ -199,9 +201,13 @@ class _DaskEngine(Engine):
                 out.append((task, ExecutorError(f"node {task.name!r}: its Dask task was cancelled"), None))
             elif fut.status == "finished":
                 out.append((task, None, None))
-            else:  # still pending after an instance's worker died: it depends on it
-                fut.cancel()
-                out.append((task, ExecutorError(f"node {task.name!r}: not run, an input was lost"), None))
+            else:  # its data went with a dead worker: a consequence, not the cause
+                leftover.append(fut)
+                err = ExecutorError(f"node {task.name!r}: its result was lost with a dead worker")
+                err.secondary = True  # type: ignore[attr-defined]
+                out.append((task, err, None))
+        for fut in leftover:
+            fut.cancel()
         return out
 
     def _lost_instances(self) -> dict[str, BaseException]:
@@ -273,7 +279,7 @@ class DaskWorkflow(DistributedWorkflow):
             return self._run_on(self.client, return_results, max_pending_tasks, force, strict_hashing)
         import distributed
 
-        kwargs = {"processes": True, "dashboard_address": None, **self.cluster_kwargs}
+        kwargs = {"processes": True, "dashboard_address": ":0", **self.cluster_kwargs}
         with distributed.LocalCluster(**kwargs) as cluster, distributed.Client(cluster) as client:
             return self._run_on(client, return_results, max_pending_tasks, force, strict_hashing)
 

@@ -313,6 +313,7 @@ class DistributedWorkflow(BaseWorkflow):
 
     def _settle(self, engine: Engine, plan: Plan) -> None:
         first: tuple[Task, BaseException] | None = None
+        fallback: tuple[Task, BaseException] | None = None  # consequences of another failure
         unusable: set[str] = set()
         for task, error, status in engine.settle():
             if error is None:
@@ -331,10 +332,14 @@ class DistributedWorkflow(BaseWorkflow):
                     f"{error}; recomputing it", CacheWarning, stacklevel=5
                 )
                 continue
-            if first is None:
+            if getattr(error, "secondary", False):
+                if fallback is None:
+                    fallback = (task, error)
+            elif first is None:
                 first = (task, error)
         if unusable:
             raise _Retry(unusable)
+        first = first or fallback
         if first is not None:
             task, error = first
             raise _named_error(task, error)

@@ -174,7 +174,10 @@ class _RayEngine(Engine):
             try:
                 status = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - sorted out by the caller
-                out.append((task, _unwrap(exc), None))
+                error = _unwrap(exc)
+                if isinstance(error, ray.exceptions.RayActorError):
+                    error = _actor_died(task, error)
+                out.append((task, error, None))
             else:
                 out.append((task, None, status))
         return out
@@ -187,6 +190,22 @@ class _RayEngine(Engine):
 
     def close(self) -> None:
         self.hosts.clear()  # actors exit when their last handle goes
+
+
+def _actor_died(task: Task, error: BaseException) -> ExecutorError:
+    """An actor's death, told as the node's: the calls it had not reported are lost."""
+    node = task.node
+    instance = node.init if isinstance(node, ClassCallNode) else node
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    err = ExecutorError(
+        f"node {task.name!r} failed on the cluster: the Ray actor holding instance "
+        f"{instance.get_name()!r} died ({type(error).__name__}: {first_line}); a rerun rebuilds the "
+        "instance from its stored calls. Give the instance node max_restarts/max_task_retries "
+        "through query(...).set_remote_args to let Ray retry."
+    )
+    err.node = task.name  # type: ignore[attr-defined]
+    err.__cause__ = error
+    return err
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -13,10 +13,14 @@ __all__ = ["storage_factory", "KINDS"]
 KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "file": (("path",), ("durable",), "a folder on a disk every process can reach"),
     "S3": (("path", "s3fs"), (), "an S3 bucket/prefix through s3fs"),
-    "ray": (("remoteArgs", "path"), ("rayInitArgs",), "file storage whose I/O runs in Ray tasks"),
+    "ray": (
+        ("remoteArgs", "path"),
+        ("rayInitArgs", "durable", "timeout"),
+        "file storage whose I/O runs in Ray tasks",
+    ),
 }
 
-_AVAILABLE = {"file"}
+_AVAILABLE = {"file", "ray"}
 
 
 def _kinds_text() -> str:
@@ -33,7 +37,9 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
     ----------
     opt : dict
         ``{"kind": "file", "options": {"path": "storage"}}``.  Valid kinds:
-        ``"file"``, ``"S3"``, ``"ray"``.
+        ``"file"``, ``"S3"``, ``"ray"`` (``{"kind": "ray", "options": {"path": P,
+        "remoteArgs": {"resources": {"disk": 0.01}}, "rayInitArgs": {...}}}``:
+        a :class:`~functionfuse.storage.raystore.RayStorage`).
 
     Returns
     -------
@@ -81,6 +87,23 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
         raise StorageConfigError(
             f"storage kind {kind!r} is not available in functionfuse "
             f"{_version()} yet; available kinds: {', '.join(sorted(_AVAILABLE))}"
+        )
+    if kind == "ray":
+        from .raystore import RayStorage
+
+        if not isinstance(options["remoteArgs"], dict):
+            raise StorageConfigError(
+                "option 'remoteArgs' of storage kind 'ray' must be a dict of Ray task options, "
+                f"e.g. {{'resources': {{'disk': 0.01}}}} (or {{}} for Ray's defaults), "
+                f"got {options['remoteArgs']!r}"
+            )
+
+        return RayStorage(
+            options["path"],
+            options["remoteArgs"],
+            options.get("rayInitArgs"),
+            durable=bool(options.get("durable", False)),
+            timeout=options.get("timeout"),
         )
     from .local import FileStorage
 

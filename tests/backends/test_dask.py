@@ -1,0 +1,127 @@
+"""Dask specifics: client lifecycle, per-task options, retries, dead workers."""
+
+import os
+import sys
+
+import cloudpickle
+import dask
+import distributed
+import pytest
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.daskback import DaskWorkflow
+from functionfuse.errors import ExecutorError
+from functionfuse.storage import FileStorage
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@workflow
+def inc(x):
+    return x + 1
+
+
+@workflow
+def worker_address(x):
+    return distributed.get_worker().address, os.getpid()
+
+
+@workflow
+def fails_once(marker, x):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("transient")
+    return x * 10
+
+
+@workflow
+def kills_worker(x):
+    os._exit(1)
+
+
+@workflow
+class Box:
+    def __init__(self):
+        self.items = []
+
+    def put(self, x):
+        self.items.append(x)
+        return list(self.items), distributed.get_worker().address
+
+    def crash(self):
+        os._exit(1)
+
+
+@pytest.fixture
+def fragile_client():
+    """A cluster of its own, where one worker death is fatal to a task."""
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+            yield client
+
+
+def test_without_a_client_a_local_cluster_is_started_and_closed():
+    node = worker_address(1)
+    wf = DaskWorkflow(node, workflow_name="w", cluster_kwargs={"n_workers": 1, "threads_per_worker": 1})
+    address, pid = wf.run()
+    assert pid != os.getpid()
+    with pytest.raises(ValueError):  # no client left behind
+        distributed.default_client()
+    assert wf.run()[1] != pid  # a new cluster for each run
+
+
+def test_workers_and_resources_options(dask_client):
+    workers = sorted(dask_client.scheduler_info(n_workers=-1)["workers"])
+    nodes = [worker_address(i).set_name(f"n{i}") for i in range(4)]
+    wf = DaskWorkflow(*nodes, workflow_name="w", client=dask_client)
+    wf.query("n[0-3]").set_remote_args({"workers": [workers[1]], "allow_other_workers": False})
+    assert {addr for addr, _ in wf.run()} == {workers[1]}
+    wf = DaskWorkflow(*nodes, workflow_name="w", client=dask_client)
+    wf.query(".*").set_remote_args({"resources": {"disk": 1}, "priority": 5, "retries": 0})
+    assert len(wf.run()) == 4
+
+
+def test_instance_needing_resources_nobody_has_is_an_error(dask_client):
+    box = Box().set_name("box")
+    wf = DaskWorkflow(box.put(1), workflow_name="w", client=dask_client)
+    wf.query("box").set_remote_args({"resources": {"gpu": 1}})
+    with pytest.raises(ExecutorError, match="node 'box': no worker .* offers the resources \\{'gpu': 1\\}"):
+        wf.run()
+
+
+def test_instance_lives_on_one_worker(dask_client):
+    box = Box().set_name("box")
+    calls = [box.put(inc(i)) for i in range(5)]
+    res = DaskWorkflow(*calls, workflow_name="w", client=dask_client).run()
+    assert [r[0] for r in res] == [[1, 2, 3, 4, 5][: i + 1] for i in range(5)]
+    assert len({r[1] for r in res}) == 1
+
+
+def test_retries_option(dask_client, tmp_path):
+    node = fails_once(str(tmp_path / "marker"), 2).set_name("flaky")
+    wf = DaskWorkflow(node, workflow_name="w", client=dask_client)
+    wf.query("flaky").set_remote_args({"retries": 1})
+    assert wf.run() == 20
+
+
+def test_dead_worker_is_reported_with_the_node_name(fragile_client, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    first = inc(1).set_name("first")
+    dead = kills_worker(first).set_name("dead")
+    wf = DaskWorkflow(dead, workflow_name="w", client=fragile_client)
+    wf.set_storage(storage)
+    with pytest.raises(ExecutorError, match="node 'dead' failed on the cluster: KilledWorker"):
+        wf.run()
+    assert storage.list_tasks("w", "*") == ["first"]
+
+
+def test_death_of_the_worker_holding_an_instance_is_reported(fragile_client):
+    box = Box().set_name("box")
+    a = box.put(1).set_name("put")
+    boom = box.crash().set_name("boom")
+    after = box.put(2).set_name("after")
+    wf = DaskWorkflow(a, boom, after, workflow_name="w", client=fragile_client)
+    with pytest.raises(ExecutorError, match="node 'boom'"):
+        wf.run()

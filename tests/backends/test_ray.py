@@ -1,0 +1,142 @@
+"""Ray specifics: init arguments, remote arguments, retries, actors."""
+
+import os
+import sys
+
+import cloudpickle
+import pytest
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.rayback import RayWorkflow
+from functionfuse.errors import ExecutorError
+from functionfuse.storage import FileStorage
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@workflow
+def inc(x):
+    return x + 1
+
+
+@workflow
+def resources_seen(x):
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+@workflow
+def dies_once(marker, x):
+    # The first attempt kills its worker process; a retry finds the marker.
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return x * 10
+
+
+@workflow
+def always_dies(x):
+    os._exit(1)
+
+
+@workflow
+class Box:
+    def __init__(self):
+        self.items = []
+
+    def put(self, x):
+        self.items.append(x)
+        return list(self.items)
+
+    def crash(self):
+        os._exit(1)
+
+
+def test_ray_init_args_conflicting_with_running_ray_are_reported(ray_cluster):
+    node = inc(1)
+    RayWorkflow(node, workflow_name="w", ray_init_args={"num_cpus": 2})  # matches: fine
+    with pytest.raises(ExecutorError, match=r"num_cpus=4 \(the running Ray has 2\).*ray.shutdown"):
+        RayWorkflow(node, workflow_name="w", ray_init_args={"num_cpus": 4})
+    with pytest.raises(ExecutorError, match="namespace='x' .cannot be checked"):
+        RayWorkflow(node, workflow_name="w", ray_init_args={"namespace": "x"})
+
+
+def test_remote_args_reach_ray(ray_cluster):
+    node = resources_seen(1).set_name("res")
+    plain = resources_seen(2).set_name("plain")
+    wf = RayWorkflow(node, plain, workflow_name="w")
+    query = wf.query("res").set_remote_args({"resources": {"disk": 0.5}, "num_cpus": 0.5})
+    assert query.nodes == [node]
+    seen, default = wf.run(return_results=True)
+    assert seen == {"disk": 0.5, "CPU": 0.5}
+    assert default == {"CPU": 1.0}
+
+
+def test_actor_options_and_calls(ray_cluster):
+    box = Box().set_name("box")
+    a = box.put(1)
+    b = box.put(inc(1))
+    wf = RayWorkflow(a, b, workflow_name="w")
+    wf.query("box").set_remote_args({"num_cpus": 0.5, "max_restarts": 0})
+    wf.query(".*").set_remote_args({"num_cpus": 0.5})  # method calls take the actor's options
+    assert wf.run(return_results=True) == [[1], [1, 2]]
+
+
+def test_max_retries_is_respected_when_a_worker_dies(ray_cluster, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    first = inc(1).set_name("first")
+    node = dies_once(str(tmp_path / "marker"), first).set_name("flaky")
+    wf = RayWorkflow(node, workflow_name="w")
+    wf.set_storage(storage)
+    wf.query("flaky").set_remote_args({"max_retries": 1})
+    assert wf.run(return_results=True) == 20
+
+    dead = always_dies(first).set_name("dead")
+    wf = RayWorkflow(dead, workflow_name="w")
+    wf.set_storage(storage)
+    wf.query("dead").set_remote_args({"max_retries": 0})
+    with pytest.raises(ExecutorError, match="node 'dead' failed on the cluster.*(WorkerCrashed|died|exit)"):
+        wf.run()
+    assert storage.list_tasks("w", "*") == ["first", "flaky"]  # nothing stored was lost
+
+
+def test_actor_death_names_the_node(ray_cluster):
+    box = Box().set_name("box")
+    a = box.put(1).set_name("put")
+    boom = box.crash().set_name("boom")
+    wf = RayWorkflow(a, boom, workflow_name="w")
+    # Ray may lose the replies of calls that ran just before the actor died:
+    # the first lost call (in call order) is reported, naming the instance.
+    with pytest.raises(ExecutorError, match="node '(boom|box|put)' .*actor holding instance 'box' died") as info:
+        wf.run()
+    assert info.value.node in ("boom", "box", "put")
+
+
+def test_ray_storage_kind_shared_by_ray_and_local_workflows(ray_cluster, tmp_path):
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse.storage import storage_factory
+
+    storage = storage_factory(
+        {
+            "kind": "ray",
+            "options": {"path": str(tmp_path / "s"), "remoteArgs": {"resources": {"disk": 0.01}, "num_cpus": 0.01}},
+        }
+    )
+    a = inc(1).set_name("a")
+    b = inc(a).set_name("b")
+    wf = RayWorkflow(b, workflow_name="w")
+    wf.set_storage(storage)
+    assert wf.run(return_results=True) == 3
+    assert storage.list_tasks("w", "*") == ["a", "b"]
+    local = LocalWorkflow(b, workflow_name="w")
+    local.set_storage(storage)
+    assert local.run() == 3
+    assert {e.node: e.action for e in local.last_report.events} == {"a": "skipped", "b": "read"}
+    storage.remove_task("w", pattern="a*")
+    assert storage.list_tasks("w", "*") == ["b"]
+    assert wf.run(return_results=True) == 3
+    # a is recomputed (missing); b keeps its entry: its key depends on a's key, not on a's file
+    assert {e.node: e.action for e in wf.last_report.events} == {"a": "computed", "b": "read"}
+    storage.remove_workflow("w")
+    assert storage.list_tasks("w", "*") == []
