@@ -284,22 +284,24 @@ class BaseNode:
         return tuple(args), kwargs
 
 
-def _substitute(value: Any, value_of: Any) -> Any:
-    if isinstance(value, (BaseNode, NodeItem)):
+def _substitute(value: Any, value_of: Any, kinds: Any = None) -> Any:
+    """``value`` with every ``kinds`` instance (nodes by default) inside the
+    containers the graph searches replaced by ``value_of(instance)``."""
+    if isinstance(value, kinds or _REF_KINDS):
         return value_of(value)
     cls = type(value)
     if cls is list:
-        return [_substitute(v, value_of) for v in value]
+        return [_substitute(v, value_of, kinds) for v in value]
     if cls is tuple:
-        return tuple(_substitute(v, value_of) for v in value)
+        return tuple(_substitute(v, value_of, kinds) for v in value)
     if cls is dict:
-        return {k: _substitute(v, value_of) for k, v in value.items()}
+        return {k: _substitute(v, value_of, kinds) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # named tuple
-        return cls(*(_substitute(v, value_of) for v in value))
+        return cls(*(_substitute(v, value_of, kinds) for v in value))
     if isinstance(value, dict):
-        return cls((k, _substitute(v, value_of)) for k, v in value.items())
+        return cls((k, _substitute(v, value_of, kinds)) for k, v in value.items())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return cls(_substitute(v, value_of) for v in value)
+        return cls(_substitute(v, value_of, kinds) for v in value)
     return value
 
 
@@ -371,6 +373,9 @@ class NodeItem:
 
     def __repr__(self) -> str:
         return f"<NodeItem {self.node.get_name()!r}{''.join(f'[{i!r}]' for i in self.path)}>"
+
+
+_REF_KINDS = (BaseNode, NodeItem)
 
 
 class _MethodCall:

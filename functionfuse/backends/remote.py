@@ -38,7 +38,7 @@ from ..errors import (
     SerializerNotRegisteredError,
     StorageError,
 )
-from ..graph import NodeItem
+from ..graph import NodeItem, _substitute
 
 __all__ = ["NodeSpec", "EntryUnusable", "build_spec", "run_task", "load_task", "InstanceHost"]
 
@@ -69,6 +69,13 @@ class _Slot:
 
     def __reduce__(self):
         return (_Slot, (self.index, self.path))
+
+    def value(self, deps: tuple) -> Any:
+        out = deps[self.index]
+        if self.path is not None:
+            for item in self.path:
+                out = out[item]
+        return out
 
 
 class _Stub:
@@ -113,26 +120,7 @@ class NodeSpec:
 
 
 def _fill(value: Any, deps: tuple) -> Any:
-    cls = type(value)
-    if cls is _Slot:
-        out = deps[value.index]
-        if value.path is not None:
-            for item in value.path:
-                out = out[item]
-        return out
-    if cls is list:
-        return [_fill(v, deps) for v in value]
-    if cls is tuple:
-        return tuple(_fill(v, deps) for v in value)
-    if cls is dict:
-        return {k: _fill(v, deps) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # named tuple
-        return cls(*(_fill(v, deps) for v in value))
-    if isinstance(value, dict):
-        return cls((k, _fill(v, deps)) for k, v in value.items())
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return cls(_fill(v, deps) for v in value)
-    return value
+    return _substitute(value, lambda slot: slot.value(deps), _Slot)
 
 
 def _worker_task(task: Task) -> Task:
