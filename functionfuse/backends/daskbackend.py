@@ -26,7 +26,7 @@ from typing import Any
 
 from ..caching import Task
 from ..errors import ExecutorError, GraphError
-from ..graph import BaseNode, ClassCallNode, ClassInitNode
+from ..graph import BaseNode, ClassCallNode
 from . import remote
 from .distributed import DistributedWorkflow, Engine, new_run_id
 
@@ -304,7 +304,5 @@ class DaskWorkflow(DistributedWorkflow):
     def _options(self, task: Task, load: bool = False) -> dict:
         if load or isinstance(task.node, ClassCallNode):
             return {}
-        options = self._remote_args.get(id(task.node), {})
-        if isinstance(task.node, ClassInitNode):
-            return options  # used to choose the instance's worker
-        return options
+        # For an instance node, ``workers`` and ``resources`` choose its worker.
+        return self._remote_args.get(id(task.node), {})

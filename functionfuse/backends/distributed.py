@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import uuid
 import warnings
 from abc import ABC, abstractmethod
@@ -34,11 +33,9 @@ import cloudpickle
 
 from ..caching import LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, load_node, make_plan
 from ..errors import (
-    CorruptEntryError,
     ExecutorError,
     FunctionFuseError,
     GraphError,
-    NodeExecutionError,
     SerializerNotRegisteredError,
     StorageError,
 )
@@ -328,9 +325,7 @@ class DistributedWorkflow(BaseWorkflow):
                 unusable.add(error.entry)
                 by_name = next((t for t in plan.tasks if t.name == error.node), task)
                 by_name.entry = None
-                warnings.warn(
-                    f"{error}; recomputing it", CacheWarning, stacklevel=5
-                )
+                warnings.warn(f"{error}; recomputing it", CacheWarning, stacklevel=5)
                 continue
             if getattr(error, "secondary", False):
                 if fallback is None:
@@ -412,11 +407,5 @@ def _named_error(task: Task, error: BaseException) -> BaseException:
 
 
 def new_run_id() -> str:
+    """A short unique id for one run (engine task keys, instance registries)."""
     return uuid.uuid4().hex[:12]
-
-
-def compile_pattern(pattern: str | None) -> re.Pattern | None:
-    return None if pattern is None else re.compile(pattern)
-
-
-_ = (CorruptEntryError, NodeExecutionError)

@@ -346,3 +346,19 @@ def test_max_pending_tasks_with_class_nodes(backend):
     wf = backend(calls[-1][0], total(others).set_name("sum"))
     assert wf.run(return_results=True, max_pending_tasks=1) == [15, 21]
     assert wf.run(return_results=True, max_pending_tasks=2) == [15, 21]
+
+
+def test_force_recomputes_matching_nodes_and_downstream(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    a, b, c, d = pipeline()
+    wf = backend(d)
+    wf.set_storage(storage)
+    backend.run(wf)
+    assert backend.run(wf, force="b") == 15
+    reasons = {e.node: (e.action, e.reason) for e in wf.last_report.events}
+    assert reasons == {
+        "a": ("read", "cached"),
+        "b": ("computed", "forced"),
+        "c": ("read", "cached"),
+        "d": ("computed", "upstream forced"),
+    }
