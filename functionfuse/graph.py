@@ -497,7 +497,8 @@ def _ancestors_roots(leaves: Iterable[BaseNode]) -> list[BaseNode]:
 
 
 def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
-    """Every node downstream of the roots above ``leaves``, in creation order."""
+    """Every node downstream of the roots above ``leaves``, and every node those
+    need, in creation order."""
     seen: set[int] = set()
     out: list[BaseNode] = []
     stack = _ancestors_roots(leaves)
@@ -509,6 +510,24 @@ def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
         add(id(node))
         out.append(node)
         extend(node.children)
+    # A node below those roots may also have a parent from elsewhere (c = h(a, b)
+    # reached from a's root): add what such nodes need, not what hangs below it.
+    missing: list[BaseNode] = []
+    for node in out:
+        for parent in node.deps:
+            if id(parent) not in seen:
+                missing.append(parent)
+        if node.after is not None and id(node.after) not in seen:
+            missing.append(node.after)
+    while missing:
+        node = missing.pop()
+        if id(node) in seen:
+            continue
+        add(id(node))
+        out.append(node)
+        missing.extend(node.deps)
+        if node.after is not None:
+            missing.append(node.after)
     out.sort(key=_seq_of)
     return out
 

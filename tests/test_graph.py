@@ -229,3 +229,35 @@ def test_building_a_workflow_never_renames_another_workflows_nodes():
     wf2 = LocalWorkflow(a, b, workflow_name="two")
     assert names(wf2) == ["add_0000", "add_0001"]
     assert names(wf1) == ["add_0000"]
+
+
+def test_run_set_includes_other_parents_of_nodes_below_the_roots():
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+
+    @workflow
+    def f(x):
+        return x
+
+    @workflow
+    def h(a, b):
+        return a + b
+
+    @workflow
+    class Tally:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, x):
+            self.total += x
+            return self.total
+
+    a = f(1).set_name("a")
+    b = f(2).set_name("b")
+    c = h(a, b).set_name("c")
+    other = f(b).set_name("other")  # below b only: not needed, not run
+    tally = Tally().set_name("tally")
+    added = tally.add(a).set_name("added")
+    wf = LocalWorkflow(a, workflow_name="w")
+    assert [n for n, _ in wf.graph_traversal()] == ["a", "b", "c", "tally", "added"]
+    assert wf.run() == 1
+    assert other not in wf.nodes

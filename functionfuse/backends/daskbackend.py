@@ -85,7 +85,9 @@ class _DaskEngine(Engine):
         self.distributed = distributed
         self.client = client
         self.run_id = run_id
-        self.submitted: list[tuple[Task, Any]] = []
+        self.submitted: dict[str, tuple[Task, Any]] = {}  # future key -> (task, future)
+        self.released: list[Task] = []  # tasks whose futures the driver dropped
+        self.order: list[str] = []
         self.pending: list[Any] = []
         self.pinned: list[tuple[Task, Any, _Host]] = []
         self.hosts = 0
@@ -163,8 +165,16 @@ class _DaskEngine(Engine):
         return fut
 
     def _track(self, task: Task, fut: Any) -> None:
-        self.submitted.append((task, fut))
+        self.submitted[fut.key] = (task, fut)
+        self.order.append(fut.key)
         self.pending.append(fut)
+
+    def release(self, handle: Any) -> None:
+        # Dropping the future lets Dask free the value once its consumers ran.
+        # A failure still surfaces: it is passed on to those consumers.
+        entry = self.submitted.pop(handle.key, None)
+        if entry is not None:
+            self.released.append(entry[0])
 
     def throttle(self, limit: int) -> None:
         while len(self.pending) >= limit:
@@ -173,7 +183,8 @@ class _DaskEngine(Engine):
             self.pending = list(done.not_done)
 
     def settle(self) -> list[tuple[Task, BaseException | None, Any]]:
-        futures = [f for _, f in self.submitted]
+        self.pending = []
+        futures = [f for _, f in self.submitted.values()]
         lost: dict[str, BaseException] = {}
         while futures:
             try:
@@ -191,7 +202,12 @@ class _DaskEngine(Engine):
         out: list[tuple[Task, BaseException | None, Any]] = []
         leftover = []
         # Statuses first, cancellations after: cancelling a future cancels its dependents.
-        for task, fut in self.submitted:
+        released = {id(t) for t in self.released}
+        for key in self.order:
+            entry = self.submitted.get(key)
+            if entry is None:
+                continue
+            task, fut = entry
             if fut.key in lost:
                 leftover.append(fut)
                 out.append((task, lost[fut.key], None))
@@ -208,6 +224,7 @@ class _DaskEngine(Engine):
                 out.append((task, err, None))
         for fut in leftover:
             fut.cancel()
+        out.extend((task, None, None) for task in self.released if id(task) in released)
         return out
 
     def _lost_instances(self) -> dict[str, BaseException]:

@@ -322,6 +322,8 @@ class DistributedWorkflow(BaseWorkflow):
                     task.action = "read"
                 continue
             if isinstance(error, EntryUnusable):
+                if error.entry in unusable:
+                    continue  # the same failure, passed on to a consumer
                 unusable.add(error.entry)
                 by_name = next((t for t in plan.tasks if t.name == error.node), task)
                 by_name.entry = None

@@ -45,7 +45,8 @@ TASK_OPTIONS = frozenset(
         "name",
     }
 )
-#: Options of an actor (given to a class instance node).
+#: Options of an actor (given to a class instance node).  ``max_restarts`` is
+#: not one: a restarted actor would have lost the instance's state.
 ACTOR_OPTIONS = frozenset(
     {
         "num_cpus",
@@ -53,8 +54,6 @@ ACTOR_OPTIONS = frozenset(
         "resources",
         "accelerator_type",
         "memory",
-        "max_restarts",
-        "max_task_retries",
         "scheduling_strategy",
         "runtime_env",
         "label_selector",
@@ -199,9 +198,8 @@ def _actor_died(task: Task, error: BaseException) -> ExecutorError:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     err = ExecutorError(
         f"node {task.name!r} failed on the cluster: the Ray actor holding instance "
-        f"{instance.get_name()!r} died ({type(error).__name__}: {first_line}); a rerun rebuilds the "
-        "instance from its stored calls. Give the instance node max_restarts/max_task_retries "
-        "through query(...).set_remote_args to let Ray retry."
+        f"{instance.get_name()!r} died ({type(error).__name__}: {first_line}); its state is lost. "
+        "Calls already stored are kept: a rerun rebuilds the instance by replaying them."
     )
     err.node = task.name  # type: ignore[attr-defined]
     err.__cause__ = error
@@ -237,7 +235,8 @@ class RayWorkflow(DistributedWorkflow):
         super().__init__(*nodes, workflow_name=workflow_name)
         if ray_init_args is not None and not isinstance(ray_init_args, dict):
             raise GraphError(f"ray_init_args must be a dict of ray.init arguments, got {ray_init_args!r}")
-        ensure_ray(ray_init_args)
+        self.ray_init_args = dict(ray_init_args or {})
+        ensure_ray(self.ray_init_args)
 
     def run(
         self,
@@ -267,7 +266,8 @@ class RayWorkflow(DistributedWorkflow):
             A worker died (after the node's ``max_retries``), an actor died ...;
             it names the node.
         """
-        ensure_ray(None)
+        if not _ray().is_initialized():  # shut down since: start it as configured
+            ensure_ray(self.ray_init_args)
         return self._run(
             _RayEngine,
             return_results=return_results,
@@ -281,6 +281,12 @@ class RayWorkflow(DistributedWorkflow):
             if isinstance(node, ClassCallNode):
                 continue  # runs on its instance's actor: options go to the instance node
             if isinstance(node, ClassInitNode):
+                restart = sorted({"max_restarts", "max_task_retries"} & set(args))
+                if restart:
+                    raise GraphError(
+                        f"class instance node {node.get_name()!r}: {', '.join(restart)} cannot be used: a "
+                        "restarted actor has lost the instance's state. A rerun rebuilds it from the stored calls."
+                    )
                 allowed, where = ACTOR_OPTIONS, f"class instance node {node.get_name()!r} (a Ray actor)"
             else:
                 allowed, where = TASK_OPTIONS, f"node {node.get_name()!r}"

@@ -275,9 +275,12 @@ class InstanceHost:
         return None, _status(spec.task)
 
     def call(self, blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
-        if self.instance is None:
-            raise ExecutorError("internal error: a method call reached an instance host before its constructor")
         spec = _unpack(blob)
+        if self.instance is None:
+            raise ExecutorError(
+                f"node {spec.task.name!r}: its instance is not on this worker (the actor or worker "
+                "holding it was restarted, and its state with it); rerun the workflow to rebuild it"
+            )
         value = _compute(spec, deps, self.instance)
         return value, _status(spec.task)
 

@@ -8,7 +8,7 @@ import pytest
 
 from functionfuse import workflow
 from functionfuse.backends.builtin.rayback import RayWorkflow
-from functionfuse.errors import ExecutorError
+from functionfuse.errors import ExecutorError, GraphError
 from functionfuse.storage import FileStorage
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -78,7 +78,9 @@ def test_actor_options_and_calls(ray_cluster):
     a = box.put(1)
     b = box.put(inc(1))
     wf = RayWorkflow(a, b, workflow_name="w")
-    wf.query("box").set_remote_args({"num_cpus": 0.5, "max_restarts": 0})
+    wf.query("box").set_remote_args({"num_cpus": 0.5})
+    with pytest.raises(GraphError, match="'box': max_restarts cannot be used: a restarted actor has lost"):
+        wf.query("box").set_remote_args({"max_restarts": 1})
     wf.query(".*").set_remote_args({"num_cpus": 0.5})  # method calls take the actor's options
     assert wf.run(return_results=True) == [[1], [1, 2]]
 
