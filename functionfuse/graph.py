@@ -57,13 +57,22 @@ def names_epoch() -> int:
 
 
 class _Component:
-    """The connected component a node belongs to; owns default naming."""
+    """The connected component a node belongs to; owns default naming.
 
-    __slots__ = ("nodes", "named")
+    It also counts what lets a workflow skip work: its ``roots`` (nodes with
+    no parent: when a workflow's leaves reach them all, its run set is the
+    whole component), its nodes with an ``explicit`` name (without any,
+    default names cannot clash) and whether it holds ``stateful`` (class) nodes.
+    """
+
+    __slots__ = ("nodes", "named", "roots", "explicit", "stateful")
 
     def __init__(self) -> None:
         self.nodes: list[BaseNode] = []
         self.named = False
+        self.roots = 1  # a component is created for a root
+        self.explicit = 0
+        self.stateful = False
 
     def assign_default_names(self) -> None:
         counters: dict[str, int] = {}
@@ -83,6 +92,9 @@ def _merge(components: list[_Component]) -> _Component:
             for node in comp.nodes:
                 node.component = target
             target.nodes.extend(comp.nodes)
+            target.roots += comp.roots
+            target.explicit += comp.explicit
+            target.stateful = target.stateful or comp.stateful
         target.nodes.sort(key=lambda n: n.seq)
         target.named = False
         _Epoch.value += 1
@@ -225,6 +237,8 @@ class BaseNode:
         """Give the node an explicit name (used in storage); returns the node."""
         if not isinstance(name, str) or not name:
             raise GraphError(f"node names must be non-empty strings, got {name!r} for {describe(self)}")
+        if self._name is None:
+            self.component.explicit += 1
         self._name = name
         _Epoch.value += 1
         return self
@@ -328,6 +342,7 @@ class ClassInitNode(BaseNode):
         self.version = version
         self.calls: list[ClassCallNode] = []
         super().__init__(cls.__qualname__, args, kwargs)
+        self.component.stateful = True
 
 
 class ClassCallNode(BaseNode):
@@ -491,11 +506,24 @@ def _ancestors_roots(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     return roots
 
 
+def _components(nodes: Iterable[BaseNode]) -> list[_Component]:
+    return list({id(n.component): n.component for n in nodes}.values())
+
+
 def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     """Every node downstream of the roots above ``leaves``, in creation order."""
+    leaves = list(leaves)
+    comps = _components(leaves)
+    # Every node of a component is downstream of one of its roots, so when
+    # the leaves reach every root of their components (always, with a single
+    # root) the run set is those components' nodes: no traversal needed.
+    if all(c.roots == 1 for c in comps):
+        return _whole(comps)
+    stack = _ancestors_roots(leaves)
+    if len(stack) == sum(c.roots for c in comps):
+        return _whole(comps)
     seen: set[int] = set()
     out: list[BaseNode] = []
-    stack = _ancestors_roots(leaves)
     pop, extend, add = stack.pop, stack.extend, seen.add
     while stack:
         node = pop()
@@ -506,6 +534,28 @@ def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
         extend(node.children)
     out.sort(key=_seq_of)
     return out
+
+
+def _whole(comps: list[_Component]) -> list[BaseNode]:
+    """All nodes of ``comps`` in creation order."""
+    if len(comps) == 1:
+        return list(comps[0].nodes)
+    return sorted((n for c in comps for n in c.nodes), key=_seq_of)
+
+
+def has_explicit_names(leaves: Iterable[BaseNode]) -> bool:
+    """Whether a node in the graphs of ``leaves`` was given a name.
+
+    Without explicit names the default names of a workflow are unique by
+    construction (``<qualname>_<NNNN>``, numbered per qualname), so checking
+    them can wait until they are needed.
+    """
+    return any(c.explicit for c in _components(leaves))
+
+
+def is_stateful(leaves: Iterable[BaseNode]) -> bool:
+    """Whether the graphs of ``leaves`` hold class (stateful) nodes."""
+    return any(c.stateful for c in _components(leaves))
 
 
 def _seq_of(node: BaseNode) -> int:
