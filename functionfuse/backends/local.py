@@ -283,10 +283,9 @@ class _LocalRun:
         return value
 
     def _value(self, task: Task) -> Any:
-        try:
-            return self.values[id(task.node)]
-        except KeyError:
-            pass
+        value = self.values.get(id(task.node), _MISSING)  # usually missing: no try/except
+        if value is not _MISSING:
+            return value
         if task.entry is not None:
             try:
                 value = load_node(self.plan, task)
