@@ -40,46 +40,24 @@ _crc32 = zlib.crc32
 _SMALL = 1 << 16  # below this, copying slices of an entry beats memoryviews
 
 _json_encoder = json.JSONEncoder(separators=(",", ":"), default=str)
-_JSON_CONST = {None: "null", True: "true", False: "false"}
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover - a Python without the _json accelerator
+    _c_make_encoder = None
 
 
-def _json_value(value: Any) -> str | None:
-    """JSON of a str, int, finite float, bool or None (as json.dumps writes it); else None."""
-    cls = type(value)
-    if cls is str:
-        return _json_str(value)
-    if cls is int:
-        return int.__repr__(value)
-    if cls is float:
-        return float.__repr__(value) if value - value == 0.0 else None  # NaN and inf: json's spelling
-    if value is None or cls is bool:
-        return _JSON_CONST[value]
-    return None
+# json.dumps(obj, separators=(",", ":"), default=str) builds this C encoder on
+# every call (most of its cost for small objects); here it is built once.  It
+# keeps no cycle markers (metadata has no cycles: one would raise RecursionError
+# instead of ValueError), so threads can share it.
+_c_json = _c_make_encoder(None, str, _json_str, None, ":", ",", False, False, True) if _c_make_encoder else None
 
 
 def json_object(obj: dict) -> str:
-    """``json.dumps(obj, separators=(",", ":"), default=str)``, faster for metadata.
-
-    Flat values and dicts of them are written here (the same bytes as json,
-    a test checks it); anything else goes through the json encoder.
-    """
-    parts = []
-    for k, v in obj.items():
-        if type(k) is not str:
-            return _json_encoder.encode(obj)
-        text = _json_value(v)
-        if text is None:
-            if type(v) is not dict or not all(type(i) is str for i in v):
-                return _json_encoder.encode(obj)
-            inner = []
-            for ik, iv in v.items():
-                itext = _json_value(iv)
-                if itext is None:
-                    return _json_encoder.encode(obj)
-                inner.append(f"{_json_str(ik)}:{itext}")
-            text = "{" + ",".join(inner) + "}"
-        parts.append(f"{_json_str(k)}:{text}")
-    return "{" + ",".join(parts) + "}"
+    """``json.dumps(obj, separators=(",", ":"), default=str)``, faster for metadata."""
+    if _c_json is None:  # pragma: no cover
+        return _json_encoder.encode(obj)
+    return "".join(_c_json(obj, 0))
 
 
 @dataclass(slots=True)

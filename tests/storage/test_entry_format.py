@@ -53,3 +53,12 @@ def test_pack_unpack_round_trip_and_corruption(size):
         entry.unpack(b"FFENTRY", "here")
     with pytest.raises(CorruptEntryError, match="header"):
         entry.unpack(b"X" * 100, "here")
+
+
+def test_json_object_rejects_cycles_and_recovers():
+    cyclic = {"a": 1}
+    cyclic["self"] = cyclic
+    with pytest.raises((ValueError, RecursionError)):
+        entry.json_object(cyclic)
+    meta = {"x": [1, {"y": 2}]}
+    assert entry.json_object(meta) == json.dumps(meta, separators=(",", ":"))
