@@ -76,11 +76,26 @@ class _Component:
 
     def assign_default_names(self) -> None:
         counters: dict[str, int] = {}
+        suffixes = _suffixes(len(self.nodes))
         for node in self.nodes:
-            i = counters.get(node.qualname, 0)
-            counters[node.qualname] = i + 1
-            node._default_name = f"{node.qualname}_{i:04d}"
+            q = node.qualname
+            i = counters.get(q, 0)
+            counters[q] = i + 1
+            node._default_name = q + suffixes[i] if i < _MAX_SUFFIXES else f"{q}_{i:04d}"
         self.named = True
+
+
+_SUFFIXES: list[str] = []
+_MAX_SUFFIXES = 100_000
+
+
+def _suffixes(count: int) -> list[str]:
+    """``["_0000", "_0001", ...]`` with at least ``count`` items (up to a cap):
+    concatenating beats formatting the number for every node."""
+    have = len(_SUFFIXES)
+    if have < count and have < _MAX_SUFFIXES:
+        _SUFFIXES.extend(f"_{i:04d}" for i in range(have, min(max(count, 2 * have), _MAX_SUFFIXES)))
+    return _SUFFIXES
 
 
 def _merge(components: list[_Component]) -> _Component:
@@ -576,10 +591,12 @@ def workflow_default_names(nodes: list[BaseNode]) -> dict[int, str] | None:
     everything = sorted((n for c in comps.values() for n in c.nodes), key=_seq_of)
     counters: dict[str, int] = {}
     names: dict[int, str] = {}
+    suffixes = _suffixes(len(everything))
     for node in everything:
-        i = counters.get(node.qualname, 0)
-        counters[node.qualname] = i + 1
-        names[id(node)] = f"{node.qualname}_{i:04d}"
+        q = node.qualname
+        i = counters.get(q, 0)
+        counters[q] = i + 1
+        names[id(node)] = q + suffixes[i] if i < _MAX_SUFFIXES else f"{q}_{i:04d}"
     return names
 
 
@@ -587,6 +604,22 @@ def iter_names(
     nodes: Iterable[BaseNode], defaults: dict[int, str] | None = None
 ) -> Iterator[tuple[str, BaseNode]]:
     """``(name, node)`` pairs, checking that names are unique."""
+    nodes = list(nodes)
+    if defaults is None:
+        for comp in _components(nodes):
+            if not comp.named:
+                comp.assign_default_names()
+        names = [n._name or n._default_name for n in nodes]
+    else:
+        names = [n._name or defaults[id(n)] for n in nodes]
+    if len(set(names)) == len(names):
+        return iter(list(zip(names, nodes)))
+    return _check_names(nodes, defaults)
+
+
+def _check_names(
+    nodes: Iterable[BaseNode], defaults: dict[int, str] | None = None
+) -> Iterator[tuple[str, BaseNode]]:
     by_name: dict[str, BaseNode] = {}
     for node in nodes:
         if defaults is not None and node._name is None:
