@@ -193,7 +193,7 @@ class BaseNode:
             cls = type(a)
             if cls in _ATOMS:
                 pass
-            elif isinstance(a, _REFS):
+            elif cls is FunctionNode or isinstance(a, _REFS):
                 top_refs.append((i, a))
             elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
                 nested = [*nested, i]
@@ -214,7 +214,7 @@ class BaseNode:
             comp = _Component()
         elif len(top_refs) == 1 and not nested and after is None:
             ref = top_refs[0][1]
-            parent = ref if isinstance(ref, BaseNode) else ref.node
+            parent = ref.node if type(ref) is NodeItem else ref
             deps.append(parent)
             parent.children.append(self)
             comp = parent.component
