@@ -522,6 +522,15 @@ def _ancestors_roots(leaves: Iterable[BaseNode]) -> list[BaseNode]:
 
 
 def _components(nodes: Iterable[BaseNode]) -> list[_Component]:
+    """The distinct components of ``nodes`` (usually all in one)."""
+    nodes = nodes if isinstance(nodes, list) else list(nodes)
+    if nodes:
+        first = nodes[0].component
+        for n in nodes:
+            if n.component is not first:
+                break
+        else:
+            return [first]
     return list({id(n.component): n.component for n in nodes}.values())
 
 
