@@ -80,44 +80,69 @@ class _PlainPickler(pickle.Pickler):
         raise _NotPlain
 
 
+_PLAIN_LIMIT = 1 << 20
+
+
+class _Sink:
+    """Collects the plain pickler's output, up to ``_PLAIN_LIMIT`` bytes.
+
+    A larger result goes to cloudpickle from the start: a large plain part
+    followed by something else would otherwise be pickled twice.  (The C
+    pickler writes here at the end of a small dump, every 64 KiB frame of a
+    larger one, and a large bytes object at once.)
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        size = self.size + len(data)
+        if size > _PLAIN_LIMIT:
+            raise _NotPlain
+        self.size = size
+        self.parts.append(data if type(data) is bytes else bytes(data))
+        return len(data)
+
+
 class _PlainState(threading.local):
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.buffer = io.BytesIO()
-        self.pickler = _PlainPickler(self.buffer, protocol=PICKLE_PROTOCOL)
+        self.sink = _Sink()
+        self.pickler = _PlainPickler(self.sink, protocol=PICKLE_PROTOCOL)
 
 
 _plain = _PlainState()
-_KEEP_BUFFER = 1 << 20  # a larger result gets a fresh buffer: do not hold on to its memory
 
 
 def _plain_dumps(obj: Any) -> bytes | None:
-    """``cloudpickle.dumps(obj)`` when ``obj`` is plain data (see _PlainPickler), else None.
+    """``cloudpickle.dumps(obj)`` when ``obj`` is plain data (see _PlainPickler)
+    of at most ``_PLAIN_LIMIT`` bytes, else None.
 
-    One pickler and buffer per thread are reused: creating them costs more
-    than pickling a small result.
+    One pickler per thread is reused: creating one costs more than pickling a
+    small result.
     """
     state = _plain
     try:
         state.pickler.dump(obj)
     except Exception:
-        # Not plain (or recursion, or a dict changed size ...): cloudpickle
-        # has the last word on this object, and the next dump starts afresh.
+        # Not plain, too large (or recursion, a dict changed size ...):
+        # cloudpickle has the last word, and the next dump starts afresh.
         state.reset()
         return None
     except BaseException:
         state.reset()
         raise
-    buffer = state.buffer
-    data = buffer.getvalue()
-    if len(data) > _KEEP_BUFFER:
-        state.reset()
-    else:
-        buffer.seek(0)
-        buffer.truncate()
-        state.pickler.clear_memo()
+    sink = state.sink
+    parts = sink.parts
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    sink.parts = []
+    sink.size = 0
+    state.pickler.clear_memo()
     return data
 
 

@@ -39,7 +39,7 @@ PLAIN = [
     {"i": 5, "name": "item-5", "vals": [5, 10, 15]},
     [shared, shared, (shared, {"k": shared})],
     {1: (2, 3.0), (4, "a"): frozenset({5}), None: {6, 7}},
-    list(range(5000)), "x" * 200_000, b"z" * (2 << 20),
+    list(range(5000)), "x" * 200_000, b"z" * 900_000,
 ]
 NOT_PLAIN = [
     Color.RED, MyDict(a=1), MyStr("s"), Plain(1), [Plain(2)], {"f": len}, int, Plain,
@@ -64,6 +64,14 @@ def test_other_values_go_to_cloudpickle(value):
     assert data == cloudpickle.dumps(value, protocol=pickling.PICKLE_PROTOCOL) and pids == []
     # The fast path still works afterwards, from a clean state.
     assert pickling._plain_dumps([1, "a"]) == pickle.dumps([1, "a"], protocol=5)
+
+
+@pytest.mark.parametrize("value", [b"z" * (2 << 20), ["x" * 700_000, "y" * 700_000], [b"z" * (2 << 20), Plain(1)]])
+def test_large_results_go_to_cloudpickle(value):
+    assert pickling._plain_dumps(value) is None
+    data, _ = pickling.dumps(value)
+    assert data == cloudpickle.dumps(value, protocol=pickling.PICKLE_PROTOCOL)
+    assert pickling._plain_dumps({"a": 1}) == pickle.dumps({"a": 1}, protocol=5)
 
 
 def test_recursion_falls_back_to_cloudpickle():
