@@ -297,10 +297,19 @@ def _fast_args(node: BaseNode, key_of: dict[int, str]) -> bytes | None:
         return None
     parts = [b"tt"]
     for a in node.args:
-        enc = _fast_value(a, key_of)
-        if enc is None:
-            return None
-        parts.append(enc)
+        cls = type(a)
+        if cls is FunctionNode:  # the two commonest cases of _fast_value, inlined
+            key = key_of.get(id(a))
+            if key is None:
+                return None
+            parts.append(b"@" + key.encode())
+        elif cls is int:
+            parts.append(b"i%de" % a)
+        else:
+            enc = _fast_value(a, key_of)
+            if enc is None:
+                return None
+            parts.append(enc)
     parts.append(b"ed")
     if node.kwargs:
         for k, v in _sorted_kwargs(node.kwargs).items():

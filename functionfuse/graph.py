@@ -57,21 +57,45 @@ def names_epoch() -> int:
 
 
 class _Component:
-    """The connected component a node belongs to; owns default naming."""
+    """The connected component a node belongs to; owns default naming.
 
-    __slots__ = ("nodes", "named")
+    It also counts what lets a workflow skip work: its ``roots`` (nodes with
+    no parent: when a workflow's leaves reach them all, its run set is the
+    whole component), its nodes with an ``explicit`` name (without any,
+    default names cannot clash) and whether it holds ``stateful`` (class) nodes.
+    """
+
+    __slots__ = ("nodes", "named", "roots", "explicit", "stateful")
 
     def __init__(self) -> None:
         self.nodes: list[BaseNode] = []
         self.named = False
+        self.roots = 1  # a component is created for a root
+        self.explicit = 0
+        self.stateful = False
 
     def assign_default_names(self) -> None:
         counters: dict[str, int] = {}
+        suffixes = _suffixes(len(self.nodes))
         for node in self.nodes:
-            i = counters.get(node.qualname, 0)
-            counters[node.qualname] = i + 1
-            node._default_name = f"{node.qualname}_{i:04d}"
+            q = node.qualname
+            i = counters.get(q, 0)
+            counters[q] = i + 1
+            node._default_name = q + suffixes[i] if i < _MAX_SUFFIXES else f"{q}_{i:04d}"
         self.named = True
+
+
+_SUFFIXES: list[str] = []
+_MAX_SUFFIXES = 100_000
+
+
+def _suffixes(count: int) -> list[str]:
+    """``["_0000", "_0001", ...]`` with at least ``count`` items (up to a cap):
+    concatenating beats formatting the number for every node."""
+    have = len(_SUFFIXES)
+    if have < count and have < _MAX_SUFFIXES:
+        _SUFFIXES.extend(f"_{i:04d}" for i in range(have, min(max(count, 2 * have), _MAX_SUFFIXES)))
+    return _SUFFIXES
 
 
 def _merge(components: list[_Component]) -> _Component:
@@ -83,6 +107,9 @@ def _merge(components: list[_Component]) -> _Component:
             for node in comp.nodes:
                 node.component = target
             target.nodes.extend(comp.nodes)
+            target.roots += comp.roots
+            target.explicit += comp.explicit
+            target.stateful = target.stateful or comp.stateful
         target.nodes.sort(key=lambda n: n.seq)
         target.named = False
         _Epoch.value += 1
@@ -166,7 +193,7 @@ class BaseNode:
             cls = type(a)
             if cls in _ATOMS:
                 pass
-            elif isinstance(a, _REFS):
+            elif cls is FunctionNode or isinstance(a, _REFS):
                 top_refs.append((i, a))
             elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
                 nested = [*nested, i]
@@ -187,7 +214,7 @@ class BaseNode:
             comp = _Component()
         elif len(top_refs) == 1 and not nested and after is None:
             ref = top_refs[0][1]
-            parent = ref if isinstance(ref, BaseNode) else ref.node
+            parent = ref.node if type(ref) is NodeItem else ref
             deps.append(parent)
             parent.children.append(self)
             comp = parent.component
@@ -225,6 +252,8 @@ class BaseNode:
         """Give the node an explicit name (used in storage); returns the node."""
         if not isinstance(name, str) or not name:
             raise GraphError(f"node names must be non-empty strings, got {name!r} for {describe(self)}")
+        if self._name is None:
+            self.component.explicit += 1
         self._name = name
         _Epoch.value += 1
         return self
@@ -330,6 +359,7 @@ class ClassInitNode(BaseNode):
         self.version = version
         self.calls: list[ClassCallNode] = []
         super().__init__(cls.__qualname__, args, kwargs)
+        self.component.stateful = True
 
 
 class ClassCallNode(BaseNode):
@@ -496,12 +526,34 @@ def _ancestors_roots(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     return roots
 
 
+def _components(nodes: Iterable[BaseNode]) -> list[_Component]:
+    """The distinct components of ``nodes`` (usually all in one)."""
+    nodes = nodes if isinstance(nodes, list) else list(nodes)
+    if nodes:
+        first = nodes[0].component
+        for n in nodes:
+            if n.component is not first:
+                break
+        else:
+            return [first]
+    return list({id(n.component): n.component for n in nodes}.values())
+
+
 def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     """Every node downstream of the roots above ``leaves``, and every node those
     need, in creation order."""
+    leaves = list(leaves)
+    comps = _components(leaves)
+    # Every node of a component is downstream of one of its roots, so when
+    # the leaves reach every root of their components (always, with a single
+    # root) the run set is those components' nodes: no traversal needed.
+    if all(c.roots == 1 for c in comps):
+        return _whole(comps)
+    stack = _ancestors_roots(leaves)
+    if len(stack) == sum(c.roots for c in comps):
+        return _whole(comps)
     seen: set[int] = set()
     out: list[BaseNode] = []
-    stack = _ancestors_roots(leaves)
     pop, extend, add = stack.pop, stack.extend, seen.add
     while stack:
         node = pop()
@@ -532,6 +584,28 @@ def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
     return out
 
 
+def _whole(comps: list[_Component]) -> list[BaseNode]:
+    """All nodes of ``comps`` in creation order."""
+    if len(comps) == 1:
+        return list(comps[0].nodes)
+    return sorted((n for c in comps for n in c.nodes), key=_seq_of)
+
+
+def has_explicit_names(leaves: Iterable[BaseNode]) -> bool:
+    """Whether a node in the graphs of ``leaves`` was given a name.
+
+    Without explicit names the default names of a workflow are unique by
+    construction (``<qualname>_<NNNN>``, numbered per qualname), so checking
+    them can wait until they are needed.
+    """
+    return any(c.explicit for c in _components(leaves))
+
+
+def is_stateful(leaves: Iterable[BaseNode]) -> bool:
+    """Whether the graphs of ``leaves`` hold class (stateful) nodes."""
+    return any(c.stateful for c in _components(leaves))
+
+
 def _seq_of(node: BaseNode) -> int:
     return node.seq
 
@@ -550,10 +624,12 @@ def workflow_default_names(nodes: list[BaseNode]) -> dict[int, str] | None:
     everything = sorted((n for c in comps.values() for n in c.nodes), key=_seq_of)
     counters: dict[str, int] = {}
     names: dict[int, str] = {}
+    suffixes = _suffixes(len(everything))
     for node in everything:
-        i = counters.get(node.qualname, 0)
-        counters[node.qualname] = i + 1
-        names[id(node)] = f"{node.qualname}_{i:04d}"
+        q = node.qualname
+        i = counters.get(q, 0)
+        counters[q] = i + 1
+        names[id(node)] = q + suffixes[i] if i < _MAX_SUFFIXES else f"{q}_{i:04d}"
     return names
 
 
@@ -561,6 +637,22 @@ def iter_names(
     nodes: Iterable[BaseNode], defaults: dict[int, str] | None = None
 ) -> Iterator[tuple[str, BaseNode]]:
     """``(name, node)`` pairs, checking that names are unique."""
+    nodes = list(nodes)
+    if defaults is None:
+        for comp in _components(nodes):
+            if not comp.named:
+                comp.assign_default_names()
+        names = [n._name or n._default_name for n in nodes]
+    else:
+        names = [n._name or defaults[id(n)] for n in nodes]
+    if len(set(names)) == len(names):
+        return iter(list(zip(names, nodes)))
+    return _check_names(nodes, defaults)
+
+
+def _check_names(
+    nodes: Iterable[BaseNode], defaults: dict[int, str] | None = None
+) -> Iterator[tuple[str, BaseNode]]:
     by_name: dict[str, BaseNode] = {}
     for node in nodes:
         if defaults is not None and node._name is None:

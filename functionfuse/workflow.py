@@ -12,11 +12,14 @@ import functools
 import inspect
 from typing import Any, Callable, TypeVar, overload
 
-from .graph import ClassInitNode, FunctionNode, Instance
+from .graph import BaseNode, ClassInitNode, FunctionNode, Instance
 
 __all__ = ["workflow", "NodeFactory", "ClassFactory"]
 
 F = TypeVar("F")
+
+_new_node = object.__new__
+_init_node = BaseNode.__init__
 
 
 class NodeFactory:
@@ -32,7 +35,14 @@ class NodeFactory:
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> FunctionNode:
-        return FunctionNode(self.func, args, kwargs, self.version, self._qualname)
+        # FunctionNode(self.func, args, kwargs, self.version, self._qualname)
+        # without the class call and FunctionNode.__init__ frame (graph
+        # building is a hot path).
+        node = _new_node(FunctionNode)
+        node.func = self.func
+        node.version = self.version
+        _init_node(node, self._qualname, args, kwargs)
+        return node
 
     def __repr__(self) -> str:
         return f"<workflow function {self.func.__qualname__}>"

@@ -21,6 +21,7 @@ from ..graph import (
     as_leaf,
     collect_run_set,
     describe,
+    has_explicit_names,
     iter_names,
     names_epoch,
     workflow_default_names,
@@ -52,13 +53,21 @@ class BaseWorkflow:
         leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
         self.nodes: list[BaseNode] = collect_run_set(leaf_nodes)
         self.roots = [n for n in self.nodes if not n.deps and n.after is None]
-        self._members = {id(n) for n in self.nodes}
+        self._member_ids: set[int] | None = None
         self._funcs: dict[int, Any] = {}
         self._unstored: set[int] = set()
         self.object_storage: Any = None
         self.last_report: Any = None
         self._names_cache: tuple[int, list[tuple[str, BaseNode]]] | None = None
-        self._named()  # reject duplicate names now
+        if has_explicit_names(leaf_nodes):
+            self._named()  # reject duplicate names now (default names never clash)
+
+    @property
+    def _members(self) -> set[int]:
+        """``id`` of every node of the workflow."""
+        if self._member_ids is None:
+            self._member_ids = {id(n) for n in self.nodes}
+        return self._member_ids
 
     def _named(self) -> list[tuple[str, BaseNode]]:
         """``(name, node)`` pairs, recomputed only when a name may have changed."""

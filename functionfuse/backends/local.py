@@ -25,6 +25,8 @@ from typing import Any
 
 from ..caching import (
     LOAD_ERRORS,
+    NO_STORAGE,
+    CacheEvent,
     Plan,
     RunReport,
     Task,
@@ -36,7 +38,7 @@ from ..caching import (
     run_node,
 )
 from ..errors import SerializerNotRegisteredError
-from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem
+from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
 from .base import BaseWorkflow
 
 __all__ = ["LocalWorkflow"]
@@ -90,6 +92,8 @@ class LocalWorkflow(BaseWorkflow):
             A node's function raised; it names the node.  Results stored before
             the failure stay stored.
         """
+        if self.object_storage is None and not is_stateful(self._leaf_nodes()):
+            return self._run_unstored()
         plan = make_plan(
             self.workflow_name,
             self._named(),
@@ -112,6 +116,109 @@ class LocalWorkflow(BaseWorkflow):
     def report(self) -> RunReport | None:
         """The :class:`RunReport` of the last run."""
         return self.last_report
+
+    def _leaf_nodes(self) -> list[BaseNode]:
+        return [leaf.node if type(leaf) is NodeItem else leaf for leaf in self.leaves]
+
+    def _run_unstored(self) -> Any:
+        """Run every node, no storage and no class nodes: the plain-function hot path.
+
+        What :class:`_LocalRun` does for such a run (every node computed in
+        creation order, values dropped after their last consumer, a report),
+        without building a plan: no Task per node, and names are computed only
+        if the report is read or a node fails.
+        """
+        nodes = self.nodes
+        funcs = self._funcs
+        keep = {id(node) for node in self._leaf_nodes()}
+        values: dict[int, Any] = {}
+        seconds: list[float] = []
+        done = seconds.append
+        perf = time.perf_counter
+        last_seq = nodes[-1].seq
+        value_of = _plain_value_of(values)
+        try:
+            for node in nodes:
+                func = funcs.get(id(node), node.func) if funcs else node.func
+                top = node.top_refs
+                if node.nested:
+                    args, kwargs = node.resolve_args(value_of)
+                elif top:
+                    args, kwargs = [*node.args], node.kwargs
+                    for where, ref in top:
+                        value = values[id(ref)] if type(ref) is not NodeItem else ref.extract(values[id(ref.node)])
+                        if where.__class__ is int:
+                            args[where] = value
+                        else:
+                            if kwargs is node.kwargs:
+                                kwargs = dict(kwargs)
+                            kwargs[where] = value
+                else:
+                    args, kwargs = node.args, node.kwargs
+                start = perf()
+                try:
+                    values[id(node)] = func(*args, **kwargs)
+                except Exception as exc:
+                    raise node_error(self._task_of(node, func), exc) from exc
+                done(perf() - start)
+                # Drop a parent's value once its last consumer in the run has
+                # run (children made after this workflow are not in the run).
+                for dep in node.deps:
+                    last = dep.children[-1]
+                    if last.seq > last_seq:
+                        last = _last_child_in_run(dep, last_seq)
+                    if last is node and id(dep) not in keep:
+                        del values[id(dep)]
+        finally:
+            self.last_report = _UnstoredReport(self, seconds)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("%s", self.last_report.summary())
+        out = [leaf.extract(values[id(leaf.node)]) if type(leaf) is NodeItem else values[id(leaf)] for leaf in self.leaves]
+        return out[0] if len(out) == 1 else out
+
+    def _task_of(self, node: BaseNode, func: Any) -> Task:
+        """A task for ``node`` (to name it in an error)."""
+        name = next(name for name, n in self._named() if n is node)
+        return Task(node, name, func)
+
+
+def _plain_value_of(values: dict[int, Any]) -> Any:
+    def value_of(ref: BaseNode | NodeItem) -> Any:
+        if type(ref) is NodeItem:
+            return ref.extract(values[id(ref.node)])
+        return values[id(ref)]
+
+    return value_of
+
+
+def _last_child_in_run(node: BaseNode, last_seq: int) -> BaseNode:
+    """The last child of ``node`` created no later than node #``last_seq``."""
+    for child in reversed(node.children):
+        if child.seq <= last_seq:
+            return child
+    raise AssertionError("a node of the run without a child in the run")  # pragma: no cover
+
+
+class _UnstoredReport(RunReport):
+    """The report of a run without storage, its events built on first access."""
+
+    def __init__(self, wf: LocalWorkflow, seconds: list[float]) -> None:
+        super().__init__(wf.workflow_name)
+        self._wf: LocalWorkflow | None = wf
+        self._seconds = seconds
+
+    @property
+    def events(self) -> list[CacheEvent]:
+        if self._events is None:
+            seconds, ran = self._seconds, len(self._seconds)
+            self._events = [
+                CacheEvent(name, None, "computed", NO_STORAGE, seconds[i])
+                if i < ran
+                else CacheEvent(name, None, "skipped", NO_STORAGE)
+                for i, (name, _node) in enumerate(self._wf._named())  # type: ignore[union-attr]
+            ]
+            self._wf = None
+        return self._events
 
 
 class _LocalRun:
@@ -176,10 +283,9 @@ class _LocalRun:
         return value
 
     def _value(self, task: Task) -> Any:
-        try:
-            return self.values[id(task.node)]
-        except KeyError:
-            pass
+        value = self.values.get(id(task.node), _MISSING)  # usually missing: no try/except
+        if value is not _MISSING:
+            return value
         if task.entry is not None:
             try:
                 value = load_node(self.plan, task)

@@ -2,7 +2,9 @@
 
 Without registered serializers a result is ``cloudpickle.dumps``-ed (by value
 for functions and classes defined in ``__main__``, so any worker can load it)
-and loaded with ``pickle.loads``.  With serializers, a cloudpickle Pickler
+and loaded with ``pickle.loads``.  Plain data (builtin scalars in exact dicts,
+lists, tuples and sets) goes through a reused standard pickler instead, which
+writes the very bytes cloudpickle would, faster.  With serializers, a cloudpickle Pickler
 subclass asks the registry for every object it meets, and an object a
 serializer takes is replaced by its persistent id.  The ids are also returned
 separately, so the storage can record them outside the payload and delete
@@ -14,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import threading
 from typing import Any, Callable
 
 import cloudpickle
@@ -56,6 +59,93 @@ class _PersistentPickler(cloudpickle.Pickler):
         return pid
 
 
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainPickler(pickle.Pickler):
+    """A standard pickler that refuses anything but plain data.
+
+    The C pickler writes None, bools, ints, floats, str, bytes, bytearrays and
+    exact dicts, lists, tuples, sets and frozensets itself; for every other
+    object (instances, functions, classes, subclasses of those types) it asks
+    ``reducer_override`` first, which raises here.  cloudpickle's pickler is
+    the same C pickler (same protocol, no buffer callback) and only differs
+    in its ``reducer_override`` and dispatch table, which are never consulted
+    for plain data either: whenever this pickler succeeds, its bytes are
+    exactly ``cloudpickle.dumps``'s, so entries still say "cloudpickle".
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotPlain
+
+
+_PLAIN_LIMIT = 1 << 20
+
+
+class _Sink:
+    """Collects the plain pickler's output, up to ``_PLAIN_LIMIT`` bytes.
+
+    A larger result goes to cloudpickle from the start: a large plain part
+    followed by something else would otherwise be pickled twice.  (The C
+    pickler writes here at the end of a small dump, every 64 KiB frame of a
+    larger one, and a large bytes object at once.)
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        size = self.size + len(data)
+        if size > _PLAIN_LIMIT:
+            raise _NotPlain
+        self.size = size
+        self.parts.append(data if type(data) is bytes else bytes(data))
+        return len(data)
+
+
+class _PlainState(threading.local):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sink = _Sink()
+        self.pickler = _PlainPickler(self.sink, protocol=PICKLE_PROTOCOL)
+
+
+_plain = _PlainState()
+
+
+def _plain_dumps(obj: Any) -> bytes | None:
+    """``cloudpickle.dumps(obj)`` when ``obj`` is plain data (see _PlainPickler)
+    of at most ``_PLAIN_LIMIT`` bytes, else None.
+
+    One pickler per thread is reused: creating one costs more than pickling a
+    small result.
+    """
+    state = _plain
+    try:
+        state.pickler.dump(obj)
+    except Exception:
+        # Not plain, too large (or recursion, a dict changed size ...):
+        # cloudpickle has the last word, and the next dump starts afresh.
+        state.reset()
+        return None
+    except BaseException:
+        state.reset()
+        raise
+    sink = state.sink
+    parts = sink.parts
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    sink.parts = []
+    sink.size = 0
+    state.pickler.clear_memo()
+    return data
+
+
 class _PersistentUnpickler(pickle.Unpickler):
     def __init__(self, file: Any, registry: SerializerRegistry, protocols: dict):
         super().__init__(file)
@@ -83,7 +173,10 @@ def dumps(
     Pickling errors propagate unchanged; the caller names the node.
     """
     if not registry:
-        return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL), []
+        data = _plain_dumps(obj)
+        if data is None:
+            data = cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL)
+        return data, []
     buffer = io.BytesIO()
     pickler = _PersistentPickler(buffer, registry, protocols or dict)
     try:

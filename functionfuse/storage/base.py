@@ -26,8 +26,9 @@ import json
 import logging
 import platform
 import sys
+import time
 from abc import ABC, abstractmethod
-from datetime import datetime, timezone
+from pickle import loads as _pickle_loads
 from typing import Any
 
 from ..errors import CorruptEntryError, EntryNotFoundError, SerializationError, StorageError
@@ -53,7 +54,7 @@ _VERSIONS: dict[tuple[str, ...], dict[str, str]] = {}
 def library_versions() -> dict[str, str]:
     """Versions recorded in every entry: Python, functionfuse, cloudpickle and
     the scientific libraries imported at the time of the save."""
-    present = tuple(m for m in _TRACKED if m in sys.modules)
+    present = tuple(filter(sys.modules.__contains__, _TRACKED))
     versions = _VERSIONS.get(present)
     if versions is None:
         import cloudpickle
@@ -69,6 +70,24 @@ def library_versions() -> dict[str, str]:
             versions[mod] = str(getattr(sys.modules[mod], "__version__", "?"))
         _VERSIONS[present] = versions
     return versions
+
+
+_last_second: list = [None, ""]
+
+
+def utc_now_iso() -> str:
+    """``datetime.now(timezone.utc).isoformat()``, in a third of the time.
+
+    The same format (microseconds left out when zero); the date and time up to
+    the second are formatted once a second.
+    """
+    seconds, ns = divmod(time.time_ns(), 1_000_000_000)
+    cached = _last_second
+    if cached[0] != seconds:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        cached[0] = seconds
+    micro = ns // 1000
+    return f"{cached[1]}.{micro:06d}+00:00" if micro else cached[1] + "+00:00"
 
 
 def split_entry_name(filename: str) -> tuple[str, str] | None:
@@ -301,11 +320,9 @@ class Storage(ABC):
                 "for its type with storage.register_persistent_serializers(...), or keep the node out "
                 "of storage with workflow.log_nodes(pattern)."
             ) from exc
-        meta.update(
-            node=node_name,
-            key=key,
-            created=datetime.now(timezone.utc).isoformat(),
-        )
+        meta["node"] = node_name
+        meta["key"] = key
+        meta["created"] = utc_now_iso()
         if pids:
             meta["persistent"] = sorted({p[0] for p in pids})
             meta["persistent_versions"] = {
@@ -364,6 +381,8 @@ class Storage(ABC):
         ent = entry_format.unpack(data, path)
         persistent = bool(ent.pids)
         try:
+            if not persistent:
+                return _pickle_loads(ent.payload)  # pickling.loads without a frame
             return pickling.loads(
                 ent.payload,
                 self.registry,

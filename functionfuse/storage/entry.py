@@ -22,16 +22,42 @@ import pickle
 import struct
 import zlib
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from ..errors import CorruptEntryError
 
-__all__ = ["MAGIC", "HEADER", "pack", "unpack", "parse_head", "Entry", "SUFFIX"]
+__all__ = ["MAGIC", "HEADER", "pack", "unpack", "parse_head", "Entry", "SUFFIX", "json_object"]
 
 MAGIC = b"FFENTRY1"
 HEADER = struct.Struct("<IIQI")
 PREFIX = len(MAGIC) + HEADER.size
 SUFFIX = ".ffr"
+_MAGIC_LEN = len(MAGIC)
+_unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_crc32 = zlib.crc32
+_SMALL = 1 << 16  # below this, copying slices of an entry beats memoryviews
+
+_json_encoder = json.JSONEncoder(separators=(",", ":"), default=str)
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover - a Python without the _json accelerator
+    _c_make_encoder = None
+
+
+# json.dumps(obj, separators=(",", ":"), default=str) builds this C encoder on
+# every call (most of its cost for small objects); here it is built once.  It
+# keeps no cycle markers (metadata has no cycles: one would raise RecursionError
+# instead of ValueError), so threads can share it.
+_c_json = _c_make_encoder(None, str, _json_str, None, ":", ",", False, False, True) if _c_make_encoder else None
+
+
+def json_object(obj: dict) -> str:
+    """``json.dumps(obj, separators=(",", ":"), default=str)``, faster for metadata."""
+    if _c_json is None:  # pragma: no cover
+        return _json_encoder.encode(obj)
+    return "".join(_c_json(obj, 0))
 
 
 @dataclass(slots=True)
@@ -40,7 +66,7 @@ class Entry:
 
     meta_bytes: bytes | memoryview
     pids: list
-    payload: memoryview
+    payload: bytes | memoryview  # bytes for small entries
 
     @property
     def meta(self) -> dict:
@@ -54,15 +80,16 @@ def pack(meta: dict, pids: list, payload: bytes, extra_json: bytes = b"") -> byt
     many entries, spliced into the metadata object to save re-encoding them.
     """
     pid_bytes = pickle.dumps(pids, protocol=5) if pids else b""
+    payload_crc = _crc32(payload)
     meta["payload_size"] = len(payload)
-    meta["payload_crc32"] = f"{zlib.crc32(payload):08x}"
-    meta_bytes = json.dumps(meta, separators=(",", ":"), default=str).encode()
+    meta["payload_crc32"] = f"{payload_crc:08x}"
+    meta_bytes = json_object(meta).encode()
     if extra_json:
         meta_bytes = meta_bytes[:-1] + b"," + extra_json + b"}" if len(meta_bytes) > 2 else b"{" + extra_json + b"}"
     # In file order, so a reader checks everything after the prefix in one call.
-    crc = zlib.crc32(payload, zlib.crc32(pid_bytes, zlib.crc32(meta_bytes)))
+    crc = _crc32(payload, _crc32(pid_bytes, _crc32(meta_bytes)))
     return b"".join(
-        (MAGIC, HEADER.pack(len(meta_bytes), len(pid_bytes), len(payload), crc), meta_bytes, pid_bytes, payload)
+        (MAGIC, _pack_header(len(meta_bytes), len(pid_bytes), len(payload), crc), meta_bytes, pid_bytes, payload)
     )
 
 
@@ -75,23 +102,24 @@ def parse_head(data: bytes, where: str) -> tuple[int, int, int, int]:
 
 def unpack(data: bytes, where: str, *, verify: bool = True) -> Entry:
     """Decode and verify an entry read whole; raises CorruptEntryError."""
-    meta_len, pids_len, payload_len, crc = parse_head(data, where)
-    start = PREFIX
-    expected = start + meta_len + pids_len + payload_len
-    if len(data) != expected:
+    size = len(data)
+    if size < PREFIX or data[:_MAGIC_LEN] != MAGIC:
+        parse_head(data, where)  # raises, with the message
+    meta_len, pids_len, payload_len, crc = _unpack_header(data, _MAGIC_LEN)
+    meta_end = PREFIX + meta_len
+    pids_end = meta_end + pids_len
+    if size != pids_end + payload_len:
         raise CorruptEntryError(
-            f"{where}: entry is {len(data)} bytes, its header says {expected} (truncated or extended)"
+            f"{where}: entry is {size} bytes, its header says {pids_end + payload_len} (truncated or extended)"
         )
-    view = memoryview(data)
-    meta = view[start : start + meta_len]
-    pids_view = view[start + meta_len : start + meta_len + pids_len]
-    payload = view[start + meta_len + pids_len :]
+    # Small entries (the common case) are sliced as bytes: cheaper than views.
+    view = data if size < _SMALL else memoryview(data)
     if verify:
-        actual = zlib.crc32(view[start:])
+        actual = _crc32(view[PREFIX:])
         if actual != crc:
             raise CorruptEntryError(f"{where}: checksum mismatch (stored {crc:08x}, read {actual:08x})")
-    pids = pickle.loads(pids_view) if pids_len else []
-    return Entry(meta, pids, payload)
+    pids = pickle.loads(view[meta_end:pids_end]) if pids_len else []
+    return Entry(view[PREFIX:meta_end], pids, view[pids_end:])
 
 
 def read_meta_and_pids(head: bytes, where: str) -> tuple[dict, list, int]:

@@ -30,6 +30,7 @@ from .base import Storage
 __all__ = ["FileStorage"]
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_SEP = os.sep
 _SMALL = 1 << 16
 
 
@@ -130,7 +131,7 @@ class FileStorage(Storage):
         os.makedirs(path, exist_ok=True)
 
     def _publish(self, folder: str, name: str, data: bytes, overwrite: bool = False) -> bool:
-        final = os.path.join(folder, name)
+        final = folder + _SEP + name  # os.path.join, for a plain name
         if self._tmpfile_ok and not overwrite:
             try:
                 fd = os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
@@ -143,7 +144,9 @@ class FileStorage(Storage):
                 self._tmpfile_ok = False  # the filesystem does not support O_TMPFILE
             else:
                 try:
-                    _write_all(fd, data)
+                    written = os.write(fd, data)  # all of it, but for huge data
+                    if written < len(data):
+                        _write_all(fd, memoryview(data)[written:])
                     if self.durable:
                         os.fsync(fd)
                     try:
@@ -153,7 +156,8 @@ class FileStorage(Storage):
                         return False
                 finally:
                     os.close(fd)
-                self._sync_dir(folder)
+                if self.durable:
+                    self._sync_dir(folder)
                 return True
         if not overwrite and os.path.exists(final):
             return False

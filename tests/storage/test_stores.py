@@ -100,3 +100,18 @@ def test_folder_removed_by_another_storage_object(tmp_path):
     a.save("wf", "m", "1" * 32, 2, {})  # recreates the folder
     assert a.read_task("wf", "m") == 2
     assert a._tmpfile_ok  # the fast path stays on
+
+
+def test_partial_writes_are_completed(tmp_path, monkeypatch):
+    import functionfuse.storage.local as local
+
+    real_write = os.write
+    monkeypatch.setattr(local.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
+    for tmpfile_ok in (True, False):
+        s = FileStorage(tmp_path / f"store-{tmpfile_ok}")
+        s._tmpfile_ok = tmpfile_ok and s._tmpfile_ok
+        value = bytes(range(256)) * 40
+        name = s.save("wf", "big", "0" * 32, value, {})
+        monkeypatch.setattr(local.os, "write", real_write)
+        assert s.load("wf", name) == value
+        monkeypatch.setattr(local.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
