@@ -222,6 +222,7 @@ def test_run_set_of_a_component_with_several_roots():
     only2 = inc(r2).set_name("only2")
     # Leaves reaching both roots: the whole component.
     assert [n for n, _ in LocalWorkflow(both, workflow_name="w").graph_traversal()] == ["r1", "r2", "both", "only2"]
-    # Reaching r1 only: downstream of r1.
-    assert [n for n, _ in LocalWorkflow(r1, workflow_name="w").graph_traversal()] == ["r1", "both"][:1] + ["both"]
+    # Reaching r1 only: downstream of r1, plus r2 that `both` needs (not only2).
+    assert [n for n, _ in LocalWorkflow(r1, workflow_name="w").graph_traversal()] == ["r1", "r2", "both"]
+    assert LocalWorkflow(r1, workflow_name="w").run() == 1
     assert LocalWorkflow(only2, both, workflow_name="w").run() == [12, 12]
