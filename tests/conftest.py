@@ -1,5 +1,8 @@
+import logging
 import os
 import sys
+import types
+import uuid
 
 import pytest
 
@@ -67,3 +70,48 @@ def dask_client():
     yield client
     client.close()
     cluster.close()
+
+
+# -- a real S3 endpoint, started once per session ----------------------------------
+
+S3_BUCKET = "functionfuse-tests"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real HTTP S3 endpoint on 127.0.0.1: moto's ``ThreadedMotoServer``.
+
+    Tests talk to it through s3fs exactly as a user's code talks to AWS or
+    MinIO.  Fake credentials travel in the s3fs options, never through
+    ``os.environ``.  Yields a namespace with ``endpoint_url``, ``options`` (s3fs
+    keyword arguments), ``bucket`` (created here, through s3fs) and ``server``.
+    """
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    werkzeug = logging.getLogger("werkzeug")  # moto's request log
+    level = werkzeug.level
+    werkzeug.setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint_url = f"http://{host}:{port}"
+    options = {
+        "key": "functionfuse-test-key",
+        "secret": "functionfuse-test-secret",
+        "client_kwargs": {"endpoint_url": endpoint_url, "region_name": "us-west-2"},
+    }
+    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir(S3_BUCKET)
+    try:
+        yield types.SimpleNamespace(
+            endpoint_url=endpoint_url, options=options, bucket=S3_BUCKET, server=server
+        )
+    finally:
+        server.stop()
+        werkzeug.setLevel(level)
+
+
+@pytest.fixture
+def s3_url(s3_endpoint):
+    """A fresh, empty prefix in the session's bucket: ``s3://functionfuse-tests/<uuid>``."""
+    return f"s3://{s3_endpoint.bucket}/{uuid.uuid4().hex}"

@@ -25,8 +25,11 @@ A serializer is a class or an instance with:
 
 ``protocols`` maps a protocol constant to the handle a storage offers: under
 :data:`FILE_PROTOCOL` a :class:`FileProtocol` (a folder with ``open``,
-``remove`` and ``local_path``), under :data:`S3_PROTOCOL` an S3 handle.  A
-serializer dispatches on which constant is present.
+``remove`` and ``local_path``), under :data:`S3_PROTOCOL` an
+:class:`S3Protocol` (the same methods on an S3 prefix, plus ``url`` and the
+``storage_options`` that open the bucket, for libraries such as zarr that
+open their own filesystem).  A serializer dispatches on which constant is
+present.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ import posixpath
 import uuid
 from typing import IO, Any, Protocol, runtime_checkable
 
-__all__ = ["FILE_PROTOCOL", "S3_PROTOCOL", "FileProtocol", "PersistentSerializer", "generate_name"]
+__all__ = [
+    "FILE_PROTOCOL",
+    "S3_PROTOCOL",
+    "FileProtocol",
+    "S3Protocol",
+    "PersistentSerializer",
+    "generate_name",
+]
 
 FILE_PROTOCOL = "file_protocol"
 S3_PROTOCOL = "s3 protocol"
@@ -109,3 +119,67 @@ class FileProtocol:
             self.fs.rm(self._full(filename), recursive=True)
         except FileNotFoundError:
             pass
+
+
+class S3Protocol(FileProtocol):
+    """A prefix in an S3 bucket a serializer may write side data under.
+
+    The handle the S3 storage offers under :data:`S3_PROTOCOL`.  It has the
+    methods of :class:`FileProtocol` (``open``, ``exists``, ``remove``;
+    ``local_path`` is always None) plus :meth:`url` and ``storage_options``,
+    the ``s3fs.S3FileSystem`` keyword arguments of the storage, for libraries
+    that open their own filesystem (zarr's ``FsspecStore.from_url(url,
+    storage_options=...)``).
+
+    A handle pickles as its path and options, never as a live client, so a
+    lazy object that keeps it works in another process.
+
+    Parameters
+    ----------
+    path : str
+        ``bucket/prefix/...`` of the folder (without ``s3://``).
+    storage_options : dict
+        Keyword arguments of ``s3fs.S3FileSystem``.
+    fs : s3fs.S3FileSystem, optional
+        An open filesystem for these options (made on first use if omitted).
+    """
+
+    def __init__(self, path: str, storage_options: dict, fs: Any = None) -> None:
+        super().__init__(fs, path.strip("/"))
+        self.storage_options = dict(storage_options)
+
+    @property  # type: ignore[override]
+    def fs(self) -> Any:
+        if self._fs is None:
+            import s3fs
+
+            self._fs = s3fs.S3FileSystem(**self.storage_options)
+        return self._fs
+
+    @fs.setter
+    def fs(self, value: Any) -> None:
+        self._fs = value
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.path, self.storage_options))
+
+    def __repr__(self) -> str:
+        return f"S3Protocol({self.url()!r})"
+
+    def url(self, filename: str | None = None) -> str:
+        """``s3://`` URL of the folder, or of ``filename`` inside it."""
+        return "s3://" + (self._full(filename) if filename is not None else self.path)
+
+    def makedirs(self) -> None:
+        """Nothing to do: S3 has no folders."""
+
+    def local_path(self, filename: str) -> str | None:
+        return None
+
+    def remove(self, filename: str) -> None:
+        """Delete ``filename``: one object, or every object under ``filename/``."""
+        full = self._full(filename)
+        fs = self.fs
+        keys = [k for k in fs.find(full) if k == full or k.startswith(full + "/")]
+        if keys:
+            fs.rm(keys)

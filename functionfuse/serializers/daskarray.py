@@ -7,11 +7,28 @@ is stored with bounded memory.  Loading opens the file and wraps the dataset
 in a lazy ``dask.array`` with the original chunks: nothing is read until the
 array is computed.
 
-Requires the ``dask`` extra: ``pip install "functionfuse[dask]"``.
+Under :data:`~functionfuse.serializers.S3_PROTOCOL` (the S3 storage) the array
+is written as a zarr (format 3) array under the workflow's side-data prefix,
+``<prefix>/<workflow>/.data/<uuid>.zarr/``, again with ``dask.array.store``:
+each chunk is computed and uploaded as its own object, never the whole array.
+Chunks are zstd-compressed and carry a CRC-32C, so a damaged chunk raises when
+read.  Loading opens the zarr array and returns a lazy ``dask.array``
+(``dask.array.from_zarr``) with the original chunks; only the small
+``zarr.json`` is read until it is computed.  The zarr store is opened from the
+storage's ``s3fs`` options, so a loaded array pickles (to a Dask or Ray
+worker) as those options and a path, not as a live connection.
+
+Both writes run on dask's local threaded scheduler: the file or the zarr
+array is written from this process even when a ``distributed`` Client is the
+default scheduler.
+
+Requires the ``dask`` extra: ``pip install "functionfuse[dask]"`` (dask, h5py
+and zarr), plus ``functionfuse[s3]`` for S3.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -29,7 +46,29 @@ from .base import FILE_PROTOCOL, S3_PROTOCOL, generate_name
 
 __all__ = ["DaskArraySerializer"]
 
+logger = logging.getLogger(__name__)
+
 _DATASET = "data"
+_ZARR_KINDS = frozenset("biufc")  # dtypes with a stable zarr v3 specification
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError as exc:  # pragma: no cover - exercised without the extra
+        raise SerializationError(
+            "DaskArraySerializer stores dask arrays as zarr on S3; install zarr with: "
+            "pip install 'functionfuse[dask]'"
+        ) from exc
+    return zarr
+
+
+def _regular(chunks: tuple[tuple[int, ...], ...]) -> bool:
+    """True when every dimension's chunks are equal except a smaller last one (zarr's grid)."""
+    for dim in chunks:
+        if len(dim) > 1 and (len(set(dim[:-1])) > 1 or dim[-1] > dim[0]):
+            return False
+    return True
 
 
 class DaskArraySerializer:
@@ -46,22 +85,36 @@ class DaskArraySerializer:
 
     @classmethod
     def pickle(cls, obj: Array, protocols: dict) -> tuple[str, dict]:
-        if FILE_PROTOCOL not in protocols:
+        """Store ``obj`` chunk by chunk (HDF5 on files, zarr on S3); returns its id."""
+        if S3_PROTOCOL not in protocols and FILE_PROTOCOL not in protocols:
             raise SerializationError(
-                f"DaskArraySerializer got protocols {sorted(protocols)}; this version writes HDF5 "
-                "under FILE_PROTOCOL only"
+                f"DaskArraySerializer got protocols {sorted(protocols)}; it writes HDF5 under "
+                "FILE_PROTOCOL and zarr under S3_PROTOCOL"
             )
         if any(isinstance(c, float) and math.isnan(c) for dim in obj.chunks for c in dim):
             raise SerializationError(
                 "a dask array with unknown chunk sizes cannot be stored; call "
                 "array.compute_chunk_sizes() in the node before returning it"
             )
+        if S3_PROTOCOL in protocols:
+            if obj.dtype.kind not in _ZARR_KINDS:
+                # Other dtypes have no stable zarr v3 specification yet (zarr warns
+                # that their representation may change): not for a cache.
+                raise SerializationError(
+                    f"DaskArraySerializer cannot store dtype {obj.dtype} in zarr (it stores booleans, "
+                    "integers, floats and complex numbers); convert the array or do not register the "
+                    "serializer for this result"
+                )
+            return cls.name, cls._store_zarr(obj, protocols[S3_PROTOCOL])
         if obj.dtype.hasobject or obj.dtype.kind == "U":
             raise SerializationError(
                 f"DaskArraySerializer cannot store dtype {obj.dtype} in HDF5; convert the array "
                 "(e.g. to bytes 'S' dtype) or do not register the serializer for this result"
             )
-        handle = protocols[FILE_PROTOCOL]
+        return cls.name, cls._store_hdf5(obj, protocols[FILE_PROTOCOL])
+
+    @classmethod
+    def _store_hdf5(cls, obj: Array, handle: Any) -> dict:
         filename = generate_name() + ".h5"
         handle.makedirs()
         path = handle.local_path(filename)
@@ -90,25 +143,87 @@ class DaskArraySerializer:
             raise
         if fileobj is not None:
             fileobj.close()
-        return cls.name, {"format": "hdf5", "file": filename, "dataset": _DATASET, "chunks": obj.chunks}
+        return {"format": "hdf5", "file": filename, "dataset": _DATASET, "chunks": obj.chunks}
+
+    @classmethod
+    def _store_zarr(cls, obj: Array, handle: Any) -> dict:
+        zarr = _zarr()
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
+        filename = generate_name() + ".zarr"
+        # zarr chunks form a regular grid; dask chunks may not.  Writing
+        # irregular dask blocks into a regular grid would make two threads
+        # update the same zarr chunk, so such arrays are rechunked (block by
+        # block, still bounded memory) to their largest chunk size first.
+        source = obj if _regular(obj.chunks) else obj.rechunk(obj.chunksize)
+        chunks = tuple(max(1, int(c)) for c in source.chunksize)
+        try:
+            store = zarr.storage.FsspecStore.from_url(
+                handle.url(filename), storage_options=handle.storage_options
+            )
+            target = zarr.create_array(
+                store,
+                shape=obj.shape,
+                dtype=obj.dtype,
+                chunks=chunks,
+                compressors=[ZstdCodec(), Crc32cCodec()],
+                zarr_format=3,
+            )
+            if obj.size:
+                # Chunk-aligned regions: no lock needed, chunks upload in parallel.
+                da.store(source, target, lock=False, scheduler="threads")
+        except BaseException:
+            try:
+                handle.remove(filename)
+            except Exception as cleanup:  # noqa: BLE001 - keep the real error
+                logger.warning("partial zarr array %s left in place: %s", handle.url(filename), cleanup)
+            raise
+        return {"format": "zarr", "file": filename, "chunks": obj.chunks}
 
     @classmethod
     def unpickle(cls, pid: dict, protocols: dict) -> Array:
+        """A lazy dask array over the stored HDF5 dataset or zarr array."""
+        if pid.get("format") == "zarr":
+            return cls._load_zarr(pid, protocols)
         if FILE_PROTOCOL not in protocols:
-            raise SerializationError(f"DaskArraySerializer cannot read {pid!r} under {sorted(protocols)}")
+            raise SerializationError(
+                f"DaskArraySerializer cannot read the HDF5 array {pid!r} under {sorted(protocols)}"
+            )
         handle = protocols[FILE_PROTOCOL]
         filename = pid["file"]
         path = handle.local_path(filename)
         try:
             h5 = h5py.File(path if path is not None else handle.open(filename, "rb"), "r")
         except (FileNotFoundError, OSError) as exc:
-            raise SerializationError(f"side data {filename} of a stored dask array is missing: {exc}") from exc
+            raise SerializationError(
+                f"side data {filename} of a stored dask array is missing: {exc}"
+            ) from exc
         dset = h5[pid["dataset"]]
         chunks = pid["chunks"] if dset.size else dset.shape
         return da.from_array(dset, chunks=chunks, name=f"functionfuse-{filename}", lock=True)
 
     @classmethod
+    def _load_zarr(cls, pid: dict, protocols: dict) -> Array:
+        handle = protocols.get(S3_PROTOCOL)
+        if handle is None:
+            raise SerializationError(
+                f"DaskArraySerializer cannot read the zarr array {pid!r} under {sorted(protocols)}: "
+                "zarr arrays are read through the S3 storage that wrote them"
+            )
+        zarr = _zarr()
+        filename = pid["file"]
+        url = handle.url(filename)
+        store = zarr.storage.FsspecStore.from_url(url, storage_options=handle.storage_options, read_only=True)
+        try:
+            array = zarr.open_array(store, mode="r", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+            raise SerializationError(f"side data {url} of a stored dask array is missing: {exc}") from exc
+        chunks = pid["chunks"] if array.size else array.shape
+        return da.from_zarr(array, chunks=chunks, name=f"functionfuse-{filename}")
+
+    @classmethod
     def remove(cls, pid: dict, protocols: dict) -> None:
-        handle = protocols.get(FILE_PROTOCOL) or protocols.get(S3_PROTOCOL)
+        """Delete the HDF5 file or the zarr array."""
+        handle = protocols.get(S3_PROTOCOL) or protocols.get(FILE_PROTOCOL)
         if handle is not None:
             handle.remove(pid["file"])

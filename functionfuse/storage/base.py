@@ -90,6 +90,17 @@ def utc_now_iso() -> str:
     return f"{cached[1]}.{micro:06d}+00:00" if micro else cached[1] + "+00:00"
 
 
+def _naming_node(exc: StorageError, workflow_name: str, node_name: str) -> StorageError:
+    """``exc`` with the node and workflow in front of its message (same type)."""
+    prefix = f"node {node_name!r} of workflow {workflow_name!r}"
+    if str(exc).startswith(prefix):
+        return exc
+    try:
+        return type(exc)(f"{prefix}: result not stored: {exc}")
+    except TypeError:  # pragma: no cover - a subclass with another signature
+        return exc
+
+
 def split_entry_name(filename: str) -> tuple[str, str] | None:
     """``(encoded node name, key)`` of an entry file name, or None."""
     if len(filename) <= _TAIL or not filename.endswith(_SUFFIX) or filename[-_TAIL] != "-":
@@ -182,6 +193,18 @@ class Storage(ABC):
     @abstractmethod
     def _constructor_args(self) -> tuple[tuple, dict]:
         """Arguments that rebuild this storage in another process."""
+
+    def _failure(self, exc: BaseException, action: str, path: str) -> StorageError | None:
+        """The error to raise for ``exc``, an error of the storage's backend.
+
+        Called with errors raised while ``action`` (``"reading"``,
+        ``"writing"`` ...) ``path``, including errors a serializer meets while
+        writing or reading side data.  Returns a :class:`StorageError` that says
+        what went wrong and how to fix it (an unreachable endpoint, rejected
+        credentials, a missing bucket), or None to let ``exc`` propagate as it
+        is (for example a FileNotFoundError that only means "no such entry").
+        """
+        return exc if isinstance(exc, StorageError) else None
 
     # -- pickling: constructor arguments, no live handles ----------------------
     def __getstate__(self) -> dict:
@@ -310,10 +333,19 @@ class Storage(ABC):
         (forced or corrupt entries); its side data is removed afterwards.
         Raises SerializationError (naming the node) when ``value`` cannot be
         serialized; nothing is written then and nothing stored is touched.
+        Raises StorageError (naming the node, and what :meth:`_failure` says
+        about the storage) when the storage itself fails; no entry is
+        published then.
         """
         try:
             payload, pids = pickling.dumps(value, self.registry, lambda: self.protocols(workflow_name))
         except Exception as exc:  # any failure of user __reduce__ / serializers: name the node
+            failure = self._failure(exc, "writing side data of", self._wf_dir(workflow_name))
+            if failure is not None:  # the storage failed, not the value
+                named = _naming_node(failure, workflow_name, node_name)
+                if named is exc:
+                    raise
+                raise named from exc
             raise SerializationError(
                 f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
                 f"cannot be serialized: {type(exc).__name__}: {exc}. Register a persistent serializer "
@@ -330,17 +362,33 @@ class Storage(ABC):
             }
         data = entry_format.pack(meta, pids, payload, self._constant_meta(workflow_name))
         folder = self._wf_dir(workflow_name)
-        if folder not in self._made_dirs:
-            self._ensure_dir(folder)
-            self._made_dirs.add(folder)
         name = self.entry_name(node_name, key)
-        old_pids: list = []
-        if overwrite:
-            try:
-                old_pids = self._head(self._entry_path(workflow_name, name))[1]
-            except (EntryNotFoundError, CorruptEntryError):
-                old_pids = []
-        if self._publish(folder, name, data, overwrite):
+        # Side data (written above, by the serializers) is complete before the
+        # entry is published: the entry is the commit marker.
+        try:
+            if folder not in self._made_dirs:
+                self._ensure_dir(folder)
+                self._made_dirs.add(folder)
+            old_pids: list = []
+            if overwrite:
+                try:
+                    old_pids = self._head(self._entry_path(workflow_name, name))[1]
+                except (EntryNotFoundError, CorruptEntryError):
+                    old_pids = []
+            published = self._publish(folder, name, data, overwrite)
+        except StorageError as exc:
+            if pids:
+                # Not removed: a publish that failed on our side may still have
+                # succeeded on the server, and then the entry needs them.
+                # Unreferenced side data is only wasted space.
+                logger.warning(
+                    "node %r: side data %s written but its entry was not published", node_name, pids
+                )
+            named = _naming_node(exc, workflow_name, node_name)
+            if named is exc:
+                raise
+            raise named from exc
+        if published:
             self._remove_side_data(workflow_name, old_pids, name)
         else:
             logger.debug("entry %s already present (another writer); keeping it", name)
@@ -365,7 +413,7 @@ class Storage(ABC):
             return
         try:
             pickling.remove_pids(pids, self.registry, self.protocols(workflow_name))
-        except (SerializationError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - cleanup never fails a run
             logger.warning("side data of %s left in place (remove it with storage.remove_task): %s", where, exc)
 
     def load(self, workflow_name: str, filename: str) -> Any:
@@ -389,10 +437,15 @@ class Storage(ABC):
                 self.protocols(workflow_name) if persistent else None,
                 persistent=persistent,
             )
-        except SerializationError:
+        except (SerializationError, StorageError):
             raise
         except (pickling.pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as exc:
             raise SerializationError(f"{path}: cannot load the result: {exc!r}") from exc
+        except Exception as exc:
+            failure = self._failure(exc, "reading side data of", path)
+            if failure is None:
+                raise
+            raise failure from exc
 
     def read_meta(self, workflow_name: str, filename: str) -> dict:
         """Metadata of one entry, read from its first bytes only."""

@@ -20,7 +20,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     ),
 }
 
-_AVAILABLE = {"file", "ray"}
+_AVAILABLE = {"file", "S3", "ray"}
 
 
 def _kinds_text() -> str:
@@ -37,9 +37,13 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
     ----------
     opt : dict
         ``{"kind": "file", "options": {"path": "storage"}}``.  Valid kinds:
-        ``"file"``, ``"S3"``, ``"ray"`` (``{"kind": "ray", "options": {"path": P,
-        "remoteArgs": {"resources": {"disk": 0.01}}, "rayInitArgs": {...}}}``:
-        a :class:`~functionfuse.storage.raystore.RayStorage`).
+        ``"file"``, ``"S3"`` (``{"kind": "S3", "options": {"path": "/bucket/prefix",
+        "s3fs": {...}}}``, ``path`` may also be ``"s3://bucket/prefix"`` and ``s3fs``
+        holds ``s3fs.S3FileSystem`` keyword arguments: an
+        :class:`~functionfuse.storage.s3store.S3Storage`), ``"ray"``
+        (``{"kind": "ray", "options": {"path": P, "remoteArgs": {"resources":
+        {"disk": 0.01}}, "rayInitArgs": {...}}}``: a
+        :class:`~functionfuse.storage.raystore.RayStorage`).
 
     Returns
     -------
@@ -88,6 +92,10 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
             f"storage kind {kind!r} is not available in functionfuse "
             f"{_version()} yet; available kinds: {', '.join(sorted(_AVAILABLE))}"
         )
+    if kind == "S3":
+        from .s3store import S3Storage
+
+        return S3Storage(options["path"], options["s3fs"])
     if kind == "ray":
         from .raystore import RayStorage
 

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from functionfuse.errors import StorageConfigError
-from functionfuse.storage import FileStorage, FsspecStorage, storage_factory
+from functionfuse.storage import FileStorage, FsspecStorage, S3Storage, storage_factory
 from functionfuse.testing.stores import StorageContract
 
 
@@ -54,9 +54,10 @@ def test_factory_missing_and_unknown_options(tmp_path):
         storage_factory("file")
 
 
-def test_factory_kinds_not_available_yet(tmp_path):
-    with pytest.raises(StorageConfigError, match="not available"):
-        storage_factory({"kind": "S3", "options": {"path": "/b/p", "s3fs": {}}})
+def test_factory_s3_kind_contacts_nothing_until_used():
+    s = storage_factory({"kind": "S3", "options": {"path": "/bucket/prefix", "s3fs": {"anon": True}}})
+    assert isinstance(s, S3Storage)
+    assert s.url == "s3://bucket/prefix" and s._fs is None
 
 
 def test_storage_path_that_is_a_file(tmp_path):
