@@ -91,10 +91,17 @@ class _DaskEngine(Engine):
         self.pending: list[Any] = []
         self.pinned: list[tuple[Task, Any, _Host]] = []
         self.hosts = 0
+        self._seq = 0
         self._cycle: Any = None
 
     def _key(self, prefix: str, task: Task) -> str:
-        return f"{prefix}{task.name}-{self.run_id}"
+        # Dask groups tasks by the key's prefix up to "-<number>": keyed by
+        # function, a fan-out of one function is one group that the scheduler
+        # queues and spreads over the workers (keyed by node name, each node
+        # would be a group of one, placed next to its input).  Node names
+        # travel with the task (errors name the node, not the key).
+        self._seq += 1
+        return f"{prefix}{task.node.qualname}-{self._seq}-{self.run_id}"
 
     def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
         fut = self.client.submit(remote.run_value, blob, *deps, key=self._key("", task), pure=False, **options)

@@ -257,9 +257,12 @@ class DistributedWorkflow(BaseWorkflow):
 
         # Everything to run is pickled before anything is submitted.
         blobs: dict[int, bytes] = {}
+        functions: dict[int, Any] = {}  # each function pickled once per run
         for task in plan.tasks:
             if task.run:
-                blobs[id(task)] = build_spec(plan, task, plugin_funcs.get(id(task.node)), storage_blob)
+                blobs[id(task)] = build_spec(
+                    plan, task, plugin_funcs.get(id(task.node)), storage_blob, functions=functions
+                )
                 self._options(task)  # unknown options fail now, not half-way
 
         leaf_nodes = {id(leaf.node if isinstance(leaf, NodeItem) else leaf) for leaf in self.leaves}

@@ -168,6 +168,12 @@ class _RayEngine(Engine):
         refs = [s for _, s in self.submitted]
         if refs:
             ray.wait(refs, num_returns=len(refs), fetch_local=False)
+        try:  # all at once when nothing failed (the common case)
+            statuses = ray.get(refs)
+        except Exception:  # noqa: BLE001 - find out which, one by one
+            statuses = None
+        else:
+            return [(task, None, status) for (task, _), status in zip(self.submitted, statuses)]
         out = []
         for task, ref in self.submitted:
             try:

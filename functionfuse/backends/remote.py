@@ -141,11 +141,50 @@ def _worker_task(task: Task) -> Task:
     return copy
 
 
-def build_spec(plan: Plan, task: Task, plugin: Any, storage_blob: bytes | None, *, load: bool = False) -> bytes:
+class _Pickled:
+    """A function pickled once per run: specs of nodes sharing it carry its bytes.
+
+    cloudpickle of a function defined by value (``__main__``, a registered
+    module) is the dearest part of a spec; the worker unpickles each distinct
+    function once per process.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self):
+        return (_unpickle_function, (self.data,))
+
+
+_FUNCTIONS: dict[bytes, Any] = {}
+
+
+def _unpickle_function(data: bytes) -> Any:
+    func = _FUNCTIONS.get(data)
+    if func is None:
+        if len(_FUNCTIONS) > 256:
+            _FUNCTIONS.clear()
+        func = _FUNCTIONS[data] = pickle.loads(data)
+    return func
+
+
+def build_spec(
+    plan: Plan,
+    task: Task,
+    plugin: Any,
+    storage_blob: bytes | None,
+    *,
+    load: bool = False,
+    functions: dict[int, Any] | None = None,
+) -> bytes:
     """Pickle what a worker needs for ``task``; errors name the node.
 
     ``task.deps`` gives the order of the dependency values the worker
     receives.  With ``load=True`` the spec only loads the node's entry.
+    ``functions`` (one dict per run) keeps each function's pickle, so a
+    function shared by many nodes is pickled once.
     """
     if load:
         spec = NodeSpec(_worker_task(task), (), {}, (), None, plan.workflow, storage_blob)
@@ -160,16 +199,29 @@ def build_spec(plan: Plan, task: Task, plugin: Any, storage_blob: bytes | None, 
 
         args, kwargs = node.resolve_args(placeholder)
         where = tuple(dict.fromkeys([w for w, _ in node.top_refs] + list(node.nested)))
-        spec = NodeSpec(_worker_task(task), args, kwargs, where, plugin, plan.workflow, storage_blob)
+        worker_task = _worker_task(task)
+        if functions is not None and task.func is not None:
+            pickled = functions.get(id(task.func))
+            if pickled is None:
+                try:
+                    pickled = functions[id(task.func)] = _Pickled(cloudpickle.dumps(task.func))
+                except Exception as exc:  # noqa: BLE001 - reported below, naming the node
+                    raise _unsendable(task, "function", exc) from exc
+            worker_task.func = pickled
+        spec = NodeSpec(worker_task, args, kwargs, where, plugin, plan.workflow, storage_blob)
     try:
         return cloudpickle.dumps(spec)
     except Exception as exc:  # noqa: BLE001 - anything user objects raise while pickling
         what = "function, its arguments or its plugin" if not load else "storage"
-        raise ExecutorError(
-            f"node {task.name!r} cannot be sent to a worker: its {what} cannot be pickled "
-            f"({type(exc).__name__}: {exc}). Workers run in other processes: pass such objects "
-            "(locks, open files, connections) as something picklable, or create them inside the function."
-        ) from exc
+        raise _unsendable(task, what, exc) from exc
+
+
+def _unsendable(task: Task, what: str, exc: Exception) -> ExecutorError:
+    return ExecutorError(
+        f"node {task.name!r} cannot be sent to a worker: its {what} cannot be pickled "
+        f"({type(exc).__name__}: {exc}). Workers run in other processes: pass such objects "
+        "(locks, open files, connections) as something picklable, or create them inside the function."
+    )
 
 
 # -- worker side ---------------------------------------------------------------------
