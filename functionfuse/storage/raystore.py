@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 from typing import Any
 
@@ -55,6 +56,36 @@ _lock = threading.Lock()
 _remote_function: Any = None
 _feasible: set[str] = set()  # remote-args checked in this process
 _warned: set[str] = set()  # ignored ray-init-args already reported in this process
+
+
+_ENVIRONMENT = "_functionfuse_environment"  # not a ray.init argument: set before it
+
+
+def _joining(ray_init_args: dict) -> dict:
+    """Init arguments for a copy of the storage sent to another process.
+
+    When Ray runs here, the copy joins this Ray cluster (a process that is
+    not a Ray worker, such as a Dask worker, would otherwise start a Ray of
+    its own, with its own tasks and resources).
+    """
+    if "address" in ray_init_args:
+        return ray_init_args
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ray_init_args
+    try:
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - older Ray: the copy starts as configured
+        return ray_init_args
+    joined: dict[str, Any] = {"address": address}
+    # How this process authenticates to the cluster (token mode), for a
+    # process started before Ray was (a Dask worker, for example).
+    auth = {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
+    if auth:
+        joined[_ENVIRONMENT] = auth
+    if "namespace" in ray_init_args:
+        joined["namespace"] = ray_init_args["namespace"]
+    return joined
 
 
 def _storage_task(request: bytes) -> bytes:
@@ -219,6 +250,10 @@ class RayStorage(Storage):
         self.path = os.path.abspath(os.fspath(path))
         self.remote_args = _check_dict(remote_args, "remoteArgs", "{'resources': {'disk': 0.01}}")
         self.ray_init_args = _check_dict(ray_init_args, "rayInitArgs", "{'address': 'auto'}")
+        # A copy sent from a Ray driver: authenticate like it, set before Ray
+        # is imported here (Ray reads its auth mode when it loads).
+        for name, value in self.ray_init_args.get(_ENVIRONMENT, {}).items():
+            os.environ.setdefault(name, value)
         self.durable = bool(durable)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
@@ -241,7 +276,7 @@ class RayStorage(Storage):
     def _constructor_args(self) -> tuple[tuple, dict]:
         return (self.path,), {
             "remote_args": self.remote_args,
-            "ray_init_args": self.ray_init_args,
+            "ray_init_args": _joining(self.ray_init_args),
             "durable": self.durable,
             "timeout": self.timeout,
         }
@@ -256,9 +291,12 @@ class RayStorage(Storage):
         if not ray.is_initialized():
             with _lock:
                 if not ray.is_initialized():
-                    logger.info("%r: Ray is not running; ray.init(**%r)", self, self.ray_init_args)
-                    ray.init(**self.ray_init_args)
-        elif self.ray_init_args and not _in_ray_worker(ray):
+                    args = dict(self.ray_init_args)
+                    for name, value in args.pop(_ENVIRONMENT, {}).items():
+                        os.environ.setdefault(name, value)
+                    logger.info("%r: Ray is not running; ray.init(**%r)", self, args)
+                    ray.init(**args)
+        elif self.ray_init_args and _ENVIRONMENT not in self.ray_init_args and not _in_ray_worker(ray):
             key = repr(sorted(self.ray_init_args.items(), key=lambda kv: kv[0]))
             if key not in _warned:
                 _warned.add(key)

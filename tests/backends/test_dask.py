@@ -125,3 +125,28 @@ def test_death_of_the_worker_holding_an_instance_is_reported(fragile_client):
     wf = DaskWorkflow(a, boom, after, workflow_name="w", client=fragile_client)
     with pytest.raises(ExecutorError, match="node 'boom'"):
         wf.run()
+
+
+def test_ray_storage_kind_from_dask_workers(dask_client, ray_cluster, tmp_path):
+    """Dask workers join the running Ray to do the storage's I/O (they do not start their own)."""
+    from functionfuse.storage import storage_factory
+
+    storage = storage_factory(
+        {"kind": "ray", "options": {"path": str(tmp_path / "s"), "remoteArgs": {"resources": {"disk": 0.01}}}}
+    )
+    first = inc(1).set_name("first")
+    second = inc(first).set_name("second")
+    wf = DaskWorkflow(second, workflow_name="w", client=dask_client)
+    wf.set_storage(storage)
+    assert wf.run() == 3
+    assert storage.list_tasks("w", "*") == ["first", "second"]
+    wf = DaskWorkflow(inc(second).set_name("third"), workflow_name="w", client=dask_client)
+    wf.set_storage(storage)
+    assert wf.run() == 4
+    assert {e.node: e.action for e in wf.last_report.events} == {
+        "first": "skipped",
+        "second": "read",  # loaded on a Dask worker, through a Ray task
+        "third": "computed",
+    }
+    # the Dask workers joined this Ray: no other Ray node appeared
+    assert len([n for n in ray_cluster.nodes() if n["Alive"]]) == 1
