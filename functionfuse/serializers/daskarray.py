@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "DaskArraySerializer needs dask and h5py; install them with: pip install 'functionfuse[dask]'"
     ) from exc
 
-from ..errors import SerializationError
+from ..errors import CorruptEntryError, SerializationError
 from .base import FILE_PROTOCOL, S3_PROTOCOL, generate_name
 
 __all__ = ["DaskArraySerializer"]
@@ -168,6 +168,9 @@ class DaskArraySerializer:
                 chunks=chunks,
                 compressors=[ZstdCodec(), Crc32cCodec()],
                 zarr_format=3,
+                # Every chunk is written, even one holding only the fill
+                # value: a missing chunk is then damage, not "all zeros".
+                config={"write_empty_chunks": True},
             )
             if obj.size:
                 # Chunk-aligned regions: no lock needed, chunks upload in parallel.
@@ -178,7 +181,8 @@ class DaskArraySerializer:
             except Exception as cleanup:  # noqa: BLE001 - keep the real error
                 logger.warning("partial zarr array %s left in place: %s", handle.url(filename), cleanup)
             raise
-        return {"format": "zarr", "file": filename, "chunks": obj.chunks}
+        nchunks = math.prod(len(range(0, n, c)) for n, c in zip(obj.shape, chunks)) if obj.size else 0
+        return {"format": "zarr", "file": filename, "chunks": obj.chunks, "nchunks": nchunks}
 
     @classmethod
     def unpickle(cls, pid: dict, protocols: dict) -> Array:
@@ -218,8 +222,21 @@ class DaskArraySerializer:
             array = zarr.open_array(store, mode="r", zarr_format=3)
         except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
             raise SerializationError(f"side data {url} of a stored dask array is missing: {exc}") from exc
+        expected = pid.get("nchunks")
+        if expected is not None:  # one listing: a deleted chunk would read as fill values
+            try:
+                found = len(handle.fs.find(f"{url.split('://', 1)[-1]}/c"))
+            except FileNotFoundError:
+                found = 0
+            if found != expected:
+                raise CorruptEntryError(
+                    f"stored dask array {url} has {found} of its {expected} chunks; it was damaged "
+                    "after it was written (the node is recomputed)"
+                )
         chunks = pid["chunks"] if array.size else array.shape
-        return da.from_zarr(array, chunks=chunks, name=f"functionfuse-{filename}")
+        return da.from_array(
+            _CheckedZarr(array, url), chunks=chunks, name=f"functionfuse-{filename}", asarray=True
+        )
 
     @classmethod
     def remove(cls, pid: dict, protocols: dict) -> None:
@@ -227,3 +244,28 @@ class DaskArraySerializer:
         handle = protocols.get(S3_PROTOCOL) or protocols.get(FILE_PROTOCOL)
         if handle is not None:
             handle.remove(pid["file"])
+
+
+class _CheckedZarr:
+    """A stored zarr array whose read errors say which stored array is damaged.
+
+    Chunks are read when the lazy array is computed, often inside another
+    node; a failed checksum there would otherwise name only that node.
+    """
+
+    def __init__(self, array: Any, url: str) -> None:
+        self.array = array
+        self.url = url
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.array[index]
+        except Exception as exc:
+            raise CorruptEntryError(
+                f"stored dask array {self.url} cannot be read ({type(exc).__name__}: {exc}); it was "
+                "damaged after it was written: remove the entry holding it (storage.remove_task) or "
+                "rerun its node with force=..."
+            ) from exc

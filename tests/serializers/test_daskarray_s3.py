@@ -233,3 +233,47 @@ def test_missing_side_data_is_a_serialization_error(s3storage, fs):
     fs.rm(f"{_side(s3storage)}/{name}", recursive=True)
     with pytest.raises(SerializationError, match="missing"):
         s3storage.read_task("wf", "a")
+
+
+@workflow
+def zeros_then_range(n):
+    # half of the chunks hold only the fill value (0): they are written too
+    return {"array": da.concatenate([da.zeros(n, chunks=10, dtype="int64"), da.arange(n, chunks=10)])}
+
+
+@workflow
+def total(d):
+    return int(d["array"].sum().compute())
+
+
+def test_a_deleted_chunk_is_detected_and_the_node_recomputed(s3storage, fs):
+    from functionfuse.caching import CacheWarning
+
+    wf = LocalWorkflow(total(zeros_then_range(50).set_name("make")).set_name("total"), workflow_name="wf")
+    wf.set_storage(s3storage)
+    assert wf.run() == sum(range(50))
+    [name] = _zarrs(fs, s3storage)
+    chunks = fs.find(f"{_side(s3storage)}/{name}/c")
+    assert len(chunks) == 10  # fill-value-only chunks are stored as well
+    fs.rm_file(chunks[0])  # an all-zero chunk: reading it would still give the right sum
+    fs.rm_file(chunks[-1])
+    with pytest.warns(CacheWarning, match="node 'make'.*has 8 of its 10 chunks"):
+        assert wf.run(force="total") == sum(range(50))
+    events = wf.last_report.by_node()
+    assert (events["make"].action, events["make"].reason) == ("computed", "corrupt entry")
+
+
+def test_a_damaged_chunk_names_the_stored_array(s3storage, fs):
+    from functionfuse.errors import CorruptEntryError, NodeExecutionError
+
+    wf = LocalWorkflow(total(zeros_then_range(50).set_name("make")).set_name("total"), workflow_name="wf")
+    wf.set_storage(s3storage)
+    wf.run()
+    [name] = _zarrs(fs, s3storage)
+    chunk = fs.find(f"{_side(s3storage)}/{name}/c")[-1]
+    data = bytearray(fs.cat_file(chunk))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(chunk, bytes(data))
+    with pytest.raises(NodeExecutionError, match=f"node 'total'.*stored dask array .*{name} cannot be read") as info:
+        wf.run(force="total")
+    assert isinstance(info.value.__cause__, CorruptEntryError)
