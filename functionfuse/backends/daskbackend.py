@@ -252,6 +252,14 @@ class _DaskEngine(Engine):
     def fetch(self, handle: Any) -> Any:
         return handle.result()
 
+    def cancel(self) -> None:
+        futures = [f for _, f in self.submitted.values()]
+        if futures:
+            try:
+                self.client.cancel(futures)
+            except Exception as exc:  # noqa: BLE001 - best effort on the way out
+                logger.debug("could not cancel run %s: %s", self.run_id, exc)
+
     def close(self) -> None:
         if self.hosts:
             try:
@@ -308,6 +316,7 @@ class DaskWorkflow(DistributedWorkflow):
             return self._run_on(client, return_results, max_pending_tasks, force, strict_hashing)
 
     def _run_on(self, client: Any, return_results: bool, max_pending: int, force: Any, strict: bool) -> Any:
+        self._active_client = client
         return self._run(
             lambda: _DaskEngine(client, new_run_id()),
             return_results=return_results,
@@ -323,6 +332,22 @@ class DaskWorkflow(DistributedWorkflow):
             raise GraphError(
                 f"unknown Dask option(s) {', '.join(map(repr, unknown))} for node(s) {names}; valid "
                 f"options: {', '.join(sorted(TASK_OPTIONS))} (the arguments of Client.submit)"
+            )
+
+    def _check_feasible(self, task: Task, options: dict) -> None:
+        """A node needing resources no worker offers is an error, not an endless wait."""
+        wanted = options.get("resources")
+        if not wanted or options.get("allow_other_workers"):
+            return
+        workers = self._active_client.scheduler_info(n_workers=-1)["workers"]
+        if not any(
+            all(info.get("resources", {}).get(r, 0) >= amount for r, amount in wanted.items())
+            for info in workers.values()
+        ):
+            raise ExecutorError(
+                f"node {task.name!r} needs the resources {wanted!r}, which no worker of the Dask "
+                "cluster offers; it would wait forever. Start workers with them (e.g. "
+                "LocalCluster(resources=...)) or change its query(...).set_remote_args options."
             )
 
     def _options(self, task: Task, load: bool = False) -> dict:

@@ -120,6 +120,12 @@ class Engine(ABC):
     def release(self, handle: Any) -> None:  # noqa: B027 - optional
         """The driver no longer needs ``handle`` (its consumers are submitted)."""
 
+    def drop_instance(self, host: Any) -> None:  # noqa: B027 - optional
+        """Every call of the instance on ``host`` is submitted."""
+
+    def cancel(self) -> None:  # noqa: B027 - optional
+        """Cancel what was submitted (the run is interrupted or failed)."""
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the run's resources (instance hosts ...)."""
 
@@ -150,6 +156,9 @@ class DistributedWorkflow(BaseWorkflow):
     # -- engine specifics -------------------------------------------------------------
     def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:
         """Reject options the engine does not know, naming them (overridden)."""
+
+    def _check_feasible(self, task: Task, options: dict) -> None:
+        """Reject a node the cluster can never run (overridden)."""
 
     def _attach_plugin(self, nodes: list[BaseNode], plugin: Any) -> None:
         if not callable(getattr(plugin, "local_initialize", None)) or not callable(
@@ -213,6 +222,9 @@ class DistributedWorkflow(BaseWorkflow):
             try:
                 plan = self._plan(force, strict_hashing, unusable)
                 results = self._one_pass(engine, plan, return_results, max_pending_tasks)
+            except (KeyboardInterrupt, SystemExit):
+                engine.cancel()  # an interrupted run leaves nothing running
+                raise
             except _Retry as retry:
                 unusable |= retry.entries
                 logger.info("retrying %r without unusable entries %s", self.workflow_name, sorted(retry.entries))
@@ -263,7 +275,7 @@ class DistributedWorkflow(BaseWorkflow):
                 blobs[id(task)] = build_spec(
                     plan, task, plugin_funcs.get(id(task.node)), storage_blob, functions=functions
                 )
-                self._options(task)  # unknown options fail now, not half-way
+                self._check_feasible(task, self._options(task))  # fail now, not half-way
 
         leaf_nodes = {id(leaf.node if isinstance(leaf, NodeItem) else leaf) for leaf in self.leaves}
         for task in plan.tasks:
@@ -273,6 +285,10 @@ class DistributedWorkflow(BaseWorkflow):
 
         handles: dict[int, Any] = {}
         hosts: dict[int, Any] = {}
+        calls_left: dict[int, int] = {}  # per instance: running calls not submitted yet
+        for task in plan.tasks:
+            if task.run and type(task.node) is ClassCallNode:
+                calls_left[id(task.node.init)] = calls_left.get(id(task.node.init), 0) + 1
 
         def handle_of(dep: Task) -> Any:
             handle = handles.get(id(dep))
@@ -291,10 +307,14 @@ class DistributedWorkflow(BaseWorkflow):
             options = self._options(task)
             node = task.node
             if type(node) is ClassInitNode:
-                host, handle = engine.new_instance(task, blob, deps, options)
-                hosts[id(node)] = host
+                hosts[id(node)], handle = engine.new_instance(task, blob, deps, options)
+                if not calls_left.get(id(node)):
+                    engine.drop_instance(hosts.pop(id(node)))
             elif type(node) is ClassCallNode:
                 handle = engine.call(hosts[id(node.init)], task, blob, deps, options)
+                calls_left[id(node.init)] -= 1
+                if calls_left[id(node.init)] == 0:  # the last call: let the instance go when done
+                    engine.drop_instance(hosts.pop(id(node.init)))
             else:
                 handle = engine.submit(task, blob, deps, options)
             handles[id(task)] = handle

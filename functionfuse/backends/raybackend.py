@@ -87,16 +87,20 @@ def _remote(name: str) -> Any:
     return fn
 
 
+_STARTED_WITH: list[dict] = []  # the arguments this process last started Ray with
+
+
 def ensure_ray(ray_init_args: dict | None) -> None:
     """Start Ray with ``ray_init_args``, or check a running Ray honours them."""
     ray = _ray()
     args = dict(ray_init_args or {})
     if not ray.is_initialized():
-        args.setdefault("logging_level", logging.WARNING)
-        ray.init(**args)
+        start = {"logging_level": logging.WARNING, **args}
+        ray.init(**start)
+        _STARTED_WITH[:] = [args]
         return
-    if not args:
-        return
+    if not args or (_STARTED_WITH and _STARTED_WITH[0] == args):
+        return  # nothing asked, or what started it (a notebook cell run again)
     total = ray.cluster_resources()
     problems = []
     for key, value in args.items():
@@ -158,6 +162,21 @@ class _RayEngine(Engine):
     def _track(self, task: Task, status: Any) -> None:
         self.submitted.append((task, status))
         self.pending.append(status)
+
+    def drop_instance(self, host: Any) -> None:
+        # The actor exits once its submitted calls are done, giving back the
+        # resources it holds to the nodes still to run.
+        try:
+            self.hosts.remove(host)
+        except ValueError:
+            pass
+
+    def cancel(self) -> None:
+        for _, ref in self.submitted:
+            try:
+                self.ray.cancel(ref, force=False)
+            except Exception:  # noqa: BLE001 - finished already, or an actor task Ray won't cancel
+                pass
 
     def throttle(self, limit: int) -> None:
         while len(self.pending) >= limit:
@@ -307,3 +326,17 @@ class RayWorkflow(DistributedWorkflow):
         if load or isinstance(task.node, ClassCallNode):
             return {}
         return self._remote_args.get(id(task.node), {})
+
+    def _check_feasible(self, task: Task, options: dict) -> None:
+        """A node no Ray node can ever run is an error, not an endless wait."""
+        from ..storage.raystore import resource_demand
+
+        demand = resource_demand(options)
+        if not demand or set(demand) <= {"CPU"} and demand["CPU"] <= 1:
+            return
+        offers = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
+        if not any(all(res.get(k, 0) >= v for k, v in demand.items()) for res in offers):
+            raise ExecutorError(
+                f"node {task.name!r} asks for {demand}, which no node of the Ray cluster offers; it "
+                "would wait forever. Change its query(...).set_remote_args options or add such a node."
+            )

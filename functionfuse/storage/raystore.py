@@ -163,8 +163,8 @@ def _check_dict(value: Any, option: str, example: str) -> dict:
     return dict(value)
 
 
-def _demand(remote_args: dict) -> dict[str, float] | None:
-    """Resources one storage task asks of a single node, or None if not checkable."""
+def resource_demand(remote_args: dict) -> dict[str, float] | None:
+    """Resources one Ray task with these options asks of a single node, or None if not checkable."""
     if any(remote_args.get(o) is not None for o in _UNCHECKABLE):
         return None
     strategy = remote_args.get("scheduling_strategy")
@@ -268,8 +268,11 @@ class RayStorage(Storage):
                 f"option 'remoteArgs' of the ray storage cannot set {', '.join(map(repr, bad))}: "
                 "each storage operation is one task with one result"
             )
+        # I/O needs no CPU slot; taking one could starve behind node tasks or
+        # actors holding every CPU while they wait for their own save.
+        options = {"num_cpus": 0, **self.remote_args}
         try:  # Ray checks the option names and types locally, without starting
-            self._task = _task_function().options(**self.remote_args)
+            self._task = _task_function().options(**options)
         except (ValueError, TypeError) as exc:
             raise StorageConfigError(f"option 'remoteArgs' of the ray storage is invalid: {exc}") from exc
 
@@ -314,7 +317,7 @@ class RayStorage(Storage):
         key = repr(sorted(self.remote_args.items(), key=lambda kv: kv[0]))
         if key in _feasible:
             return
-        demand = _demand(self.remote_args)
+        demand = resource_demand({"num_cpus": 0, **self.remote_args})
         if demand:
             offers = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
             if not any(all(res.get(k, 0) >= v for k, v in demand.items()) for res in offers):

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import threading
 
 import cloudpickle
 import pytest
@@ -142,3 +143,68 @@ def test_ray_storage_kind_shared_by_ray_and_local_workflows(ray_cluster, tmp_pat
     assert {e.node: e.action for e in wf.last_report.events} == {"a": "computed", "b": "read"}
     storage.remove_workflow("w")
     assert storage.list_tasks("w", "*") == []
+
+
+@workflow
+def after_model(x):
+    return x + 1
+
+
+def test_an_actor_gives_back_its_resources_after_its_last_call(ray_cluster):
+    """A node needing the CPUs an instance held runs once the instance's calls are done."""
+    box = Box().set_name("model")
+    put = box.put(5).set_name("put")
+    post = after_model(put[0]).set_name("post")
+    wf = RayWorkflow(post, workflow_name="w")
+    wf.query("model").set_remote_args({"num_cpus": 2})
+    wf.query("post").set_remote_args({"num_cpus": 2})
+    result = []
+    runner = threading.Thread(target=lambda: result.append(wf.run(return_results=True)), daemon=True)
+    runner.start()
+    runner.join(60)  # held resources would make it wait forever: fail instead of hanging
+    assert not runner.is_alive(), "post never ran: the actor kept its CPUs"
+    assert result == [6]
+
+
+def test_a_node_no_ray_node_can_run_is_an_error_before_submitting(ray_cluster, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    first = inc(1).set_name("first")
+    gpu = inc(first).set_name("gpu")
+    wf = RayWorkflow(gpu, workflow_name="w")
+    wf.set_storage(storage)
+    wf.query("gpu").set_remote_args({"num_gpus": 1})
+    with pytest.raises(ExecutorError, match=r"node 'gpu' asks for \{'CPU': 1.0, 'GPU': 1.0\}.*wait forever"):
+        wf.run()
+    assert storage.list_tasks("w", "*") == []
+
+
+def test_same_ray_init_args_again_are_accepted(ray_cluster):
+    from functionfuse.backends import raybackend
+
+    started = raybackend._STARTED_WITH[:]
+    raybackend._STARTED_WITH[:] = [{"num_cpus": 2, "object_store_memory": 10**8}]
+    try:  # as if this process had started Ray with them: a rerun notebook cell
+        RayWorkflow(inc(1), workflow_name="w", ray_init_args={"num_cpus": 2, "object_store_memory": 10**8})
+    finally:
+        raybackend._STARTED_WITH[:] = started
+
+
+def test_interrupted_run_cancels_its_tasks(ray_cluster, tmp_path):
+    import time
+
+    @workflow
+    def slow(i, marker):
+        time.sleep(3)
+        open(marker, "a").close()
+        return i
+
+    markers = [str(tmp_path / f"m{i}") for i in range(3)]
+    wf = RayWorkflow(*[slow(i, m) for i, m in enumerate(markers)], workflow_name="w")
+    import _thread
+
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        wf.run(return_results=True)
+    time.sleep(4)
+    assert not any(os.path.exists(m) for m in markers)
