@@ -369,7 +369,18 @@ class DistributedWorkflow(BaseWorkflow):
         task = plan.task(node)
         handle = handles.get(id(task))
         if handle is not None:
-            value = engine.fetch(handle)
+            try:
+                value = engine.fetch(handle)
+            except FunctionFuseError:
+                raise
+            except Exception as exc:  # the value did not survive the trip to the driver
+                err = ExecutorError(
+                    f"node {task.name!r}: its result cannot be brought back to this process "
+                    f"({type(exc).__name__}: {exc}); return something this process can unpickle "
+                    "(the worker computed and stored it)"
+                )
+                err.node = task.name  # type: ignore[attr-defined]
+                raise err from exc
         else:  # cached and not needed by anything that ran: load it here
             try:
                 value = load_node(plan, task)

@@ -364,3 +364,24 @@ def test_force_recomputes_matching_nodes_and_downstream(backend, tmp_path):
         "c": ("read", "cached"),
         "d": ("computed", "upstream forced"),
     }
+
+
+def _cannot_rebuild():
+    raise RuntimeError("this object cannot be rebuilt here")
+
+
+class Fragile:
+    def __reduce__(self):
+        return (_cannot_rebuild, ())
+
+
+@workflow
+def fragile(x):
+    return Fragile()
+
+
+def test_a_result_that_cannot_reach_the_driver_names_the_node(backend):
+    wf = backend(fragile(1).set_name("fragile"))
+    with pytest.raises(ExecutorError, match="node 'fragile': its result cannot be brought back") as info:
+        backend.run(wf)
+    assert info.value.node == "fragile"
