@@ -43,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 from functionfuse import storage_factory, workflow  # noqa: E402
+from _report import RESULTS, fmt_t, info, med, report  # noqa: E402  (benchmarks/_report.py)
 
 # -- node functions (plain; decorated copies below) ------------------------------------
 
@@ -155,7 +156,6 @@ def trivial_nodes(width: int, group: int) -> int:
 
 # -- timing helpers ----------------------------------------------------------------------
 
-RESULTS: list[bool] = []
 DRIVER_NOTE = ""  # what else runs in the driver process, for the CPU lines
 WORK_MS: dict[str, float] = {}  # measured time of one transform / features call, in ms
 
@@ -213,28 +213,6 @@ def measure(
     return t, warm
 
 
-def med(ts: list[float]) -> float:
-    return statistics.median(ts)
-
-
-def fmt_t(sec: float) -> str:
-    if sec >= 1.0:
-        return f"{sec:7.3f} s "
-    return f"{sec * 1e3:7.1f} ms"
-
-
-def report(fig: str, ours: float, base: float, value: float, unit: str, target: str | None, ok: bool | None,
-           extra: str = "") -> None:
-    if ok is not None:
-        RESULTS.append(ok)
-    verdict = "PASS" if ok else "FAIL" if ok is not None else "info"
-    tgt = f"target {target}" if target else "no target"
-    print(f"[{fig}] ours {fmt_t(ours)} | baseline {fmt_t(base)} | {value:7.3f}{unit} ({tgt}) {verdict}"
-          f"{'  ' + extra if extra else ''}", flush=True)
-
-
-def info(text: str) -> None:
-    print(f"      {text}", flush=True)
 
 
 def details(t: Times, first: str, others: list[str], n: int) -> None:

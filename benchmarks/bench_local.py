@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 
 from functionfuse import storage_factory, workflow  # noqa: E402
 from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
+from _report import RESULTS, fmt_t, info, med, report  # noqa: E402  (benchmarks/_report.py)
 
 # -- the node functions (plain functions; decorated copies below) ----------------
 
@@ -119,32 +120,6 @@ USER_CPU: dict[str, list[float]] = {}
 SYS_CPU: dict[str, list[float]] = {}
 
 
-def med(ts: list[float]) -> float:
-    return statistics.median(ts)
-
-
-def fmt_t(sec: float) -> str:
-    if sec >= 1.0:
-        return f"{sec:8.3f} s "
-    if sec >= 1e-3:
-        return f"{sec * 1e3:8.2f} ms"
-    return f"{sec * 1e6:8.1f} µs"
-
-
-RESULTS: list[bool] = []
-
-
-def report(fig: str, ours: float, base: float, value: float, unit: str, target: str, ok: bool, extra: str = "") -> None:
-    RESULTS.append(ok)
-    print(
-        f"[{fig}] ours {fmt_t(ours)} | baseline {fmt_t(base)} | {value:8.3f}{unit} (target {target}) "
-        f"{'PASS' if ok else 'FAIL'}{'  ' + extra if extra else ''}",
-        flush=True,
-    )
-
-
-def info(text: str) -> None:
-    print(f"      {text}", flush=True)
 
 
 class Scratch:

@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without install
 from functionfuse import storage_factory, workflow  # noqa: E402
 from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
 from functionfuse.serializers.daskarray import DaskArraySerializer  # noqa: E402
+from _report import RESULTS, fmt_t, info, med, report  # noqa: E402  (benchmarks/_report.py)
 
 BUCKET = "functionfuse-bench"
 CREDENTIALS = {"key": "functionfuse-bench-key", "secret": "functionfuse-bench-secret"}
@@ -137,34 +138,11 @@ def measure(pairs: list[tuple[str, Callable[[], Any], Callable[[], Any] | None]]
     return times
 
 
-def med(ts: list[float]) -> float:
-    return statistics.median(ts)
-
-
-def fmt_t(sec: float) -> str:
-    if sec >= 1.0:
-        return f"{sec:8.3f} s "
-    if sec >= 1e-3:
-        return f"{sec * 1e3:8.2f} ms"
-    return f"{sec * 1e6:8.1f} µs"
-
-
-RESULTS: list[bool] = []
-
-
-def report(fig: str, ours: float, base: float, target: float, extra: str) -> None:
+def report_ratio(fig: str, ours: float, base: float, target: float, extra: str) -> None:
     ratio = ours / base
-    ok = ratio <= target
-    RESULTS.append(ok)
-    print(
-        f"[{fig}] ours {fmt_t(ours)} | baseline {fmt_t(base)} | {ratio:6.3f}x (target <= {target}) "
-        f"{'PASS' if ok else 'FAIL'}  {extra}",
-        flush=True,
-    )
+    report(fig, ours, base, ratio, "x", f"<= {target}", ratio <= target, extra)
 
 
-def info(text: str) -> None:
-    print(f"      {text}", flush=True)
 
 
 def spread(t: dict[str, list[float]]) -> str:
@@ -361,7 +339,7 @@ def big_figures(ep: Endpoint, prefixes: Prefixes, shape: tuple[int, int], reps_s
     rep = state["report"]
     assert rep.computed == [rep.events[0].node] and len(rep.events) == 1, rep.summary()
     o, b = med(t["ours"]), med(t["base"])
-    report("1 store dask array, first run ", o, b, 1.2,
+    report_ratio("1 store dask array, first run ", o, b, 1.2,
            f"{mb:.0f} MB float64 {rows}x{cols}, {nchunks} chunks of {CHUNK[0]}x{CHUNK[1]} (8 MB); "
            f"{mb / o:.0f} vs {mb / b:.0f} MB/s")
     info(spread(t))
@@ -396,7 +374,7 @@ def big_figures(ep: Endpoint, prefixes: Prefixes, shape: tuple[int, int], reps_s
     rep2 = state["report"]
     assert len(rep2.read) == 1 and not rep2.computed, rep2.summary()
     o, b = med(t["ours"]), med(t["base"])
-    report("2 load it back, .sum().compute()", o, b, 1.2,
+    report_ratio("2 load it back, .sum().compute()", o, b, 1.2,
            f"a resumed run returns the lazy array (1 node read) vs da.from_zarr; "
            f"{mb / o:.0f} vs {mb / b:.0f} MB/s")
     info(spread(t))
@@ -456,7 +434,7 @@ def small_figures(ep: Endpoint, prefixes: Prefixes, n: int, reps_first: int, rep
     rep = state["report"]
     assert len(rep.computed) == n + 1, rep.summary()
     o, b = med(t["ours"]), med(t["base"])
-    report("3 small results, first run    ", o, b, 1.5,
+    report_ratio("3 small results, first run    ", o, b, 1.5,
            f"N={n} nodes (small dicts) + 1 shared root vs N+1 fs.pipe_file; "
            f"{o / n * 1e3:.2f} vs {b / n * 1e3:.2f} ms/node")
     info(spread(t))
@@ -490,7 +468,7 @@ def small_figures(ep: Endpoint, prefixes: Prefixes, n: int, reps_first: int, rep
     rep = state["report"]
     assert len(rep.read) == n and not rep.computed, rep.summary()
     o, b = med(t["ours"]), med(t["base"])
-    report("4 small results, cache hit    ", o, b, 1.5,
+    report_ratio("4 small results, cache hit    ", o, b, 1.5,
            f"N={n} nodes all read (root skipped) vs N x (fs.cat_file + pickle.loads); "
            f"{o / n * 1e3:.2f} vs {b / n * 1e3:.2f} ms/node")
     info(spread(t))
