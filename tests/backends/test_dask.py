@@ -179,3 +179,51 @@ def test_interrupted_run_cancels_its_tasks(dask_client, tmp_path):
     time.sleep(6.5)  # without cancelling, all four would be done by now (2 workers x 2 rounds)
     # the two running when interrupted may finish; the queued ones never start
     assert sum(os.path.exists(m) for m in markers) <= 2
+
+
+def test_bad_client_is_reported():
+    from functionfuse.errors import GraphError
+
+    with pytest.raises(GraphError, match="client must be a distributed.Client, got 'tcp://x:8786'"):
+        DaskWorkflow(inc(1), workflow_name="w", client="tcp://x:8786")
+
+
+@workflow
+def sleepy(x):
+    import time
+
+    time.sleep(3)
+    return x
+
+
+def test_instance_lost_while_idle_fails_instead_of_waiting_forever(fragile_client):
+    """The worker holding an instance dies between calls: its next call could never run."""
+    import threading
+    import time
+
+    w0, w1 = sorted(fragile_client.scheduler_info(n_workers=-1)["workers"])
+    box = Box().set_name("box")
+    first = box.put(1).set_name("first")
+    later = box.put(sleepy(2).set_name("sleepy")).set_name("later")
+    wf = DaskWorkflow(first, later, workflow_name="w", client=fragile_client)
+    wf.query("box").set_remote_args({"workers": [w0]})
+    wf.query("sleepy").set_remote_args({"workers": [w1], "allow_other_workers": False})
+    errors = []
+
+    def run():
+        try:
+            wf.run()
+        except Exception as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    time.sleep(1.5)  # 'first' ran on w0; 'sleepy' is sleeping on w1
+    try:
+        fragile_client.run(os._exit, 1, workers=[w0])
+    except Exception:  # noqa: BLE001 - the worker's connection drops
+        pass
+    runner.join(60)
+    assert not runner.is_alive(), "the run waited forever for a worker that is gone"
+    assert len(errors) == 1 and isinstance(errors[0], ExecutorError)
+    assert "holding the instance 'box' died" in str(errors[0])

@@ -208,3 +208,29 @@ def test_interrupted_run_cancels_its_tasks(ray_cluster, tmp_path):
         wf.run(return_results=True)
     time.sleep(4)
     assert not any(os.path.exists(m) for m in markers)
+
+
+def test_ray_storage_saves_while_an_actor_holds_every_cpu(ray_cluster, tmp_path):
+    """Storage tasks take no CPU by default: an actor holding both CPUs can still save."""
+    from functionfuse.storage import storage_factory
+
+    storage = storage_factory({"kind": "ray", "options": {"path": str(tmp_path / "s"), "remoteArgs": {}}})
+    box = Box().set_name("box")
+    put = box.put(1).set_name("put")
+    wf = RayWorkflow(put, workflow_name="w")
+    wf.set_storage(storage)
+    wf.query("box").set_remote_args({"num_cpus": 2})
+    result = []
+    runner = threading.Thread(target=lambda: result.append(wf.run(return_results=True)), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the actor's save waited forever for a CPU"
+    assert result == [[1]]
+    assert storage.list_tasks("w", "*") == ["put"]
+
+
+def test_bad_workflow_arguments(ray_cluster):
+    with pytest.raises(GraphError, match="ray_init_args must be a dict"):
+        RayWorkflow(inc(1), workflow_name="w", ray_init_args=[("num_cpus", 2)])
+    with pytest.raises(GraphError, match="workflow_name must be a non-empty string"):
+        RayWorkflow(inc(1), workflow_name="")
