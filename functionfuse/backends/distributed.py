@@ -220,8 +220,8 @@ class DistributedWorkflow(BaseWorkflow):
             engine = engine_factory()
             plan = None
             try:
-                plan = self._plan(force, strict_hashing, unusable)
-                results = self._one_pass(engine, plan, return_results, max_pending_tasks)
+                plan, plugin_funcs = self._plan(force, strict_hashing, unusable)
+                results = self._one_pass(engine, plan, plugin_funcs, return_results, max_pending_tasks)
             except (KeyboardInterrupt, SystemExit):
                 engine.cancel()  # an interrupted run leaves nothing running
                 raise
@@ -241,7 +241,7 @@ class DistributedWorkflow(BaseWorkflow):
             f"attempts ({', '.join(sorted(unusable))}); is another process corrupting the storage?"
         )
 
-    def _plan(self, force: Any, strict: bool, unusable: set[str]) -> Plan:
+    def _plan(self, force: Any, strict: bool, unusable: set[str]) -> tuple[Plan, dict[int, Any]]:
         named = self._named()
         extra, plugin_funcs = self._plugin_calls(named)
         plan = make_plan(
@@ -255,27 +255,33 @@ class DistributedWorkflow(BaseWorkflow):
             extra=extra,
             unusable=unusable,
         )
-        plan.plugin_funcs = plugin_funcs  # type: ignore[attr-defined]
-        return plan
+        return plan, plugin_funcs
 
-    def _one_pass(self, engine: Engine, plan: Plan, return_results: bool, max_pending: int) -> Any:
+    def _one_pass(
+        self, engine: Engine, plan: Plan, plugin_funcs: dict[int, Any], return_results: bool, max_pending: int
+    ) -> Any:
         storage_blob = None
         if plan.storage is not None:
             try:
                 storage_blob = cloudpickle.dumps(plan.storage)
             except Exception as exc:  # noqa: BLE001
                 raise StorageError(f"the storage {plan.storage!r} cannot be sent to workers: {exc}") from exc
-        plugin_funcs = plan.plugin_funcs  # type: ignore[attr-defined]
 
         # Everything to run is pickled before anything is submitted.
         blobs: dict[int, bytes] = {}
         functions: dict[int, Any] = {}  # each function pickled once per run
+        checked: set[str] = set()  # each distinct set of options asks the cluster once
         for task in plan.tasks:
             if task.run:
                 blobs[id(task)] = build_spec(
                     plan, task, plugin_funcs.get(id(task.node)), storage_blob, functions=functions
                 )
-                self._check_feasible(task, self._options(task))  # fail now, not half-way
+                options = self._options(task)
+                if options:
+                    seen = repr(sorted(options.items()))
+                    if seen not in checked:
+                        self._check_feasible(task, options)  # fail now, not half-way
+                        checked.add(seen)
 
         leaf_nodes = {id(leaf.node if isinstance(leaf, NodeItem) else leaf) for leaf in self.leaves}
         for task in plan.tasks:

@@ -158,16 +158,21 @@ class _Pickled:
         return (_unpickle_function, (self.data,))
 
 
+def _unpickle_once(cache: dict[bytes, Any], data: bytes, limit: int) -> Any:
+    """``pickle.loads(data)``, once per worker process (a bounded cache)."""
+    obj = cache.get(data)
+    if obj is None:
+        if len(cache) >= limit:
+            cache.clear()
+        obj = cache[data] = pickle.loads(data)
+    return obj
+
+
 _FUNCTIONS: dict[bytes, Any] = {}
 
 
 def _unpickle_function(data: bytes) -> Any:
-    func = _FUNCTIONS.get(data)
-    if func is None:
-        if len(_FUNCTIONS) > 256:
-            _FUNCTIONS.clear()
-        func = _FUNCTIONS[data] = pickle.loads(data)
-    return func
+    return _unpickle_once(_FUNCTIONS, data, 256)
 
 
 def build_spec(
@@ -231,14 +236,7 @@ _STORAGES: dict[bytes, Any] = {}
 
 def _storage(blob: bytes | None) -> Any:
     """The storage of a run, unpickled once per worker process."""
-    if blob is None:
-        return None
-    storage = _STORAGES.get(blob)
-    if storage is None:
-        if len(_STORAGES) > 16:
-            _STORAGES.clear()
-        storage = _STORAGES[blob] = pickle.loads(blob)
-    return storage
+    return None if blob is None else _unpickle_once(_STORAGES, blob, 16)
 
 
 def _unpack(blob: bytes) -> NodeSpec:
