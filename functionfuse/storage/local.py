@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import StorageConfigError
 from .base import Storage
+from .factory import check_option
 
 __all__ = ["FileStorage"]
 
@@ -60,7 +61,8 @@ class FileStorage(Storage):
                 f"option 'path' of the file storage must be a non-empty str or path, got {path!r}"
             )
         self.path = os.path.abspath(os.fspath(path))
-        self.durable = bool(durable)
+        check_option("file", "durable", durable)  # only True/False: "no" is truthy
+        self.durable = durable
         self._tmpfile_ok = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StorageConfigError(

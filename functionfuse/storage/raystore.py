@@ -41,6 +41,7 @@ from typing import Any
 
 from ..errors import SerializationError, StorageConfigError, StorageError
 from .base import Listing, Storage
+from .factory import check_option
 
 __all__ = ["RayStorage"]
 
@@ -248,13 +249,14 @@ class RayStorage(Storage):
                 f"option 'path' of the ray storage must be a non-empty str or path, got {path!r}"
             )
         self.path = os.path.abspath(os.fspath(path))
+        check_option("ray", "durable", durable)  # only True/False: "no" is truthy
         self.remote_args = _check_dict(remote_args, "remoteArgs", "{'resources': {'disk': 0.01}}")
         self.ray_init_args = _check_dict(ray_init_args, "rayInitArgs", "{'address': 'auto'}")
         # A copy sent from a Ray driver: authenticate like it, set before Ray
         # is imported here (Ray reads its auth mode when it loads).
         for name, value in self.ray_init_args.get(_ENVIRONMENT, {}).items():
             os.environ.setdefault(name, value)
-        self.durable = bool(durable)
+        self.durable = durable
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
