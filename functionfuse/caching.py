@@ -62,7 +62,7 @@ from .errors import (
     SerializerNotRegisteredError,
     StorageError,
 )
-from .fingerprint import code_fingerprint, function_inputs
+from .fingerprint import begin_plan, describe_change, function_inputs, node_fingerprint
 from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name
 
@@ -103,8 +103,12 @@ class CacheEvent:
     """What happened to one node in one run.
 
     ``action`` is ``"computed"``, ``"read"`` (loaded from storage),
-    ``"skipped"`` (cached and not needed: not loaded at all) or
-    ``"replayed"`` (executed to rebuild a stateful object's state).
+    ``"skipped"`` (cached and not needed: not loaded at all), ``"replayed"``
+    (executed to rebuild a stateful object's state), ``"failed"`` (its
+    function raised, or its result could not be stored) or ``"not run"``
+    (it had to run but the run stopped first: an earlier failure or an
+    interruption).  ``seconds`` is the time the node's function (or the load)
+    took; 0 for skipped and not run nodes.
     """
 
     node: str
@@ -114,13 +118,45 @@ class CacheEvent:
     seconds: float = 0.0
 
 
-class RunReport:
-    """Per-node events of one run, in traversal order (built on first access)."""
+#: Actions in the order a report lists their counts.
+ACTIONS = ("computed", "read", "replayed", "skipped", "failed", "not run")
 
-    def __init__(self, workflow: str, events: list[CacheEvent] | None = None, tasks: list | None = None):
+
+def format_seconds(seconds: float) -> str:
+    """A duration for people: ``'850 µs'``, ``'12.3 ms'``, ``'4.20 s'``, ``'3 min 05 s'``.
+
+    >>> format_seconds(0.0123), format_seconds(4.2), format_seconds(185)
+    ('12.3 ms', '4.20 s', '3 min 05 s')
+    """
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+class RunReport:
+    """Per-node events of one run, in traversal order (built on first access).
+
+    ``str(report)`` lists every node with what happened, why and how long it
+    took, then the totals; :meth:`summary` is the first line alone.
+    ``seconds`` is the run's wall time (None when unknown).
+    """
+
+    def __init__(
+        self,
+        workflow: str,
+        events: list[CacheEvent] | None = None,
+        tasks: list | None = None,
+        seconds: float | None = None,
+    ):
         self.workflow = workflow
         self._events = events
         self._tasks = tasks
+        self.seconds = seconds
 
     @property
     def events(self) -> list[CacheEvent]:
@@ -133,7 +169,7 @@ class RunReport:
         return {e.node: e for e in self.events}
 
     def nodes(self, action: str) -> list[str]:
-        """Names of the nodes with ``action`` (computed / read / skipped / replayed)."""
+        """Names of the nodes with ``action`` (computed / read / skipped / replayed / failed / not run)."""
         return [e.node for e in self.events if e.action == action]
 
     @property
@@ -148,17 +184,44 @@ class RunReport:
     def skipped(self) -> list[str]:
         return self.nodes("skipped")
 
-    def summary(self) -> str:
+    @property
+    def failed(self) -> list[str]:
+        return self.nodes("failed")
+
+    @property
+    def not_run(self) -> list[str]:
+        return self.nodes("not run")
+
+    def counts(self) -> dict[str, int]:
+        """Number of nodes per action, in :data:`ACTIONS` order."""
         counts: dict[str, int] = {}
         for e in self.events:
             counts[e.action] = counts.get(e.action, 0) + 1
+        return {a: counts[a] for a in sorted(counts, key=lambda a: (ACTIONS + (a,)).index(a))}
+
+    def summary(self) -> str:
+        counts = self.counts()
         parts = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
         return f"workflow {self.workflow!r}: {parts or 'nothing to do'}"
+
+    def totals(self) -> str:
+        """Time spent per action, and the run's wall time."""
+        spent: dict[str, float] = {}
+        for e in self.events:
+            if e.seconds:
+                spent[e.action] = spent.get(e.action, 0.0) + e.seconds
+        parts = [f"{action} {format_seconds(spent[action])}" for action in ACTIONS if action in spent]
+        text = "time in nodes: " + (", ".join(parts) if parts else "none")
+        if self.seconds is not None:
+            text += f"; run {format_seconds(self.seconds)}"
+        return text
 
     def __str__(self) -> str:
         lines = [self.summary()]
         for e in self.events:
-            lines.append(f"  {e.node}: {e.action} ({e.reason})")
+            took = f" in {format_seconds(e.seconds)}" if e.seconds else ""
+            lines.append(f"  {e.node}: {e.action} ({e.reason}){took}")
+        lines.append("  " + self.totals())
         return "\n".join(lines)
 
 
@@ -174,6 +237,7 @@ class Task:
 
     key: str | None = None
     fingerprint: str | None = None
+    code: dict | None = None  # parts of the fingerprint (function, refs), for reports
     entry: str | None = None  # file name of a valid-looking entry for ``key``
     store = False
     overwrite = False
@@ -207,21 +271,22 @@ class Plan:
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
 
-    def report(self) -> RunReport:
-        return RunReport(self.workflow, tasks=self.tasks)
+    def report(self, seconds: float | None = None) -> RunReport:
+        return RunReport(self.workflow, tasks=self.tasks, seconds=seconds)
 
 
 # -- keys -----------------------------------------------------------------------
 
 
-def _fingerprint(node: BaseNode, func: Any) -> str:
+def _fingerprint(node: BaseNode, func: Any) -> tuple[str, dict]:
+    """``(fingerprint, parts)`` of a node's code (see :func:`~functionfuse.fingerprint.node_fingerprint`)."""
     if isinstance(node, FunctionNode):
-        return code_fingerprint(func, node.version)
+        return node_fingerprint(func, node.version)
     if isinstance(node, ClassInitNode):
-        return code_fingerprint(node.cls, node.version)
+        return node_fingerprint(node.cls, node.version)
     if isinstance(node, ClassCallNode):
-        base = code_fingerprint(node.init.cls, node.init.version)
-        return hashlib.sha256(f"call|{base}|{node.method}".encode()).hexdigest()
+        base, parts = node_fingerprint(node.init.cls, node.init.version)
+        return hashlib.sha256(f"call|{base}|{node.method}".encode()).hexdigest(), parts
     raise TypeError(node)  # pragma: no cover
 
 
@@ -340,7 +405,7 @@ def compute_key(
         cache_key = (id(func), node.version)
         cached = fp_cache.get(cache_key)
     if cached is None:
-        fp = _fingerprint(node, func)
+        fp, parts = _fingerprint(node, func)
         if type(node) is FunctionNode:
             captured = _captured(task, func, key_of, strict)
         elif type(node) is ClassInitNode:  # the calls chain to this key
@@ -348,9 +413,9 @@ def compute_key(
         else:
             captured = b""
         if fp_cache is not None and type(node) is FunctionNode and task.reason != UNHASHABLE:
-            fp_cache[(id(func), node.version)] = (fp, captured)
+            fp_cache[(id(func), node.version)] = (fp, captured, parts)
     else:
-        fp, captured = cached
+        fp, captured, parts = cached
     argbytes = _fast_args(node, key_of)
     if argbytes is None:
         try:
@@ -363,6 +428,7 @@ def compute_key(
         data += b"|extra|" + extra
     task.key = hashlib.sha256(data).hexdigest()[:32]
     task.fingerprint = fp
+    task.code = parts
 
 
 def _ref_hook(task: Task, key_of: dict[int, str]) -> Any:
@@ -444,6 +510,7 @@ def make_plan(
     if storage is None:
         return plan
 
+    begin_plan()
     listing = storage.scan(workflow)
     files = listing.files
     key_of: dict[int, str] = {}
@@ -504,7 +571,8 @@ def _miss_reason(storage: Any, workflow: str, task: Task) -> str:
     except (StorageError, OSError, ValueError):
         return NEW
     if meta.get("fingerprint") != task.fingerprint:
-        return CODE_CHANGED
+        what = describe_change(meta.get("code"), task.code)
+        return f"{CODE_CHANGED}: {what}" if what else CODE_CHANGED
     return INPUT_CHANGED
 
 
@@ -533,6 +601,7 @@ def _expand_chains(tasks: list[Task], by_node: dict[int, Task]) -> None:
 
 def execute(task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
     """Call the node's function; user errors become NodeExecutionError."""
+    task.action = "running"
     try:
         if task.method is not None:
             return getattr(instance, task.method)(*args, **kwargs)
@@ -542,7 +611,8 @@ def execute(task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
 
 
 def node_error(task: Task, exc: Exception) -> NodeExecutionError:
-    """The error raised for a node whose function raised ``exc``."""
+    """The error raised for a node whose function raised ``exc`` (the node is marked failed)."""
+    task.action = "failed"
     return NodeExecutionError(
         f"node {task.name!r} failed: {type(exc).__name__}: {exc}", node=task.name, key=task.key
     )
@@ -555,9 +625,10 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     ``storage.always_read``, the value read back from storage.
     """
     start = time.perf_counter()
-    value = execute(task, args, kwargs, instance)
-    elapsed = time.perf_counter() - start
-    task.seconds = elapsed
+    try:
+        value = execute(task, args, kwargs, instance)
+    finally:
+        task.seconds = elapsed = time.perf_counter() - start
     if task.reason == REPLAY:
         task.action = "replayed"
         return _snapshot(value, instance)
@@ -567,11 +638,16 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
         return _snapshot(value, instance)
     meta = {
         "fingerprint": task.fingerprint,
+        "code": task.code,
         "inputs": {dep.name: dep.key for dep in task.deps},
         "function": getattr(task.func, "__qualname__", task.node.qualname),
         "duration_s": round(elapsed, 6),
     }
-    filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
+    try:
+        filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
+    except BaseException:
+        task.action = "failed"
+        raise
     task.entry = filename
     if task.stale:
         storage.discard(plan.workflow, task.stale)
@@ -611,6 +687,28 @@ def load_node(plan: Plan, task: Task) -> Any:
     task.seconds = time.perf_counter() - start
     task.action = "read"
     return value
+
+
+INTERRUPTED = "interrupted"
+
+
+def finish_report(plan: Plan, error: BaseException | None) -> None:
+    """Mark what a failed or interrupted run never did.
+
+    Nodes that had to run but did not are ``not run`` (their reason is kept:
+    what *would* have run them); a node interrupted while running is
+    ``not run`` with reason ``interrupted``.  A node whose function raised is
+    already ``failed`` (see :func:`node_error`).
+    """
+    if error is None:
+        return
+    interrupted = not isinstance(error, Exception)
+    for task in plan.tasks:
+        if task.action == "running":
+            task.action = "not run"
+            task.reason = INTERRUPTED if interrupted else task.reason
+        elif task.action == "skipped" and task.run:
+            task.action = "not run"
 
 
 def entry_failed(task: Task, exc: Exception) -> None:

@@ -31,6 +31,7 @@ import weakref
 from typing import Any
 
 from .hashing import hash_bytes
+from .modules import is_user_module, package_version, stable_name
 
 __all__ = [
     "code_fingerprint",
@@ -163,7 +164,9 @@ def _source_or_code(obj: Any) -> str:
 
 
 def _qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+    # The user's code is named without its module: ``__main__`` (a script, a
+    # notebook) and the imported module give one key (see functionfuse.modules).
+    return stable_name(obj)
 
 
 def code_fingerprint(obj: Any, version: str | None = None) -> str:
@@ -188,8 +191,14 @@ def code_fingerprint(obj: Any, version: str | None = None) -> str:
         parts = [
             _qualname(base) + ":" + _source_or_code(base)
             for base in obj.__mro__
-            if base.__module__ != "builtins"
+            if is_user_module(base.__module__)
         ]
+        # Installed bases count by their package's version, not their source.
+        parts += sorted({
+            f"{stable_name(base)}@{package_version(base.__module__)}"
+            for base in obj.__mro__
+            if base.__module__ != "builtins" and not is_user_module(base.__module__)
+        })
         text = "class|" + "\n".join(parts)
     elif not isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)) and callable(obj):
         # A callable object: the code of its class; its state is an input.
@@ -269,3 +278,251 @@ def function_fingerprint(func: Any) -> str:
         return hash_bytes(f"{code}|{tokenize(*extra)}".encode())
     finally:
         _IN_PROGRESS.discard(id(func))
+
+
+# -- what a function refers to -------------------------------------------------------
+#
+# A node's key follows the code it really uses: the module-level values its
+# code names (constants, configuration dicts, arrays) and the helper functions
+# and classes it calls, transitively through the user's own modules.  Installed
+# packages are not followed: they count by their distribution's version.
+#
+# Global *values* may change between two runs in one process (a notebook
+# re-assigning ``SCALE``), so the walk is redone once per plan: results are
+# memoised only until :func:`begin_plan` is called again.
+
+_DEEP: dict[int, tuple[Any, str]] = {}
+# Names and imports per code object (code objects compare by value and cannot
+# be weakly referenced: a bounded dict).
+_NAMES: dict[types.CodeType, tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+
+
+def begin_plan() -> None:
+    """Forget the references followed so far (module-level values may have changed)."""
+    _DEEP.clear()
+
+
+def _code_names(code: types.CodeType) -> tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """Global-ish names a code object (and the code nested in it) uses, and its
+    imports as ``(module, (imported names...))``."""
+    cached = _NAMES.get(code)
+    if cached is not None:
+        return cached
+    import dis
+
+    names: set[str] = set()
+    imports: list[tuple[str, tuple[str, ...]]] = []
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        names.update(c.co_names)
+        current: list | None = None
+        for ins in dis.get_instructions(c):
+            if ins.opname == "IMPORT_NAME":
+                current = [ins.argval, []]
+                imports.append(current)  # type: ignore[arg-type]
+            elif ins.opname == "IMPORT_FROM" and current is not None:
+                current[1].append(ins.argval)
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    result = (frozenset(names), tuple((m, tuple(f)) for m, f in imports))
+    if len(_NAMES) >= 4096:
+        _NAMES.clear()
+    _NAMES[code] = result
+    return result
+
+
+def _library_token(obj: Any, module: str | None) -> str:
+    return f"lib:{stable_name(obj)}@{package_version(module or '')}"
+
+
+def _value_token(value: Any) -> str:
+    from .errors import HashingError
+    from .hashing import tokenize
+
+    try:
+        return "value:" + tokenize(value)[:32]
+    except (HashingError, RecursionError) as exc:
+        # Loggers, locks, clients ...: state that is not the computation's input.
+        # Their type still counts; their state cannot.
+        logger.debug("a module-level %s cannot be hashed (%s); only its type counts", type(value), exc)
+        return "type:" + stable_name(type(value))
+
+
+def _ref_token(value: Any, names: frozenset[str], active: set[int]) -> str | None:
+    """Token of one module-level object a function refers to (None: ignore it)."""
+    value = getattr(value, "__wrapped_func__", value)  # a @workflow function or class
+    if isinstance(value, types.ModuleType):
+        name = value.__name__
+        if not is_user_module(name):
+            return f"module:{name}@{package_version(name)}"
+        # A user module used as ``helpers.scale(...)``: follow the attributes the
+        # code names (attribute names are in co_names too).
+        parts = []
+        for attr in sorted(names):
+            if attr in vars(value):
+                token = _ref_token(vars(value)[attr], names, active)
+                if token is not None:
+                    parts.append(f"{attr}={token}")
+        return "usermodule:" + hash_bytes("|".join(parts).encode())[:32]
+    if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)) or inspect.isclass(value):
+        module = getattr(value, "__module__", None)
+        if isinstance(value, functools.partial):
+            module = getattr(value.func, "__module__", None)
+        if not is_user_module(module):
+            return _library_token(value, module)
+        return "code:" + _deep_token(value, active)
+    if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return _library_token(value, getattr(value, "__module__", None))
+    if callable(value) and not isinstance(value, type) and is_user_module(type(value).__module__):
+        return "callable:" + _deep_token(type(value), active) + "|" + _value_token(value)
+    return _value_token(value)
+
+
+def _functions_of(obj: Any) -> list[Any]:
+    """The plain functions whose references count for ``obj``."""
+    if isinstance(obj, functools.partial):
+        return _functions_of(obj.func)
+    if isinstance(obj, types.MethodType):
+        return _functions_of(obj.__func__)
+    if inspect.isclass(obj):
+        funcs = []
+        for base in obj.__mro__:
+            if not is_user_module(base.__module__):
+                continue
+            for member in vars(base).values():
+                if isinstance(member, property):
+                    funcs.extend(f for f in (member.fget, member.fset, member.fdel) if f is not None)
+                    continue
+                target = getattr(member, "__func__", member)
+                if isinstance(target, types.FunctionType):
+                    funcs.append(target)
+        return funcs
+    if isinstance(obj, types.FunctionType):
+        return [inspect.unwrap(obj)]
+    return []
+
+
+def references(obj: Any, _active: set[int] | None = None) -> dict[str, str]:
+    """Tokens of the module-level objects ``obj``'s code refers to, by name.
+
+    ``{"SCALE": "value:…", "helper": "code:…", "np": "module:numpy@numpy==2.1.0"}``.
+    Functions and classes of the user's modules are followed (their code and,
+    recursively, what they refer to); installed ones count by package version;
+    other values by their token (:func:`functionfuse.hashing.tokenize`), or by
+    their type alone when they cannot be hashed (a logger, a lock).
+
+    Module-level *state* that is not an input (a call counter, a memo cache)
+    is left out when its module lists it in ``__functionfuse_ignore__``
+    (``__functionfuse_ignore__ = {"CALLS"}``).
+    """
+    active = _active if _active is not None else set()
+    out: dict[str, str] = {}
+    for func in _functions_of(obj):
+        code = getattr(func, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            continue
+        glb = getattr(func, "__globals__", {})
+        names, imports = _code_names(code)
+        ignored = glb.get("__functionfuse_ignore__", ())
+        for name in sorted(names):
+            if name not in glb or name in ignored:
+                continue
+            value = glb[name]
+            if value is func or value is obj:
+                continue
+            token = _ref_token(value, names, active)
+            if token is not None:
+                out[name] = token
+        for module_name, imported in imports:
+            # ``import numpy as np`` / ``from helpers import scale`` inside a function.
+            module = sys.modules.get(module_name)
+            if module is None:
+                continue
+            if not is_user_module(module_name):
+                out[f"import {module_name}"] = f"module:{module_name}@{package_version(module_name)}"
+                continue
+            for attr in imported:
+                if attr in vars(module):
+                    token = _ref_token(vars(module)[attr], names, active)
+                    if token is not None:
+                        out[f"{module_name}.{attr}"] = token
+    return out
+
+
+def _deep_token(obj: Any, active: set[int]) -> str:
+    """Code fingerprint of a user function or class plus everything it refers to."""
+    oid = id(obj)
+    cached = _DEEP.get(oid)
+    if cached is not None and cached[0] is obj:
+        return cached[1]
+    if oid in active:  # mutual recursion: the cycle is covered by the outer call
+        return "cycle:" + stable_name(obj)
+    active.add(oid)
+    try:
+        own = code_fingerprint(obj)
+        refs = references(obj, active)
+        inputs = _inputs_token(obj)
+    finally:
+        active.discard(oid)
+    token = hash_bytes("|".join([own, inputs, *(f"{k}={v}" for k, v in sorted(refs.items()))]).encode())[:32]
+    _DEEP[oid] = (obj, token)
+    return token
+
+
+def _inputs_token(obj: Any) -> str:
+    """Closure values and defaults of a helper (a node's own are inputs of its key)."""
+    extra = function_inputs(obj) if not inspect.isclass(obj) else ()
+    if not any(extra):
+        return ""
+    return _value_token(extra)
+
+
+def node_fingerprint(obj: Any, version: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Fingerprint of a node's callable and the parts it is made of.
+
+    Returns ``(fingerprint, parts)`` where ``parts`` is ``{"function": <own
+    code>, "refs": {name: token}}`` — what the run metadata records, so a later
+    run can say *what* changed (the function, a global, a helper).  With an
+    explicit ``version`` the version stands for the code and nothing is
+    followed.
+    """
+    own = code_fingerprint(obj, version)
+    if version is not None:
+        return own, {"function": own, "refs": {}}
+    refs = references(obj, {id(obj)})
+    if not refs:
+        return own, {"function": own, "refs": {}}
+    text = own + "|" + "|".join(f"{k}={v}" for k, v in sorted(refs.items()))
+    return hash_bytes(text.encode()), {"function": own, "refs": refs}
+
+
+def describe_change(old: dict | None, new: dict | None) -> str | None:
+    """What differs between two ``parts`` of :func:`node_fingerprint` (for reports),
+    or None when it cannot tell.
+
+    >>> describe_change({"function": "a", "refs": {"SCALE": "value:1"}}, {"function": "a", "refs": {"SCALE": "value:2"}})
+    'global SCALE'
+    >>> describe_change({"function": "a", "refs": {}}, {"function": "b", "refs": {}})
+    'the function'
+    """
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return None
+    if old.get("function") != new.get("function"):
+        return "the function"
+    before, after = old.get("refs") or {}, new.get("refs") or {}
+    words = []
+    for name in after:
+        if name not in before:
+            words.append(f"new {_kind(after[name])} {name}")
+        elif before[name] != after[name]:
+            words.append(f"{_kind(after[name])} {name}")
+    words.extend(f"{_kind(before[n])} {n} no longer used" for n in before if n not in after)
+    return ", ".join(words) or None
+
+
+def _kind(token: str) -> str:
+    if token.startswith(("code:", "callable:", "usermodule:")):
+        return "helper"
+    if token.startswith(("module:", "lib:")):
+        return "package"
+    return "global"

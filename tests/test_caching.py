@@ -11,6 +11,8 @@ from functionfuse import CacheWarning, HashingError, NodeExecutionError, Seriali
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from helpers import run_script
 
+# Call counters are test state, not inputs of the nodes that update them.
+__functionfuse_ignore__ = {"CALLS", "LOADS", "COUNTS"}
 CALLS = collections.Counter()
 LOADS = collections.Counter()
 
@@ -123,7 +125,7 @@ def test_argument_change_recomputes_node_and_downstream_only(storage):
 def _define(tmp_path, body, name):
     path = tmp_path / f"mod_{name}_{abs(hash(body))}.py"
     path.write_text(textwrap.dedent(body))
-    namespace = {"workflow": workflow, "CALLS": CALLS}
+    namespace = {"workflow": workflow, "CALLS": CALLS, "__functionfuse_ignore__": {"CALLS"}}
     exec(compile(path.read_text(), str(path), "exec"), namespace)
     return namespace[name]
 
@@ -143,7 +145,7 @@ def test_code_change_reason_and_comment_change_is_not_a_change(tmp_path, storage
     assert actions(wf)["d"] == ("read", "cached")
     wf, r = run(build(v2), storage)
     assert r == 12
-    assert actions(wf)["d"] == ("computed", "code changed")
+    assert actions(wf)["d"] == ("computed", "code changed: the function")
     # the stale entry of the old code was replaced, not kept beside the new one
     assert len([f for f in os.listdir(storage.path + "/wf") if f.startswith("d-")]) == 1
 
@@ -246,8 +248,9 @@ def test_unpicklable_result_is_a_clear_error_and_loses_nothing(storage):
 
 
 def test_unhashable_argument_warns_and_always_recomputes(storage):
-    class Opaque:
-        pass
+    class Opaque:  # holds a lock: its state is not plain data
+        def __init__(self):
+            self.lock = threading.Lock()
 
     @workflow
     def use(o, x):
@@ -498,6 +501,11 @@ class Scale:
 
 
 class Opaque:
+    """A callable holding a lock: its state is not plain data."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
     def __call__(self, x):
         return x
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..caching import (
+    INTERRUPTED,
     LOAD_ERRORS,
     NO_STORAGE,
     CacheEvent,
@@ -32,6 +33,7 @@ from ..caching import (
     Task,
     entry_failed,
     execute,
+    finish_report,
     load_node,
     make_plan,
     node_error,
@@ -104,10 +106,16 @@ class LocalWorkflow(BaseWorkflow):
             strict=strict_hashing,
         )
         runner = _LocalRun(plan, self.leaves)
+        start = time.perf_counter()
+        error: BaseException | None = None
         try:
             results = runner.execute()
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            self.last_report = plan.report()
+            finish_report(plan, error)
+            self.last_report = plan.report(time.perf_counter() - start)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s", self.last_report.summary())
         return results[0] if len(self.leaves) == 1 else results
@@ -137,6 +145,8 @@ class LocalWorkflow(BaseWorkflow):
         perf = time.perf_counter
         last_seq = nodes[-1].seq
         value_of = _plain_value_of(values)
+        failed: BaseException | None = None
+        run_start = perf()
         try:
             for node in nodes:
                 func = funcs.get(id(node), node.func) if funcs else node.func
@@ -158,8 +168,12 @@ class LocalWorkflow(BaseWorkflow):
                 start = perf()
                 try:
                     values[id(node)] = func(*args, **kwargs)
-                except Exception as exc:
-                    raise node_error(self._task_of(node, func), exc) from exc
+                except BaseException as exc:
+                    seconds.append(perf() - start)
+                    failed = exc
+                    if isinstance(exc, Exception):
+                        raise node_error(self._task_of(node, func), exc) from exc
+                    raise
                 done(perf() - start)
                 # Drop a parent's value once its last consumer in the run has
                 # run (children made after this workflow are not in the run).
@@ -170,7 +184,7 @@ class LocalWorkflow(BaseWorkflow):
                     if last is node and id(dep) not in keep:
                         del values[id(dep)]
         finally:
-            self.last_report = _UnstoredReport(self, seconds)
+            self.last_report = _UnstoredReport(self, seconds, failed, perf() - run_start)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s", self.last_report.summary())
         out = [leaf.extract(values[id(leaf.node)]) if type(leaf) is NodeItem else values[id(leaf)] for leaf in self.leaves]
@@ -202,21 +216,31 @@ def _last_child_in_run(node: BaseNode, last_seq: int) -> BaseNode:
 class _UnstoredReport(RunReport):
     """The report of a run without storage, its events built on first access."""
 
-    def __init__(self, wf: LocalWorkflow, seconds: list[float]) -> None:
-        super().__init__(wf.workflow_name)
+    def __init__(
+        self, wf: LocalWorkflow, seconds: list[float], error: BaseException | None, wall: float
+    ) -> None:
+        super().__init__(wf.workflow_name, seconds=wall)
         self._wf: LocalWorkflow | None = wf
         self._seconds = seconds
+        self._error = error
 
     @property
     def events(self) -> list[CacheEvent]:
         if self._events is None:
             seconds, ran = self._seconds, len(self._seconds)
-            self._events = [
-                CacheEvent(name, None, "computed", NO_STORAGE, seconds[i])
-                if i < ran
-                else CacheEvent(name, None, "skipped", NO_STORAGE)
-                for i, (name, _node) in enumerate(self._wf._named())  # type: ignore[union-attr]
-            ]
+            error = self._error
+            # Every node of such a run runs: one that did not was never reached.
+            last = "failed" if isinstance(error, Exception) else "not run"
+            last_reason = NO_STORAGE if isinstance(error, Exception) else INTERRUPTED
+            events = []
+            for i, (name, _node) in enumerate(self._wf._named()):  # type: ignore[union-attr]
+                if i < ran - (error is not None):
+                    events.append(CacheEvent(name, None, "computed", NO_STORAGE, seconds[i]))
+                elif i == ran - 1 and error is not None:
+                    events.append(CacheEvent(name, None, last, last_reason, seconds[i]))
+                else:
+                    events.append(CacheEvent(name, None, "not run", NO_STORAGE))
+            self._events = events
             self._wf = None
         return self._events
 
@@ -249,6 +273,7 @@ class _LocalRun:
                 if fast and type(node) is FunctionNode:
                     # The no-storage hot path of run_node, inlined.
                     args, kwargs = node.resolve_args(value_of)
+                    task.action = "running"
                     start = perf()
                     try:
                         values[id(node)] = task.func(*args, **kwargs)

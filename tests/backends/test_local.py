@@ -53,7 +53,7 @@ def test_replace_func_changes_result_and_key(storage):
     wf.replace_func(b, lambda x: x + 100)
     assert wf.run() == 112
     events = wf.last_report.by_node()
-    assert (events["b"].action, events["b"].reason) == ("computed", "code changed")
+    assert (events["b"].action, events["b"].reason) == ("computed", "code changed: the function")
     assert (events["c"].action, events["c"].reason) == ("read", "cached")  # d needs it
     assert (events["d"].action, events["d"].reason) == ("computed", "input changed")
     with pytest.raises(GraphError, match="callable"):
@@ -182,7 +182,7 @@ def test_without_storage_failure_names_the_node_and_reports_progress():
         wf.run()
     assert info.value.node == "bad"
     assert [(e.node, e.action) for e in wf.last_report.events] == [
-        ("first", "computed"), ("bad", "skipped"), ("inc_0001", "skipped")
+        ("first", "computed"), ("bad", "failed"), ("inc_0001", "not run")
     ]
 
 
