@@ -20,12 +20,15 @@ from .errors import (
 )
 from .hashing import normalize_token, tokenize
 from .storage import storage_factory
+from .targeted import compute, explain
 from .workflow import workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
     "workflow",
+    "compute",
+    "explain",
     "storage_factory",
     "tokenize",
     "normalize_token",

@@ -62,6 +62,7 @@ from .errors import (
     SerializerNotRegisteredError,
     StorageError,
 )
+from .arguments import summarize_arguments
 from .fingerprint import begin_plan, describe_change, function_inputs, node_fingerprint
 from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name
@@ -238,6 +239,7 @@ class Task:
     key: str | None = None
     fingerprint: str | None = None
     code: dict | None = None  # parts of the fingerprint (function, refs), for reports
+    arguments: dict | None = None  # JSON summary of the literal arguments (metadata)
     entry: str | None = None  # file name of a valid-looking entry for ``key``
     store = False
     overwrite = False
@@ -552,7 +554,7 @@ def make_plan(
         elif hit:
             task.run, task.reason, task.entry = False, CACHED, filename
         else:
-            task.run, task.reason = True, _miss_reason(storage, workflow, task)
+            task.run, task.reason = True, _miss_reason(storage, workflow, task, plan)
     _expand_chains(tasks, by_node)
     return plan
 
@@ -563,7 +565,7 @@ def _upstream_forced(node: BaseNode, forced_ids: set[int]) -> bool:
     return any(id(d) in forced_ids for d in node.deps)
 
 
-def _miss_reason(storage: Any, workflow: str, task: Task) -> str:
+def _miss_reason(storage: Any, workflow: str, task: Task, plan: Plan | None = None) -> str:
     if not task.stale:
         return NEW
     try:
@@ -573,7 +575,45 @@ def _miss_reason(storage: Any, workflow: str, task: Task) -> str:
     if meta.get("fingerprint") != task.fingerprint:
         what = describe_change(meta.get("code"), task.code)
         return f"{CODE_CHANGED}: {what}" if what else CODE_CHANGED
-    return INPUT_CHANGED
+    changed = []
+    inputs = meta.get("inputs")
+    if isinstance(inputs, dict):
+        changed += [dep.name for dep in task.deps if dep.name in inputs and inputs[dep.name] != dep.key]
+    before = meta.get("arguments")
+    if isinstance(before, dict) and plan is not None:
+        now = argument_summary(plan, task)
+        changed += [
+            f"argument {name}" for name in now if name in before and before[name] != now[name]
+            and not (isinstance(now[name], dict) and "node" in now[name])
+        ]
+    return f"{INPUT_CHANGED}: {', '.join(changed)}" if changed else INPUT_CHANGED
+
+
+def argument_summary(plan: Plan, task: Task) -> dict:
+    """The JSON summary of a node's literal arguments (see :mod:`functionfuse.arguments`),
+    computed once per task (on the driver: a worker's copy carries it)."""
+    summary = task.__dict__.get("arguments")
+    if summary is not None:
+        return summary
+    node = task.node
+    if not isinstance(node, BaseNode):
+        return {}
+    if isinstance(node, ClassCallNode):
+        func = getattr(node.init.cls, node.method, None)
+        args = (None, *node.args)  # bind ``self``
+    elif isinstance(node, ClassInitNode):
+        func, args = node.cls, node.args
+    else:
+        func, args = task.func, node.args
+
+    def name_of(ref: BaseNode) -> str:
+        dep = plan.by_node.get(id(ref))
+        return dep.name if dep is not None else ref.get_name()
+
+    summary = summarize_arguments(func, args, node.kwargs, name_of)
+    summary.pop("self", None)
+    task.arguments = summary
+    return summary
 
 
 def _expand_chains(tasks: list[Task], by_node: dict[int, Task]) -> None:
@@ -639,6 +679,7 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     meta = {
         "fingerprint": task.fingerprint,
         "code": task.code,
+        "arguments": argument_summary(plan, task),
         "inputs": {dep.name: dep.key for dep in task.deps},
         "function": getattr(task.func, "__qualname__", task.node.qualname),
         "duration_s": round(elapsed, 6),

@@ -37,6 +37,7 @@ __all__ = [
     "NodeItem",
     "Instance",
     "collect_run_set",
+    "collect_ancestors",
     "as_leaf",
     "describe",
 ]
@@ -580,6 +581,26 @@ def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
         missing.extend(node.deps)
         if node.after is not None:
             missing.append(node.after)
+    out.sort(key=_seq_of)
+    return out
+
+
+def collect_ancestors(leaves: Iterable[BaseNode]) -> list[BaseNode]:
+    """``leaves`` and every node they need (parents, earlier calls on the same
+    instance), transitively, in creation order: the run set of a targeted
+    :func:`functionfuse.compute`."""
+    seen: set[int] = set()
+    out: list[BaseNode] = []
+    stack = list(leaves)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        stack.extend(node.deps)
+        if node.after is not None:
+            stack.append(node.after)
     out.sort(key=_seq_of)
     return out
 

@@ -115,8 +115,8 @@ def test_argument_change_recomputes_node_and_downstream_only(storage):
     wf, _ = run(total(right).set_name("tr"), storage)
     total(left).set_name("tl")
     acts = actions(wf)
-    assert acts["right"] == ("computed", "input changed")
-    assert acts["tr"] == ("computed", "input changed")
+    assert acts["right"] == ("computed", "input changed: argument tag")
+    assert acts["tr"] == ("computed", "input changed: right")
     assert acts["source"][0] == "read"  # needed by the node that runs
     assert acts["left"] == ("skipped", "cached")
     assert CALLS == {"right2": 1, "total": 1}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import GraphError
@@ -19,6 +19,7 @@ from ..graph import (
     FunctionNode,
     NodeItem,
     as_leaf,
+    collect_ancestors,
     collect_run_set,
     describe,
     has_explicit_names,
@@ -129,6 +130,39 @@ class BaseWorkflow:
         nodes = self.find_nodes(pattern)
         self._unstored.update(id(n) for n in nodes)
         return nodes
+
+    # -- beyond the original API ---------------------------------------------------
+    def explain(self, *, force: str | Iterable[str] | None = None) -> Any:
+        """What :meth:`run` would do to every node, and why, without running anything.
+
+        Nothing is computed, loaded or written.  Returns an
+        :class:`~functionfuse.explanation.Explanation`; ``print()`` it.
+        ``force`` is as for :meth:`run`.
+        """
+        from ..explanation import explain_plan
+
+        return explain_plan(self._explain_plan(force), self.leaves)
+
+    def _explain_plan(self, force: Any) -> Any:
+        from ..caching import make_plan
+
+        return make_plan(
+            self.workflow_name,
+            self._named(),
+            self._funcs,
+            self.object_storage,
+            unstored=self._unstored,
+            force=force,
+        )
+
+    def _only_ancestors(self) -> None:
+        """Restrict the run set to what the given nodes need (their ancestors),
+        instead of everything downstream of their roots."""
+        leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
+        self.nodes = collect_ancestors(leaf_nodes)
+        self.roots = [n for n in self.nodes if not n.deps and n.after is None]
+        self._member_ids = None
+        self._names_cache = None
 
     def _leaf_names(self) -> list[str]:
         return [leaf.get_name() for leaf in self.leaves]

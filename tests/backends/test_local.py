@@ -55,7 +55,7 @@ def test_replace_func_changes_result_and_key(storage):
     events = wf.last_report.by_node()
     assert (events["b"].action, events["b"].reason) == ("computed", "code changed: the function")
     assert (events["c"].action, events["c"].reason) == ("read", "cached")  # d needs it
-    assert (events["d"].action, events["d"].reason) == ("computed", "input changed")
+    assert (events["d"].action, events["d"].reason) == ("computed", "input changed: b")
     with pytest.raises(GraphError, match="callable"):
         wf.replace_func(b, 42)
 
