@@ -65,7 +65,7 @@ from .errors import (
 from .arguments import summarize_arguments
 from .fingerprint import begin_plan, describe_change, function_inputs, node_fingerprint
 from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
-from .hashing import Encoder, Unhashable, _type_name
+from .hashing import Encoder, Unhashable, _type_name, user_stacklevel
 
 __all__ = [
     "Task",
@@ -306,7 +306,7 @@ def _unhashable(task: Task, exc: Unhashable, strict: bool, where: str) -> bytes:
         f"node {task.name!r}: {where} of type {cls} cannot be hashed ({exc.reason}); the node "
         f"will be recomputed on every run. {fix}",
         CacheWarning,
-        stacklevel=4,
+        stacklevel=user_stacklevel(),  # the user's call (run(), compute() ...), not the library
     )
     task.reason = UNHASHABLE
     return uuid.uuid4().bytes

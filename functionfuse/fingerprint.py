@@ -151,16 +151,65 @@ def _source_or_code(obj: Any) -> str:
     if isinstance(code, types.CodeType):
         logger.debug("no source for %r; fingerprinting its bytecode", obj)
         return "code:" + _code_token(code)
-    if inspect.isclass(obj):
-        parts = []
-        for name, value in sorted(vars(obj).items()):
-            func = getattr(value, "__func__", value)
-            code = getattr(func, "__code__", None)
-            # Extension types (Cython, C) have no code objects, only descriptors.
-            parts.append(name + "=" + (_code_token(code) if isinstance(code, types.CodeType) else ""))
-        return "class:" + "|".join(parts)
     # Never repr(): it may hold a memory address or an abbreviated value.
     return "opaque:" + _qualname(obj)
+
+
+# Attributes every class has, or that restate what the members already say.
+_CLASS_NOISE = frozenset({
+    "__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__annotations__",
+    "__dataclass_fields__", "__dataclass_params__", "__match_args__", "__slots__",
+    "__orig_bases__", "__parameters__", "__static_attributes__", "__firstlineno__",
+})
+_CLASS_IN_PROGRESS: set[int] = set()
+
+
+def _class_body(cls: type) -> str:
+    """A class's own code: each method's normalised source, nested classes,
+    and class-level values (by token), in name order.
+
+    Built from the members rather than from ``inspect.getsource(cls)``, which
+    finds a class only through its module's file: a class pasted in a notebook
+    (or defined in a script run as ``__main__`` from elsewhere) gets the same
+    fingerprint as when its module is imported.
+    """
+    if id(cls) in _CLASS_IN_PROGRESS:  # a class attribute holding an instance of the class
+        return "cycle"
+    _CLASS_IN_PROGRESS.add(id(cls))
+    try:
+        parts = []
+        annotations = vars(cls).get("__annotations__")
+        if isinstance(annotations, dict):
+            parts.append("fields=" + ",".join(map(str, annotations)))
+        for name, value in sorted(vars(cls).items()):
+            if name in _CLASS_NOISE:
+                continue
+            if isinstance(value, property):
+                funcs = [f for f in (value.fget, value.fset, value.fdel) if f is not None]
+                parts.append(name + "=property:" + ";".join(_source_or_code(f) for f in funcs))
+                continue
+            target = getattr(value, "__func__", value)  # staticmethod / classmethod
+            if isinstance(target, types.FunctionType):
+                parts.append(f"{name}={type(value).__name__}:{_source_or_code(target)}")
+            elif inspect.isclass(value) and getattr(value, "__qualname__", "").startswith(cls.__qualname__ + "."):
+                parts.append(f"{name}=class:{_class_body(value)}")
+            elif name.startswith("__") and name.endswith("__"):
+                continue  # descriptors and slots Python adds (__new__ of enums ...)
+            else:
+                parts.append(f"{name}={_member_token(value)}")
+        return "|".join(parts)
+    finally:
+        _CLASS_IN_PROGRESS.discard(id(cls))
+
+
+def _member_token(value: Any) -> str:
+    from .errors import HashingError
+    from .hashing import tokenize
+
+    try:
+        return "value:" + tokenize(value)[:32]
+    except (HashingError, RecursionError):
+        return "type:" + stable_name(type(value))
 
 
 def _qualname(obj: Any) -> str:
@@ -189,7 +238,7 @@ def code_fingerprint(obj: Any, version: str | None = None) -> str:
         text = "method|" + code_fingerprint(obj.__func__)
     elif inspect.isclass(obj):
         parts = [
-            _qualname(base) + ":" + _source_or_code(base)
+            _qualname(base) + ":" + _class_body(base)
             for base in obj.__mro__
             if is_user_module(base.__module__)
         ]

@@ -14,7 +14,23 @@ Invariants
   :class:`~functionfuse.errors.HashingError` (strict) or, in the caching layer,
   becomes a random token (a guaranteed cache miss) with a warning.  It is never
   silently replaced by a constant, and arbitrary objects are never keyed on
-  their pickle bytes (pickles are not canonical).
+  their pickle bytes (pickles are not canonical): the last-resort path encodes
+  the structure ``__reduce_ex__`` describes (class, arguments, attributes),
+  value by value, and only when that structure is plain data.
+
+What hashes
+-----------
+Builtins and containers; numpy and pandas values by content; classes of any
+metaclass (``abc.ABC`` subclasses, enums, scikit-learn estimator classes) by
+name, plus, for the user's own classes, their code; enum members; dataclasses
+and named tuples; scikit-learn estimators and kernels by class, parameters and
+fitted state; and, last, any object whose pickled form (``__reduce_ex__``) is
+its class and plain attribute data.
+
+Type names in the encoding come from :func:`functionfuse.modules.stable_type_name`:
+the user's classes are named without their module, so a value built in a
+script run as ``python pipeline.py`` (module ``__main__``) hashes like the same
+value built by ``import pipeline``.
 
 Extending
 ---------
@@ -38,21 +54,26 @@ break for every user.
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import datetime
 import decimal
 import enum
 import fractions
 import hashlib
+import importlib
+import os
 import pathlib
+import sys
 import types
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from .errors import HashingError
+from .modules import is_user_module, stable_type_name
 
-__all__ = ["normalize_token", "tokenize", "hash_bytes", "Dispatch", "Unhashable"]
+__all__ = ["normalize_token", "tokenize", "hash_bytes", "Dispatch", "Unhashable", "user_stacklevel"]
 
 HASH_NAME = "sha256"
 
@@ -121,13 +142,16 @@ class Dispatch:
             if base in self._lookup:
                 found = self._lookup[base]
                 break
-        if found is None:
-            toplevel = cls.__module__.partition(".")[0]
-            register = self._lazy.pop(toplevel, None)
-            if register is not None:
-                register()
-                self._cache.clear()
-                return self.dispatch(cls)
+        if found is None and self._lazy:
+            # A user's subclass (of a scikit-learn estimator, a numpy array ...)
+            # triggers the registrations of the libraries its bases come from.
+            for base in cls.__mro__:
+                toplevel = (getattr(base, "__module__", None) or "").partition(".")[0]
+                register = self._lazy.pop(toplevel, None)
+                if register is not None:
+                    register()
+                    self._cache.clear()
+                    return self.dispatch(cls)
         self._cache[cls] = found
         return found
 
@@ -158,7 +182,26 @@ def _call_normalizer(func: Callable[[Any], Any], obj: Any) -> Any:
 
 
 def _type_name(cls: type) -> str:
+    """Full name of a class, for messages (encodings use ``stable_type_name``)."""
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_STABLE_NAMES: dict[type, bytes] = {}
+
+
+def _stable_name_bytes(cls: type) -> bytes:
+    """``stable_type_name(cls)`` as bytes (memoised: it is on every tagged value's path)."""
+    try:
+        return _STABLE_NAMES[cls]
+    except KeyError:
+        pass
+    except TypeError:  # a metaclass that makes its classes unhashable
+        return stable_type_name(cls).encode("utf-8", "surrogatepass")
+    name = stable_type_name(cls).encode("utf-8", "surrogatepass")
+    if len(_STABLE_NAMES) >= 4096:
+        _STABLE_NAMES.clear()
+    _STABLE_NAMES[cls] = name
+    return name
 
 
 def _len_prefixed(tag: bytes, data: bytes) -> bytes:
@@ -212,28 +255,63 @@ class Encoder:
     def _feed_other(self, obj: Any, cls: type, out: list[bytes]) -> None:
         custom = getattr(cls, "__functionfuse_token__", None)
         if custom is not None:
-            out.append(_len_prefixed(b"U", _type_name(cls).encode()))
+            out.append(_len_prefixed(b"U", _stable_name_bytes(cls)))
             self._guarded(obj, lambda: self._feed(_call_normalizer(custom, obj), out))
             return
         func = normalize_token.dispatch(cls)
         if func is not None:
-            out.append(_len_prefixed(b"R", _type_name(cls).encode()))
+            out.append(_len_prefixed(b"R", _stable_name_bytes(cls)))
             self._guarded(obj, lambda: self._feed(_call_normalizer(func, obj), out))
             return
+        if isinstance(obj, type):  # a class whose metaclass is not ``type`` (ABCMeta, EnumType ...)
+            _enc_type(self, obj, out)
+            return
         if dataclasses.is_dataclass(cls):
-            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-            out.append(_len_prefixed(b"D", _type_name(cls).encode()))
+            try:
+                fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+            except AttributeError as exc:  # a field(init=False) never set
+                raise Unhashable(obj, f"a dataclass field is not set ({exc})") from None
+            out.append(_len_prefixed(b"D", _instance_class_bytes(cls)))
             self._guarded(obj, lambda: self._mapping(fields, out))
             return
         for base, enc in _SUBCLASS:
             if isinstance(obj, base):
-                out.append(_len_prefixed(b"K", _type_name(cls).encode()))
+                out.append(_len_prefixed(b"K", _stable_name_bytes(cls)))
                 enc(self, obj, out)
                 return
-        raise Unhashable(
-            obj,
-            f"no deterministic token for a value of type {_type_name(cls)}",
-        )
+        self._feed_reduced(obj, cls, out)
+
+    def _feed_reduced(self, obj: Any, cls: type, out: list[bytes]) -> None:
+        """Last resort: an object whose pickled form is its class plus plain data.
+
+        Encoded as ``O`` + the class's stable name, then the constructor
+        arguments, the state (attribute dicts in name order when the state is
+        the default ``__getstate__``), list items and dict items.  Anything
+        that does not have this shape is unhashable.
+        """
+        args, kwargs, state, slots, listitems, dictitems = _reduced(obj, cls)
+        out.append(_len_prefixed(b"O", _instance_class_bytes(cls)))
+
+        def feed(value: Any, where: str) -> None:
+            try:
+                self._feed(value, out)
+            except Unhashable as inner:
+                raise Unhashable(
+                    obj, f"{where} cannot be hashed ({_type_name(type(inner.obj))}: {inner.reason})"
+                ) from None
+
+        def action() -> None:
+            feed(args, "its constructor arguments")
+            for pairs, what in ((kwargs, "constructor argument"), (state, "attribute"), (slots, "slot")):
+                out.append(b"d")
+                for key, value in pairs:
+                    feed(key, f"the name of its {what} {key!r}")
+                    feed(value, f"its {what} {key!r}")
+                out.append(b"e")
+            feed(listitems, "its items")
+            feed(dictitems, "its items")
+
+        self._guarded(obj, action)
 
     def _enter(self, obj: Any) -> int:
         oid = id(obj)
@@ -307,8 +385,41 @@ def _enc_bytes(e: Encoder, obj: Any, out: list[bytes]) -> None:
     out.append(_len_prefixed(b"b", bytes(obj)))
 
 
+_INSTANCE_CLASSES: dict[type, bytes] = {}
+
+
+def _instance_class_bytes(cls: type) -> bytes:
+    """The class part of an instance encoded by its fields or state (``D``, ``O``).
+
+    For the user's classes it carries the class's code fingerprint too: what
+    such an object does in a node comes from its methods, so editing them
+    changes the key (memoised per class object; an edited class is a new one).
+    """
+    cached = _INSTANCE_CLASSES.get(cls)
+    if cached is not None:
+        return cached
+    name = _stable_name_bytes(cls)
+    if is_user_module(getattr(cls, "__module__", None)):
+        from .fingerprint import code_fingerprint  # fingerprint imports this module
+
+        name += b"@" + code_fingerprint(cls).encode()
+    if len(_INSTANCE_CLASSES) >= 4096:
+        _INSTANCE_CLASSES.clear()
+    _INSTANCE_CLASSES[cls] = name
+    return name
+
+
 def _enc_type(e: Encoder, obj: Any, out: list[bytes]) -> None:
-    out.append(_len_prefixed(b"C", _type_name(obj).encode()))
+    # Installed classes: ``C`` + module.qualname.  The user's classes: ``A`` +
+    # qualname + the fingerprint of their code, so that editing a class passed
+    # as an argument changes the key, and ``__main__`` vs imported agree.
+    name = _stable_name_bytes(obj)
+    if not is_user_module(getattr(obj, "__module__", None)):
+        out.append(_len_prefixed(b"C", name))
+        return
+    from .fingerprint import code_fingerprint  # fingerprint imports this module
+
+    out.append(_len_prefixed(b"A", name) + _len_prefixed(b"", code_fingerprint(obj).encode()))
 
 
 def _enc_function(e: Encoder, obj: Any, out: list[bytes]) -> None:
@@ -324,19 +435,25 @@ def _enc_builtin_function(e: Encoder, obj: Any, out: list[bytes]) -> None:
 
 def _enc_repr(tag: bytes) -> Callable[[Encoder, Any, list[bytes]], None]:
     def enc(e: Encoder, obj: Any, out: list[bytes]) -> None:
-        text = f"{_type_name(type(obj))}|{obj!r}"
+        text = f"{stable_type_name(type(obj))}|{obj!r}"
         out.append(_len_prefixed(tag, text.encode()))
 
     return enc
 
 
 def _enc_datetime(e: Encoder, obj: Any, out: list[bytes]) -> None:
-    text = f"{_type_name(type(obj))}|{obj.isoformat()}|{obj.tzinfo!r}"
+    text = f"{stable_type_name(type(obj))}|{obj.isoformat()}|{obj.tzinfo!r}"
     out.append(_len_prefixed(b"t", text.encode()))
 
 
 def _enc_enum(e: Encoder, obj: Any, out: list[bytes]) -> None:
-    out.append(_len_prefixed(b"E", f"{_type_name(type(obj))}.{obj.name}".encode()))
+    name = obj.name
+    if isinstance(name, str):
+        out.append(_len_prefixed(b"E", b"%s.%s" % (_stable_name_bytes(type(obj)), name.encode())))
+        return
+    # A Flag value that no member names (``Perm(0)``, unnamed bits): its value.
+    out.append(_len_prefixed(b"E", _stable_name_bytes(type(obj)) + b"#"))
+    e._feed(obj._value_, out)
 
 
 def _enc_namedtuple_or_tuple(e: Encoder, obj: Any, out: list[bytes]) -> None:
@@ -402,6 +519,103 @@ _SUBCLASS: list[tuple[type, Callable[[Encoder, Any, list[bytes]], None]]] = [
 ]
 
 
+_DEFAULT_GETSTATE = getattr(object, "__getstate__", None)  # Python >= 3.11
+
+
+def _plain_state(value: Any) -> bool:
+    return value is None or type(value) is dict
+
+
+def _items(mapping: dict | None, sort: bool, obj: Any) -> list[tuple[Any, Any]]:
+    if not mapping:
+        return []
+    if not sort:
+        return list(mapping.items())
+    if not all(type(k) is str for k in mapping):
+        raise Unhashable(obj, "its pickled state has attribute names that are not strings")
+    return sorted(mapping.items())
+
+
+def _slots_set(obj: Any, cls: type) -> bool:
+    """Whether any ``__slots__`` attribute declared in Python is set on ``obj``."""
+    for base in cls.__mro__:
+        names = base.__dict__.get("__slots__", ())
+        for name in (names,) if isinstance(names, str) else names:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{base.__name__.lstrip('_')}{name}"
+            if hasattr(obj, name):
+                return True
+    return False
+
+
+def _reduced(obj: Any, cls: type) -> tuple[Any, ...]:
+    """``(args, kwargs items, state items, slot items, list items, dict items)``
+    of an object whose ``__reduce_ex__(4)`` has the common, plain shape, else
+    :class:`Unhashable`.
+
+    Accepted: ``copyreg.__newobj__(cls, *args)`` / ``copyreg.__newobj_ex__(cls,
+    args, kwargs)`` or ``cls(*args)`` itself as the callable, and as state
+    ``None``, a dict or a ``(dict | None, dict | None)`` pair (``__dict__`` and
+    slots).  Rejected: any other callable (a C type's opaque reconstructor, a
+    global name), other state shapes (a custom ``__getstate__``'s tuple or
+    blob), no state although the object has attributes (a custom
+    ``__reduce__`` that may leave some out), and a state setter.
+    """
+    try:
+        rv = obj.__reduce_ex__(4)
+    except Exception as exc:  # locks, generators, open files, C objects ...
+        raise Unhashable(obj, f"it cannot be pickled ({type(exc).__name__}: {exc})") from None
+    if not isinstance(rv, tuple) or not 2 <= len(rv) <= 5:
+        raise Unhashable(obj, "it pickles by reference to a global name, not by value")
+    func, args = rv[0], rv[1]
+    state = rv[2] if len(rv) > 2 else None
+    listitems = rv[3] if len(rv) > 3 else None
+    dictitems = rv[4] if len(rv) > 4 else None
+    if type(args) is not tuple:
+        raise Unhashable(obj, "its pickled form is not a class and plain data")
+    kwargs: dict | None = None
+    if func is copyreg.__newobj__ and args and args[0] is cls:
+        args = args[1:]
+    elif func is copyreg.__newobj_ex__ and len(args) == 3 and args[0] is cls:
+        args, kwargs = args[1], args[2]
+        if type(args) is not tuple or type(kwargs) is not dict:
+            raise Unhashable(obj, "its pickled form is not a class and plain data")
+    elif func is not cls:
+        name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        raise Unhashable(obj, f"it pickles through {name}, not through its class and plain data")
+    slots = None
+    if type(state) is tuple and len(state) == 2 and _plain_state(state[0]) and _plain_state(state[1]):
+        state, slots = state
+    elif not _plain_state(state):
+        raise Unhashable(obj, f"its pickled state is a {type(state).__qualname__}, not attribute data")
+    if state is None and (getattr(obj, "__dict__", None) or (slots is None and _slots_set(obj, cls))):
+        # A custom __reduce__ that keeps its attributes out of the state: it
+        # may drop some, and two different objects must not hash alike.
+        raise Unhashable(obj, "its pickled form leaves out its attributes")
+    # Attribute dicts from the default __getstate__: their order is not part
+    # of the value.  A custom __getstate__'s dict keeps its order.
+    default_reduce = (
+        getattr(cls, "__reduce_ex__", None) is object.__reduce_ex__
+        and getattr(cls, "__reduce__", None) is object.__reduce__
+    )
+    default = default_reduce and getattr(cls, "__getstate__", None) is _DEFAULT_GETSTATE
+    try:
+        items = [] if listitems is None else list(listitems)
+        pairs = [] if dictitems is None else [tuple(kv) for kv in dictitems]
+    except Exception as exc:  # noqa: BLE001 - an iterator that cannot be read
+        raise Unhashable(obj, f"its pickled items cannot be read ({type(exc).__name__}: {exc})") from None
+    return (
+        args,
+        _items(kwargs, True, obj),  # keyword arguments: order is not semantic
+        _items(state, default, obj),
+        _items(slots, True, obj),
+        items,
+        pairs,
+    )
+
+
 def tokenize(*args: Any, **kwargs: Any) -> str:
     """Deterministic hex token of the given values.
 
@@ -430,6 +644,72 @@ def tokenize(*args: Any, **kwargs: Any) -> str:
             "register a normalizer with functionfuse.hashing.normalize_token.register(cls)."
         ) from None
     return hash_bytes(data)
+
+
+# -- where a warning should point -------------------------------------------------
+
+_PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep
+_IMPORT_MACHINERY = os.path.dirname(os.path.realpath(importlib.__file__)) + os.sep
+_LIBRARY_FILE: dict[str, bool] = {}
+
+
+def _warnings_internal(filename: str) -> bool:
+    # The frames ``warnings.warn`` itself skips when counting ``stacklevel``
+    # (``_is_internal_frame`` in CPython's warnings module).
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+def _library_file(filename: str) -> bool:
+    """Whether a frame in ``filename`` is functionfuse's or the import machinery's."""
+    try:
+        return _LIBRARY_FILE[filename]
+    except KeyError:
+        pass
+    if filename.startswith("<"):  # "<frozen runpy>", "<stdin>", "<string>" ...
+        found = filename.startswith(("<frozen importlib", "<frozen runpy"))
+    else:
+        real = os.path.realpath(filename)
+        found = (
+            real.startswith(_PACKAGE_DIR)
+            or real.startswith(_IMPORT_MACHINERY)
+            or os.path.basename(real) == "runpy.py"
+            or _warnings_internal(real)
+        )
+    _LIBRARY_FILE[filename] = found
+    return found
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the user's code.
+
+    Call it in the function that calls :func:`warnings.warn` and pass the
+    result straight on::
+
+        warnings.warn(message, CacheWarning, stacklevel=user_stacklevel())
+
+    The count is the one ``warnings.warn`` uses when called from that same
+    function (the caller of ``user_stacklevel``): 1 is that function itself,
+    2 its caller and so on, with the import system's ``_bootstrap`` frames
+    not counted (``warnings.warn`` skips them too).  The frame it designates is
+    the innermost one whose file is neither inside the functionfuse package
+    nor part of the import machinery (``importlib``, ``runpy``).  When every
+    frame is the library's, it designates the outermost one.
+
+    >>> user_stacklevel()  # called from the user's code: that code itself
+    1
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while True:
+        if not _library_file(frame.f_code.co_filename):
+            return level
+        back = frame.f_back
+        while back is not None and _warnings_internal(back.f_code.co_filename):
+            back = back.f_back
+        if back is None:
+            return level
+        frame = back
+        level += 1
 
 
 # -- lazy registrations for scientific types -----------------------------------
@@ -469,6 +749,13 @@ def _register_numpy() -> None:
     def _generator(x: Any) -> Any:
         return ("Generator", type(x.bit_generator).__name__, x.bit_generator.state)
 
+    @normalize_token.register(np.ufunc)
+    def _ufunc(x: Any) -> Any:
+        # numpy's own ufuncs by name; others (np.frompyfunc) share names.
+        if getattr(np, x.__name__, None) is not x:
+            raise Unhashable(x, f"the ufunc {x.__name__!r} is not numpy's own")
+        return ("ufunc", x.__name__)
+
     @normalize_token.register(np.random.RandomState)
     def _randomstate(x: Any) -> Any:
         return ("RandomState", _array(x.get_state(legacy=False)["state"]["key"]),
@@ -503,3 +790,27 @@ def _register_pandas() -> None:
             for i, (name, dtype) in enumerate(x.dtypes.items())
         ]
         return ("DataFrame", _index(x.columns), _index(x.index), columns)
+
+
+@normalize_token.register_lazy("sklearn")
+def _register_sklearn() -> None:
+    from sklearn.base import BaseEstimator
+    from sklearn.gaussian_process.kernels import Kernel
+
+    # Set by set_output() / set_fit_request(): they change what the estimator
+    # returns or is given, so they are part of its value.
+    config = ("_sklearn_output_config", "_metadata_request")
+
+    @normalize_token.register((BaseEstimator, Kernel))
+    def _estimator(est: Any) -> Any:
+        # Nested estimators and kernels among the parameters are normalized
+        # again by the encoder.
+        params = dict(sorted(est.get_params(deep=False).items()))
+        attrs = getattr(est, "__dict__", {})
+        fitted = {
+            name: value
+            for name, value in sorted(attrs.items())
+            if name.endswith("_") and not name.startswith("_")
+        }
+        settings = {name: attrs[name] for name in config if name in attrs}
+        return (stable_type_name(type(est)), params, fitted, settings)

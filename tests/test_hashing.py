@@ -3,6 +3,7 @@ import datetime
 import enum
 import pathlib
 import pickle
+import threading
 from collections import OrderedDict, namedtuple
 
 import numpy as np
@@ -36,6 +37,62 @@ def test_golden_digests():
         "nested": "fad7c43972202cb35e6fab895ca4876df11e07bd9f460344dc8af0fc61ef4dd6",
         "array": "0c0588d0d85a4d1082fe91db38391e4fe322126c1ce49d14a34dedeed2c71d3c",
     }
+
+
+def test_golden_digests_of_installed_types():
+    """Installed (stdlib, numpy, pandas) types keep their module in the encoding:
+    naming the user's types without theirs must not move these."""
+    import decimal
+    import fractions
+    import logging
+    import re
+    import uuid
+
+    pinned = {
+        "datetime": tokenize(datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)),
+        "date": tokenize(datetime.date(2024, 1, 2)),
+        "path": tokenize(pathlib.PurePosixPath("/a/b")),
+        "ordered": tokenize(OrderedDict(a=1)),
+        "regexflag": tokenize(re.IGNORECASE),
+        "decimal": tokenize(decimal.Decimal("1.5")),
+        "fraction": tokenize(fractions.Fraction(1, 3)),
+        "uuid": tokenize(uuid.UUID(int=5)),
+        "classes": tokenize((int, dict, OrderedDict)),
+        "range": tokenize(range(3)),
+        "frame": tokenize(pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})),
+        "npscalar": tokenize(np.float32(1.5)),
+        "logger": tokenize(logging.getLogger("x")),
+    }
+    assert pinned == {
+        "datetime": "6adcbe8bfddfded2f022b33c6790981e537bc6550748d3d36fb2e7f6749a2e59",
+        "date": "1a6475f8e46bc87d8546373eb66fe5bc5774fa4204436ab41c8cfd0333c3dcf5",
+        "path": "36aaad3a792edc823ab166d7138646ec75a53785bcac0e9fb252dd21d8c6cef6",
+        "ordered": "ae673af1adbd20a49503e1e7057ac94a0dfa7139bbfa71c80ccd8136db9d3d49",
+        "regexflag": "6a93fb23434eab11ca7ac613e525135262168b194b649b750161121649d678a3",
+        "decimal": "11c9cd666b3da374eb719ceccf2b6b11ef8fbe4f52de9dc4241ad9e1134b687d",
+        "fraction": "56f4f2dd6965e0bda7a4c59d3036fddd91682e4a898543b791c7f6a6a1ba0e53",
+        "uuid": "67c2c58e75203026f5bbda69f9c57dc17db76f94b52d057f865231857f12315e",
+        "classes": "bb0f07ece08c24f0a62f16e97f8e617b771afb96d9c5dc6d850a97c69b5ab159",
+        "range": "6e99da0f24cc9d36e63894a279fac0268e36ab67f6590a1424ca3632a8d183bc",
+        "frame": "0bcfd4c031ee3c4d84b873351f3ab6f81734fcb352b5456daed13ba77b6e57c8",
+        "npscalar": "efd7bd5083d4eeff014a15961994a75adcaf188fd638ae370ccbad6b28452abe",
+        "logger": "d6843dce55176b5464be90216b5790e0b3a87d5f969083740f4a1935e9d47b79",
+    }
+
+
+def test_user_types_are_named_without_their_module():
+    """Deliberate encoding change: the user's enum members, dataclasses and named
+    tuples are tagged with their qualified name alone (was module + qualname)."""
+    from functionfuse.hashing import Encoder
+
+    assert Encoder().encode(Color.RED) == b"K5:ColorE9:Color.RED"
+    assert Encoder().encode(Point(1, 2)) == b"K5:Pointti1ei2ee"
+    # Instances encoded by their fields carry their class's code: editing a
+    # method of a user's dataclass changes the key.
+    from functionfuse.fingerprint import code_fingerprint
+
+    name = b"Config@" + code_fingerprint(Config).encode()
+    assert Encoder().encode(Config(0.5, [])) == b"D%d:%sds2:lrf0x1.0000000000000p-1es6:layerslee" % (len(name), name)
 
 
 def test_type_tags_prevent_collisions():
@@ -110,7 +167,10 @@ def test_stdlib_types():
 
 
 class Opaque:
-    pass
+    """Holds a lock: its pickled state is not plain data."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
 
 
 class WithToken:
@@ -127,7 +187,8 @@ class Registered:
 
 
 def test_unhashable_is_loud():
-    with pytest.raises(HashingError, match="Opaque.*__functionfuse_token__.*normalize_token.register"):
+    match = "Opaque.*'lock'.*__functionfuse_token__.*normalize_token.register"
+    with pytest.raises(HashingError, match=match):
         tokenize(Opaque())
     cyclic = []
     cyclic.append(cyclic)

@@ -285,3 +285,25 @@ def test_explain_names_changed_global_in_process(tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_editing_a_method_of_an_argument_object_changes_its_token():
+    from functionfuse import tokenize
+
+    def make(body):
+        namespace = {"__name__": "__main__"}
+        exec(
+            "from dataclasses import dataclass\n"
+            "@dataclass\nclass Prior:\n    scale: float = 1.0\n"
+            f"    def sample(self):\n        return {body}\n"
+            "class Plain:\n    def __init__(self):\n        self.k = 2\n"
+            f"    def go(self):\n        return {body}\n",
+            namespace,
+        )
+        return namespace
+
+    a, b, c = make("self.scale * 2"), make("self.scale * 3"), make("self.scale * 2")
+    assert tokenize(a["Prior"]()) != tokenize(b["Prior"]())
+    assert tokenize(a["Prior"]()) == tokenize(c["Prior"]())
+    assert tokenize(a["Plain"]()) != tokenize(b["Plain"]())
+    assert tokenize(a["Plain"]()) == tokenize(c["Plain"]())
