@@ -294,3 +294,33 @@ def test_metadata_arguments_of_estimators_and_classes(tmp_path):
 
 def test_public_names():
     assert functionfuse.compute is compute and functionfuse.explain is explain
+
+
+def test_unhashable_warning_points_at_the_users_call(tmp_path):
+    import threading
+    import warnings
+
+    from functionfuse import CacheWarning
+
+    class Holder:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+    storage = FileStorage(tmp_path / "s")
+    node = total([1, fit(Holder()).set_name("f")])
+    for call in (
+        lambda: compute(node, storage=storage, workflow_name="wf"),
+        lambda: _run_local(node, storage),
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        [warning] = [w for w in caught if w.category is CacheWarning]
+        assert warning.filename == __file__, warning.filename
+        assert "node 'f'" in str(warning.message)
+
+
+def _run_local(node, storage):
+    wf = LocalWorkflow(node, workflow_name="wf")
+    wf.set_storage(storage)
+    return wf.run()
