@@ -24,6 +24,7 @@ import inspect
 import math
 from typing import Any
 
+from .graph import BaseNode, NodeItem
 from .modules import stable_name, stable_type_name
 
 __all__ = ["summarize_arguments", "summarize_value"]
@@ -48,23 +49,62 @@ def summarize_arguments(func: Any, args: tuple, kwargs: dict, name_of: Any) -> d
     >>> summarize_arguments(fit, ([1, 2],), {"solver": "saga"}, str)
     {'X': [1, 2], 'solver': 'saga'}
     """
-    bound: dict[str, Any] | None = None
-    try:
-        signature = inspect.signature(func)
-        ba = signature.bind_partial(*args, **kwargs)
-        bound = {}
-        for pname, value in ba.arguments.items():
-            kind = signature.parameters[pname].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                bound.update(value)
-            else:
-                bound[pname] = value
-    except (TypeError, ValueError):
-        bound = None
+    bound = _bind(func, args, kwargs)
     if bound is None:
         bound = {f"arg{i}": a for i, a in enumerate(args)}
         bound.update(kwargs)
     return {str(k): summarize_value(v, name_of) for k, v in bound.items()}
+
+
+_PARAMS: dict[Any, tuple[tuple[str, ...], frozenset[str], bool, bool] | None] = {}
+
+
+def _params(func: Any) -> tuple[tuple[str, ...], frozenset[str], bool, bool] | None:
+    """``(positional names, keyword names, takes *args, takes **kwargs)`` of
+    ``func``, memoised (a node function is summarised once per stored node)."""
+    try:
+        return _PARAMS[func]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable
+        return None
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        found = None
+    else:
+        kinds = inspect.Parameter
+        positional = tuple(p.name for p in parameters if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD))
+        keyword = frozenset(p.name for p in parameters if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY))
+        found = (
+            positional,
+            keyword,
+            any(p.kind is kinds.VAR_POSITIONAL for p in parameters),
+            any(p.kind is kinds.VAR_KEYWORD for p in parameters),
+        )
+    if len(_PARAMS) >= 1024:
+        _PARAMS.clear()
+    _PARAMS[func] = found
+    return found
+
+
+def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """Arguments by parameter name (``*args`` extras as ``"args[i]"``), or None
+    when the call does not bind to the signature."""
+    params = _params(func)
+    if params is None:
+        return None
+    positional, keyword, var_args, var_kwargs = params
+    if len(args) > len(positional) and not var_args:
+        return None
+    bound = dict(zip(positional, args))
+    for i, extra in enumerate(args[len(positional):]):
+        bound[f"args[{i}]"] = extra
+    for name, value in kwargs.items():
+        if name in bound or (name not in keyword and not var_kwargs):
+            return None
+        bound[name] = value
+    return bound
 
 
 def summarize_value(value: Any, name_of: Any = None, depth: int = 0) -> Any:
@@ -82,8 +122,6 @@ def summarize_value(value: Any, name_of: Any = None, depth: int = 0) -> Any:
 
 
 def _summarize(value: Any, name_of: Any, depth: int) -> Any:
-    from .graph import BaseNode, NodeItem
-
     if value is None or isinstance(value, bool):
         return value
     cls = type(value)
