@@ -658,6 +658,11 @@ def node_error(task: Task, exc: Exception) -> NodeExecutionError:
     )
 
 
+def _failed_after(task: Task, exc: NodeExecutionError, seconds: float) -> NodeExecutionError:
+    exc.seconds = task.seconds = seconds
+    return exc
+
+
 def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = None) -> Any:
     """Compute one node and store its result (the path every backend uses).
 
@@ -667,6 +672,8 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     start = time.perf_counter()
     try:
         value = execute(task, args, kwargs, instance)
+    except NodeExecutionError as exc:
+        raise _failed_after(task, exc, time.perf_counter() - start) from exc.__cause__
     finally:
         task.seconds = elapsed = time.perf_counter() - start
     if task.reason == REPLAY:

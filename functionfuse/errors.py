@@ -79,8 +79,12 @@ class NodeExecutionError(FunctionFuseError):
         super().__init__(message)
         self.node = node
         self.key = key
-        #: The traceback of the user's exception when it was raised on a worker.
+        #: The traceback of the user's exception when it was raised on a worker,
+        #: naming the user's files, lines and source text (see
+        #: :mod:`functionfuse.backends.tracebacks`).
         self.remote_traceback = remote_traceback
+        #: How long the node's function ran before it raised (for reports).
+        self.seconds: float = 0.0
 
     def __reduce__(self):  # keep node, key and the cause across processes
         cause = self.__cause__
@@ -90,7 +94,10 @@ class NodeExecutionError(FunctionFuseError):
             pickle.dumps(cause)
         except Exception:  # noqa: BLE001 - an unpicklable cause travels as text only
             cause = None
-        return (_rebuild_node_error, (type(self), self.args[0], self.node, self.key, self.remote_traceback, cause))
+        return (
+            _rebuild_node_error,
+            (type(self), self.args[0], self.node, self.key, self.remote_traceback, cause, self.seconds),
+        )
 
     def __str__(self) -> str:
         text = super().__str__()
@@ -99,7 +106,8 @@ class NodeExecutionError(FunctionFuseError):
         return text
 
 
-def _rebuild_node_error(cls, message, node, key, remote_traceback, cause):  # type: ignore[no-untyped-def]
+def _rebuild_node_error(cls, message, node, key, remote_traceback, cause, seconds=0.0):  # type: ignore[no-untyped-def]
     err = cls(message, node=node, key=key, remote_traceback=remote_traceback)
     err.__cause__ = cause
+    err.seconds = seconds
     return err

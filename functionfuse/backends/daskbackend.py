@@ -14,6 +14,9 @@
   ``workers``), and its calls are pinned there, each depending on the previous
   one, so they run in call order.  If that worker dies the run fails naming
   the node, instead of waiting forever for a worker that is gone.
+* Task keys start with the node's function (``inc-<n>-<run>``,
+  ``load-inc-...``, ``init-Counter-...``, ``Counter.add-...``): the dashboard
+  and the logs group and name tasks by that prefix.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 import uuid
 import warnings
 from abc import ABC, abstractmethod
@@ -31,7 +32,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..caching import LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, load_node, make_plan
+from ..caching import LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, finish_report, load_node, make_plan
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -42,7 +43,7 @@ from ..errors import (
 from ..graph import BaseNode, ClassCallNode, ClassInitNode, NodeItem
 from ..hashing import Encoder, Unhashable
 from .base import BaseWorkflow
-from .remote import EntryUnusable, build_spec
+from .remote import EntryUnusable, build_spec, localize_error
 
 __all__ = ["Query", "DistributedWorkflow", "Engine"]
 
@@ -216,23 +217,32 @@ class DistributedWorkflow(BaseWorkflow):
         if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
             raise GraphError(f"max_pending_tasks must be an int >= 0, got {max_pending_tasks!r}")
         unusable: set[str] = set()
+        start = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             engine = engine_factory()
             plan = None
+            error: BaseException | None = None
             try:
                 plan, plugin_funcs = self._plan(force, strict_hashing, unusable)
                 results = self._one_pass(engine, plan, plugin_funcs, return_results, max_pending_tasks)
-            except (KeyboardInterrupt, SystemExit):
+            except (KeyboardInterrupt, SystemExit) as exc:
+                error = exc
                 engine.cancel()  # an interrupted run leaves nothing running
                 raise
             except _Retry as retry:
                 unusable |= retry.entries
                 logger.info("retrying %r without unusable entries %s", self.workflow_name, sorted(retry.entries))
                 continue
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
                 engine.close()
                 if plan is not None:
-                    self.last_report = RunReport(self.workflow_name, tasks=plan.tasks)
+                    finish_report(plan, error)
+                    self.last_report = RunReport(
+                        self.workflow_name, tasks=plan.tasks, seconds=time.perf_counter() - start
+                    )
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s", self.last_report.summary())
             return results
@@ -240,6 +250,9 @@ class DistributedWorkflow(BaseWorkflow):
             f"workflow {self.workflow_name!r}: entries kept being found unusable after {MAX_ATTEMPTS} "
             f"attempts ({', '.join(sorted(unusable))}); is another process corrupting the storage?"
         )
+
+    def _explain_plan(self, force: Any) -> Plan:
+        return self._plan(force, False, set())[0]  # plugins' seeds count in keys
 
     def _plan(self, force: Any, strict: bool, unusable: set[str]) -> tuple[Plan, dict[int, Any]]:
         named = self._named()
@@ -341,8 +354,11 @@ class DistributedWorkflow(BaseWorkflow):
         first: tuple[Task, BaseException] | None = None
         fallback: tuple[Task, BaseException] | None = None  # consequences of another failure
         unusable: set[str] = set()
+        by_name = {t.name: t for t in plan.tasks}
         for task, error, status in engine.settle():
             if error is None:
+                if task.action == "failed":
+                    continue  # released early; its consumer's error named it
                 if status is not None:
                     task.action, task.seconds = status[0], status[1]
                 elif task.run:
@@ -354,10 +370,18 @@ class DistributedWorkflow(BaseWorkflow):
                 if error.entry in unusable:
                     continue  # the same failure, passed on to a consumer
                 unusable.add(error.entry)
-                by_name = next((t for t in plan.tasks if t.name == error.node), task)
-                by_name.entry = None
+                by_name.get(error.node, task).entry = None
                 warnings.warn(f"{error}; recomputing it", CacheWarning, stacklevel=5)
                 continue
+            # The node that failed is the one the error names; a consumer
+            # receiving its upstream's error never ran.
+            failed_name = getattr(error, "node", None) or task.name
+            culprit = task if failed_name == task.name else by_name.get(failed_name)
+            if culprit is not None:
+                culprit.action = "failed"
+                culprit.seconds = getattr(error, "seconds", 0.0) or culprit.seconds
+            if culprit is not task:
+                task.action = "not run"
             if getattr(error, "secondary", False):
                 if fallback is None:
                     fallback = (task, error)
@@ -368,6 +392,7 @@ class DistributedWorkflow(BaseWorkflow):
         first = first or fallback
         if first is not None:
             task, error = first
+            localize_error(error, plan, self._plugins)  # the user's files and source lines
             raise _named_error(task, error)
 
     def _result(self, engine: Engine, plan: Plan, handles: dict[int, Any], leaf: Any) -> Any:

@@ -10,7 +10,10 @@ Compatible with the original package's ``RayWorkflow`` and fixed:
   first failure is raised with the node's name whatever ``return_results`` is;
 * ``ray_init_args`` that a Ray already running in this process would not honour
   are reported, instead of being silently ignored (the original shut down the
-  user's Ray and started another).
+  user's Ray and started another);
+* tasks are named after the node's function (``inc``, ``load-inc``,
+  ``init-Counter``, ``Counter.add``) in Ray's dashboard, ``ray list tasks`` and
+  logs, rather than all being ``run_task``.
 """
 
 from __future__ import annotations
@@ -133,29 +136,46 @@ class _RayEngine(Engine):
         self.submitted: list[tuple[Task, Any]] = []  # (task, status ref)
         self.pending: list[Any] = []
         self.hosts: list[Any] = []
+        self.named: dict[tuple[str, str], Any] = {}  # (kind, task name) -> remote function
+
+    def _fn(self, kind: str, name: str, options: dict) -> Any:
+        """The remote function ``kind`` whose tasks are called ``name``.
+
+        Ray shows a task's ``name`` in its dashboard, ``ray list tasks`` and
+        logs (by default every node would be ``run_task``).  ``.options()``
+        costs ~10 us, so without node options the named function is made once
+        per function per run.  A ``name`` among the node's options wins.
+        """
+        if options:
+            return _remote(kind).options(**{"name": name, **options})
+        fn = self.named.get((kind, name))
+        if fn is None:
+            fn = self.named[(kind, name)] = _remote(kind).options(name=name)
+        return fn
 
     def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
-        fn = _remote("run")
-        value, status = (fn.options(**options) if options else fn).remote(blob, *deps)
+        value, status = self._fn("run", task.node.qualname, options).remote(blob, *deps)
         self._track(task, status)
         return value
 
     def submit_load(self, task: Task, blob: bytes, options: dict) -> Any:
-        fn = _remote("load")
-        value, status = (fn.options(**options) if options else fn).remote(blob)
+        value, status = self._fn("load", "load-" + task.node.qualname, options).remote(blob)
         self._track(task, status)
         return value
 
     def new_instance(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> tuple[Any, Any]:
+        # The actor itself keeps Ray's class name (InstanceHost): an actor's
+        # ``name`` makes it a named actor, unique in its namespace.
         cls = _remote("host")
         host = (cls.options(**options) if options else cls).remote()
         self.hosts.append(host)
-        value, status = host.init.options(num_returns=2).remote(blob, *deps)
+        init = host.init.options(num_returns=2, name="init-" + task.node.qualname)
+        value, status = init.remote(blob, *deps)
         self._track(task, status)
         return host, value
 
     def call(self, host: Any, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
-        value, status = host.call.options(num_returns=2).remote(blob, *deps)
+        value, status = host.call.options(num_returns=2, name=task.node.qualname).remote(blob, *deps)
         self._track(task, status)
         return value
 

@@ -27,9 +27,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
-from ..caching import LOAD_ERRORS, Plan, Task, load_node, run_node
+from ..caching import LOAD_ERRORS, Plan, Task, argument_summary, load_node, run_node
 from ..errors import (
     CorruptEntryError,
     ExecutorError,
@@ -39,8 +37,17 @@ from ..errors import (
     StorageError,
 )
 from ..graph import NodeItem, _substitute
+from .tracebacks import dumps, localize
 
-__all__ = ["NodeSpec", "EntryUnusable", "build_spec", "run_task", "load_task", "InstanceHost"]
+__all__ = [
+    "NodeSpec",
+    "EntryUnusable",
+    "build_spec",
+    "localize_error",
+    "run_task",
+    "load_task",
+    "InstanceHost",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +142,7 @@ def _worker_task(task: Task) -> Task:
     copy.reason = task.reason
     copy.action = "skipped"
     copy.seconds = 0.0
-    for field in ("key", "fingerprint", "entry", "store", "overwrite", "stale", "method"):
+    for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "stale", "method"):
         if field in task.__dict__:
             setattr(copy, field, task.__dict__[field])
     return copy
@@ -189,7 +196,9 @@ def build_spec(
     ``task.deps`` gives the order of the dependency values the worker
     receives.  With ``load=True`` the spec only loads the node's entry.
     ``functions`` (one dict per run) keeps each function's pickle, so a
-    function shared by many nodes is pickled once.
+    function shared by many nodes is pickled once.  Code objects travel with
+    their real file name (:func:`functionfuse.backends.tracebacks.dumps`), so
+    tracebacks on the worker name the user's file and line.
     """
     if load:
         spec = NodeSpec(_worker_task(task), (), {}, (), None, plan.workflow, storage_blob)
@@ -204,21 +213,51 @@ def build_spec(
 
         args, kwargs = node.resolve_args(placeholder)
         where = tuple(dict.fromkeys([w for w, _ in node.top_refs] + list(node.nested)))
+        if task.store:
+            argument_summary(plan, task)  # the worker writes it into the entry's metadata
         worker_task = _worker_task(task)
         if functions is not None and task.func is not None:
             pickled = functions.get(id(task.func))
             if pickled is None:
                 try:
-                    pickled = functions[id(task.func)] = _Pickled(cloudpickle.dumps(task.func))
+                    pickled = functions[id(task.func)] = _Pickled(dumps(task.func))
                 except Exception as exc:  # noqa: BLE001 - reported below, naming the node
                     raise _unsendable(task, "function", exc) from exc
             worker_task.func = pickled
         spec = NodeSpec(worker_task, args, kwargs, where, plugin, plan.workflow, storage_blob)
     try:
-        return cloudpickle.dumps(spec)
+        return dumps(spec)
     except Exception as exc:  # noqa: BLE001 - anything user objects raise while pickling
         what = "function, its arguments or its plugin" if not load else "storage"
         raise _unsendable(task, what, exc) from exc
+
+
+def localize_error(error: BaseException, plan: Plan, plugins: dict[int, Any] | None = None) -> None:
+    """Make the worker's traceback of ``error`` readable on the driver (in place).
+
+    Frames still naming cloudpickle's placeholder file get the real file of
+    the failing node's code, frames without source get it from the driver
+    (see :func:`functionfuse.backends.tracebacks.localize`).  Only called for
+    the error a run raises, so it costs nothing per node.
+    """
+    text = getattr(error, "remote_traceback", None)
+    if not text or not isinstance(error, NodeExecutionError):
+        return
+
+    def roots() -> Any:
+        task = next((t for t in plan.tasks if t.name == error.node), None)
+        if task is None:
+            return
+        yield task.func
+        init = getattr(task.node, "init", None)  # a method call: the instance's class
+        yield getattr(init, "cls", None)
+        if plugins:
+            yield plugins.get(id(task.node))
+
+    try:
+        error.remote_traceback = localize(text, roots())
+    except Exception as exc:  # noqa: BLE001 - never hide the node's error behind ours
+        logger.debug("could not localize the traceback of node %r: %s", error.node, exc)
 
 
 def _unsendable(task: Task, what: str, exc: Exception) -> ExecutorError:

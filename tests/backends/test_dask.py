@@ -227,3 +227,30 @@ def test_instance_lost_while_idle_fails_instead_of_waiting_forever(fragile_clien
     assert not runner.is_alive(), "the run waited forever for a worker that is gone"
     assert len(errors) == 1 and isinstance(errors[0], ExecutorError)
     assert "holding the instance 'box' died" in str(errors[0])
+
+
+@workflow
+def current_key(x):
+    return distributed.get_worker().get_current_task()
+
+
+def test_task_keys_are_named_after_the_function(dask_client, tmp_path):
+    """Dask's dashboard groups tasks by key prefix: the prefix is the node's function."""
+    from dask.utils import key_split
+
+    storage = FileStorage(tmp_path / "s")
+    first = inc(1).set_name("first")
+    node = current_key(first).set_name("key")
+    box = Box().set_name("box")
+    put = box.put(first).set_name("put")
+    wf = DaskWorkflow(node, put, workflow_name="w", client=dask_client)
+    wf.set_storage(storage)
+    with distributed.get_task_stream(client=dask_client) as stream:
+        key, _ = wf.run()
+    assert key.startswith("current_key-") and key_split(key) == "current_key"  # as the worker saw it
+    seen = sorted(key_split(t["key"]) for t in stream.data)  # as the scheduler saw them
+    assert seen == ["Box.put", "current_key", "inc", "init-Box"]
+
+    with distributed.get_task_stream(client=dask_client) as stream:
+        wf.run(force="key")  # 'first' is cached: a worker loads it for 'key'
+    assert sorted(key_split(t["key"]) for t in stream.data) == ["current_key", "load-inc"]

@@ -159,8 +159,8 @@ def test_changed_argument_recomputes_node_and_downstream(backend, tmp_path):
     assert {n: (e.action, e.reason) for n, e in report.items()} == {
         "a": ("read", "cached"),  # c needs it
         "b": ("read", "cached"),
-        "c": ("computed", "input changed"),
-        "d": ("computed", "input changed"),
+        "c": ("computed", "input changed: argument b"),
+        "d": ("computed", "input changed: c"),
     }
 
 
@@ -385,3 +385,214 @@ def test_a_result_that_cannot_reach_the_driver_names_the_node(backend):
     with pytest.raises(ExecutorError, match="node 'fragile': its result cannot be brought back") as info:
         backend.run(wf)
     assert info.value.node == "fragile"
+
+
+# -- worker tracebacks name the user's file, line and source ------------------------------
+# cloudpickle writes "<dynamic-code>" as the file of code it sends by value; the
+# user must still see this file, the failing line and its text.
+
+
+def _line_of(text):
+    """The line number of the one line of this file containing ``text``."""
+    with open(__file__) as fh:
+        found = [i for i, line in enumerate(fh, 1) if line.strip() == text]
+    assert len(found) == 1, (text, found)
+    return found[0]
+
+
+def _assert_frame(traceback_text, name, source):
+    """A frame of this file, in ``name``, at the line of ``source``, showing it."""
+    frame = f'File "{__file__}", line {_line_of(source)}, in {name}\n    {source}'
+    assert frame in traceback_text, f"{frame!r} not in:\n{traceback_text}"
+
+
+@workflow
+def raises_itself(x):
+    raise ArithmeticError(f"the node itself raised {x}")
+
+
+def _helper_that_raises(x):
+    raise LookupError(f"a helper raised {x}")
+
+
+@workflow
+def calls_a_helper(x):
+    return _helper_that_raises(x) + 1
+
+
+def make_closure_node(offset):
+    @workflow
+    def shifted(x):
+        def check(y):
+            raise OverflowError(f"a nested function raised {y + offset}")
+
+        return check(x)
+
+    return shifted
+
+
+@workflow
+class Failing:
+    def __init__(self, start):
+        self.start = start
+
+    def explode(self, x):
+        raise KeyError(f"a method raised {self.start + x}")
+
+
+def _failing_method(x):
+    return Failing(1).explode(x)
+
+
+CASES = {
+    "node": (raises_itself, [("raises_itself", 'raise ArithmeticError(f"the node itself raised {x}")')]),
+    "helper": (
+        calls_a_helper,
+        [
+            ("calls_a_helper", "return _helper_that_raises(x) + 1"),
+            ("_helper_that_raises", 'raise LookupError(f"a helper raised {x}")'),
+        ],
+    ),
+    "closure": (
+        make_closure_node(10),
+        [
+            ("shifted", "return check(x)"),
+            ("check", 'raise OverflowError(f"a nested function raised {y + offset}")'),
+        ],
+    ),
+    "method": (_failing_method, [("explode", 'raise KeyError(f"a method raised {self.start + x}")')]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_worker_traceback_names_the_users_file_line_and_source(backend, case):
+    func, frames = CASES[case]
+    wf = backend(func(5).set_name("broken"))
+    with pytest.raises(NodeExecutionError, match="node 'broken' failed") as info:
+        backend.run(wf)
+    text = info.value.remote_traceback
+    assert "<dynamic-code>" not in text
+    for name, source in frames:
+        _assert_frame(text, name, source)
+        _assert_frame(str(info.value), name, source)
+
+
+def test_placeholder_file_names_are_resolved_on_the_driver(backend, monkeypatch):
+    """With code sent the way cloudpickle does (as "<dynamic-code>"), the driver
+    still finds the file of each frame among the node's code, and its source."""
+    from functionfuse.backends import remote
+
+    monkeypatch.setattr(remote, "dumps", cloudpickle.dumps)
+    for case in sorted(CASES):
+        func, frames = CASES[case]
+        wf = backend(func(5).set_name("broken"))
+        with pytest.raises(NodeExecutionError) as info:
+            backend.run(wf)
+        assert "<dynamic-code>" not in info.value.remote_traceback
+        for name, source in frames:
+            _assert_frame(info.value.remote_traceback, name, source)
+
+
+def test_source_only_the_driver_has_is_filled_in(backend):
+    """A notebook cell's code: its file exists nowhere, only the driver's linecache
+    holds its text (as IPython does); the worker's traceback gets the line."""
+    import linecache
+    import uuid
+
+    filename = f"/nonexistent/ipykernel/{uuid.uuid4().hex}.py"
+    source = "def cell_function(x):\n    y = x * 2\n    raise RuntimeError(f'cell failed {y}')\n"
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, filename, "exec"), namespace)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    try:
+        wf = backend(workflow(namespace["cell_function"])(4).set_name("cell"))
+        with pytest.raises(NodeExecutionError, match="cell failed 8") as info:
+            backend.run(wf)
+    finally:
+        linecache.cache.pop(filename, None)
+    frame = f"File \"{filename}\", line 3, in cell_function\n    raise RuntimeError(f'cell failed {{y}}')"
+    assert frame in info.value.remote_traceback, info.value.remote_traceback
+
+
+def _uses_a_library(x):
+    return os.path.join(cloudpickle.dumps(x).hex(), _helper_that_raises(x))
+
+
+def test_code_objects_follow_what_travels_by_value():
+    """The driver's fallback finds code the way cloudpickle sends it: globals by
+    value, nested code, closures, partials, bound methods, callable objects."""
+    import functools
+
+    from functionfuse.backends.tracebacks import code_objects
+
+    class Scaler:
+        def __call__(self, x):
+            return _helper_that_raises(x)
+
+    names = lambda *roots: {c.co_name for c in code_objects(roots)}  # noqa: E731
+    assert {"calls_a_helper", "_helper_that_raises"} <= names(calls_a_helper.func)
+    assert {"shifted", "check"} <= names(make_closure_node(1).func)
+    assert {"__init__", "explode"} <= names(Failing.cls)
+    assert {"__call__", "_helper_that_raises"} <= names(Scaler())
+    assert "_helper_that_raises" in names(functools.partial(_helper_that_raises, 1))
+    assert "__call__" in names(Scaler().__call__)
+    # library code (sent by reference) is not entered
+    assert {c.co_filename for c in code_objects([_uses_a_library])} == {__file__}
+    assert "_helper_that_raises" in names(_uses_a_library)
+
+
+def test_localize_rewrites_placeholders_and_fills_missing_source_only():
+    from functionfuse.backends.tracebacks import localize
+
+    line = _line_of('raise LookupError(f"a helper raised {x}")')
+    text = (
+        "Traceback (most recent call last):\n"
+        f'  File "<dynamic-code>", line {line}, in _helper_that_raises\n'
+        f'  File "{__file__}", line {line}, in _helper_that_raises\n'
+        "    the worker's own line is kept\n"
+        '  File "<dynamic-code>", line 1, in no_such_function\n'
+        "LookupError: x\n"
+    )
+    out = localize(text, [calls_a_helper.func])
+    source = 'raise LookupError(f"a helper raised {x}")'
+    assert out == (
+        "Traceback (most recent call last):\n"
+        f'  File "{__file__}", line {line}, in _helper_that_raises\n'
+        f"    {source}\n"
+        f'  File "{__file__}", line {line}, in _helper_that_raises\n'
+        "    the worker's own line is kept\n"
+        '  File "<dynamic-code>", line 1, in no_such_function\n'  # nothing matches: left as it is
+        "LookupError: x\n"
+    )
+    grouped = f'  |   File "{__file__}", line {line}, in _helper_that_raises\n  | LookupError: x\n'
+    assert localize(grouped) == (
+        f'  |   File "{__file__}", line {line}, in _helper_that_raises\n'
+        f"  |     {source}\n"
+        "  | LookupError: x\n"
+    )
+    assert localize("no frames here") == "no frames here"
+
+
+@workflow
+def slow_fail(x):
+    import time
+
+    time.sleep(0.05)
+    raise ValueError("slow failure")
+
+
+def test_failure_report_names_failed_and_not_run_with_durations(backend, tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    ok = inc(1).set_name("ok")
+    bad = slow_fail(ok).set_name("bad")
+    after = inc(bad).set_name("after")
+    wf = backend(after)
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="'bad'"):
+        backend.run(wf)
+    report = wf.last_report
+    acts = {e.node: e.action for e in report.events}
+    assert acts == {"ok": "computed", "bad": "failed", "after": "not run"}
+    assert report.by_node()["bad"].seconds >= 0.05  # measured on the worker
+    assert report.seconds is not None and report.seconds >= 0.05
+    assert "bad: failed (new) in " in str(report)

@@ -234,3 +234,53 @@ def test_bad_workflow_arguments(ray_cluster):
         RayWorkflow(inc(1), workflow_name="w", ray_init_args=[("num_cpus", 2)])
     with pytest.raises(GraphError, match="workflow_name must be a non-empty string"):
         RayWorkflow(inc(1), workflow_name="")
+
+
+@workflow
+def task_name(x):
+    import ray
+
+    return ray.get_runtime_context().get_task_name()
+
+
+@workflow
+class Named:
+    def __init__(self):
+        import ray
+
+        self.init_name = ray.get_runtime_context().get_task_name()
+
+    def names(self, x):
+        import ray
+
+        return self.init_name, ray.get_runtime_context().get_task_name()
+
+
+def test_ray_tasks_are_named_after_the_function(ray_cluster, tmp_path):
+    """Ray's dashboard, ``ray list tasks`` and logs show a task's name: the node's function."""
+    log = tmp_path / "loads.txt"
+
+    class LoadLogging(FileStorage):  # records the name of the Ray task loading an entry
+        def load(self, workflow_name, filename):
+            import ray
+
+            with open(log, "a") as fh:
+                fh.write(f"{ray.get_runtime_context().get_task_name()}\n")
+            return super().load(workflow_name, filename)
+
+    first = task_name(1).set_name("first")
+    plain = task_name(first).set_name("plain")
+    with_options = task_name(2).set_name("with_options")
+    renamed = task_name(3).set_name("renamed")
+    calls = Named().set_name("named").names(first).set_name("call")
+    wf = RayWorkflow(plain, with_options, renamed, calls, workflow_name="w")
+    wf.set_storage(LoadLogging(tmp_path / "s"))
+    wf.query("with_options").set_remote_args({"num_cpus": 0.5})
+    wf.query("renamed").set_remote_args({"name": "custom"})  # the user's name wins
+    assert wf.run(return_results=True) == ["task_name", "task_name", "custom", ("init-Named", "Named.names")]
+    assert not log.exists()
+
+    wf = RayWorkflow(plain, workflow_name="w")
+    wf.set_storage(LoadLogging(tmp_path / "s"))
+    assert wf.run(return_results=True, force="plain") == "task_name"  # a worker loads 'first'
+    assert log.read_text().split() == ["load-task_name"]
