@@ -62,8 +62,8 @@ from .errors import (
     SerializerNotRegisteredError,
     StorageError,
 )
-from .arguments import summarize_arguments
-from .fingerprint import begin_plan, describe_change, function_inputs, node_fingerprint
+from .arguments import _params, summarize_arguments
+from .fingerprint import describe_change, planning, function_inputs, node_fingerprint
 from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name, user_stacklevel
 
@@ -312,15 +312,17 @@ def _unhashable(task: Task, exc: Unhashable, strict: bool, where: str) -> bytes:
     return uuid.uuid4().bytes
 
 
-def _culprit(node: BaseNode) -> str:
+def _culprit(node: BaseNode, func: Any = None) -> str:
     def hook(obj: Any) -> bytes | None:
         return b"@" if isinstance(obj, (BaseNode, NodeItem)) else None
 
+    params = _params(func) if func is not None else None
+    positional = params[0] if params else ()
     for i, a in enumerate(node.args):
         try:
             Encoder(hook).encode(a)
         except Unhashable:
-            return f"argument {i}"
+            return f"argument {i} ({positional[i]!r})" if i < len(positional) else f"argument {i}"
     for k, a in node.kwargs.items():
         try:
             Encoder(hook).encode(a)
@@ -423,7 +425,7 @@ def compute_key(
         try:
             argbytes = Encoder(_ref_hook(task, key_of)).encode((node.args, _sorted_kwargs(node.kwargs)))
         except Unhashable as exc:
-            argbytes = _unhashable(task, exc, strict, _culprit(node))
+            argbytes = _unhashable(task, exc, strict, _culprit(node, func))
     previous = key_of[id(node.after)].encode() if node.after is not None else b""
     data = b"|".join((b"node", fp.encode(), previous, argbytes, captured))
     if extra:
@@ -512,49 +514,49 @@ def make_plan(
     if storage is None:
         return plan
 
-    begin_plan()
-    listing = storage.scan(workflow)
-    files = listing.files
-    key_of: dict[int, str] = {}
-    fp_cache: dict = {}
-    forced = _compile(force)
-    forced_ids: set[int] = set()  # forced nodes and everything downstream of them
-    for task in tasks:
-        node = task.node
-        compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
-        key_of[id(node)] = task.key  # type: ignore[assignment]
-        is_forced = bool(forced) and any(p.fullmatch(task.name) for p in forced)
-        downstream = bool(forced_ids) and _upstream_forced(node, forced_ids)
-        if is_forced or downstream:
-            forced_ids.add(id(node))
-        if isinstance(node, ClassInitNode):
+    with planning():  # module-level values are read once per plan
+        listing = storage.scan(workflow)
+        files = listing.files
+        key_of: dict[int, str] = {}
+        fp_cache: dict = {}
+        forced = _compile(force)
+        forced_ids: set[int] = set()  # forced nodes and everything downstream of them
+        for task in tasks:
+            node = task.node
+            compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
+            key_of[id(node)] = task.key  # type: ignore[assignment]
+            is_forced = bool(forced) and any(p.fullmatch(task.name) for p in forced)
+            downstream = bool(forced_ids) and _upstream_forced(node, forced_ids)
+            if is_forced or downstream:
+                forced_ids.add(id(node))
+            if isinstance(node, ClassInitNode):
+                if is_forced:
+                    task.run, task.reason = True, FORCED
+                else:
+                    task.run, task.reason = False, CACHED  # decided by its calls below
+                continue
+            if id(node) in unstored:
+                task.run, task.reason = True, NOT_STORED
+                continue
+            task.store = True
+            filename = storage.entry_name(task.name, task.key)
+            hit = filename in files
+            if not hit or is_forced or downstream:
+                previous = listing.by_name.get(storage.encoded(task.name))
+                if previous and (len(previous) > 1 or previous[0] != filename):
+                    task.stale = [f for f in previous if f != filename]
             if is_forced:
-                task.run, task.reason = True, FORCED
+                task.run, task.reason, task.overwrite = True, FORCED, filename in files
+            elif downstream:
+                task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
+            elif task.reason == UNHASHABLE:
+                task.run = True
+            elif hit and filename in unusable:
+                task.run, task.reason, task.overwrite = True, CORRUPT, True
+            elif hit:
+                task.run, task.reason, task.entry = False, CACHED, filename
             else:
-                task.run, task.reason = False, CACHED  # decided by its calls below
-            continue
-        if id(node) in unstored:
-            task.run, task.reason = True, NOT_STORED
-            continue
-        task.store = True
-        filename = storage.entry_name(task.name, task.key)
-        hit = filename in files
-        if not hit or is_forced or downstream:
-            previous = listing.by_name.get(storage.encoded(task.name))
-            if previous and (len(previous) > 1 or previous[0] != filename):
-                task.stale = [f for f in previous if f != filename]
-        if is_forced:
-            task.run, task.reason, task.overwrite = True, FORCED, filename in files
-        elif downstream:
-            task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
-        elif task.reason == UNHASHABLE:
-            task.run = True
-        elif hit and filename in unusable:
-            task.run, task.reason, task.overwrite = True, CORRUPT, True
-        elif hit:
-            task.run, task.reason, task.entry = False, CACHED, filename
-        else:
-            task.run, task.reason = True, _miss_reason(storage, workflow, task, plan)
+                task.run, task.reason = True, _miss_reason(storage, workflow, task, plan)
     _expand_chains(tasks, by_node)
     return plan
 

@@ -21,6 +21,7 @@ from "input changed".
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import inspect
 import logging
@@ -28,6 +29,7 @@ import sys
 import textwrap
 import types
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from .hashing import hash_bytes
@@ -189,7 +191,10 @@ def _class_body(cls: type) -> str:
                 parts.append(name + "=property:" + ";".join(_source_or_code(f) for f in funcs))
                 continue
             target = getattr(value, "__func__", value)  # staticmethod / classmethod
-            if isinstance(target, types.FunctionType):
+            if isinstance(target, types.FunctionType) and not is_user_module(target.__module__):
+                # Put there by a library (enum's _generate_next_value_ ...): its version counts.
+                parts.append(f"{name}={_library_token(target, target.__module__)}")
+            elif isinstance(target, types.FunctionType):
                 parts.append(f"{name}={type(value).__name__}:{_source_or_code(target)}")
             elif inspect.isclass(value) and getattr(value, "__qualname__", "").startswith(cls.__qualname__ + "."):
                 parts.append(f"{name}=class:{_class_body(value)}")
@@ -341,14 +346,36 @@ def function_fingerprint(func: Any) -> str:
 # memoised only until :func:`begin_plan` is called again.
 
 _DEEP: dict[int, tuple[Any, str]] = {}
-# Names and imports per code object (code objects compare by value and cannot
-# be weakly referenced: a bounded dict).
-_NAMES: dict[types.CodeType, tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+_ACTIVE: set[int] = set()  # objects being followed (cycles: mutual recursion, self-reference)
+_PLANNING = 0
+
+
+@contextlib.contextmanager
+def planning() -> Iterator[None]:
+    """Memoise what functions refer to for the duration of one plan.
+
+    Outside a plan nothing is memoised, so a direct :func:`~functionfuse.hashing.tokenize`
+    always sees module-level values as they are now.
+    """
+    global _PLANNING
+    if _PLANNING == 0:
+        _DEEP.clear()
+    _PLANNING += 1
+    try:
+        yield
+    finally:
+        _PLANNING -= 1
+        if _PLANNING == 0:
+            _DEEP.clear()
 
 
 def begin_plan() -> None:
     """Forget the references followed so far (module-level values may have changed)."""
     _DEEP.clear()
+
+
+# Names and imports per code object (code objects compare by value: a bounded dict).
+_NAMES: dict[types.CodeType, tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]] = {}
 
 
 def _code_names(code: types.CodeType) -> tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]:
@@ -397,7 +424,7 @@ def _value_token(value: Any) -> str:
         return "type:" + stable_name(type(value))
 
 
-def _ref_token(value: Any, names: frozenset[str], active: set[int]) -> str | None:
+def _ref_token(value: Any, names: frozenset[str]) -> str | None:
     """Token of one module-level object a function refers to (None: ignore it)."""
     value = getattr(value, "__wrapped_func__", value)  # a @workflow function or class
     if isinstance(value, types.ModuleType):
@@ -409,7 +436,7 @@ def _ref_token(value: Any, names: frozenset[str], active: set[int]) -> str | Non
         parts = []
         for attr in sorted(names):
             if attr in vars(value):
-                token = _ref_token(vars(value)[attr], names, active)
+                token = _ref_token(vars(value)[attr], names)
                 if token is not None:
                     parts.append(f"{attr}={token}")
         return "usermodule:" + hash_bytes("|".join(parts).encode())[:32]
@@ -419,11 +446,11 @@ def _ref_token(value: Any, names: frozenset[str], active: set[int]) -> str | Non
             module = getattr(value.func, "__module__", None)
         if not is_user_module(module):
             return _library_token(value, module)
-        return "code:" + _deep_token(value, active)
+        return "code:" + _deep_token(value)
     if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         return _library_token(value, getattr(value, "__module__", None))
     if callable(value) and not isinstance(value, type) and is_user_module(type(value).__module__):
-        return "callable:" + _deep_token(type(value), active) + "|" + _value_token(value)
+        return "callable:" + _deep_token(type(value)) + "|" + _value_token(value)
     return _value_token(value)
 
 
@@ -451,7 +478,7 @@ def _functions_of(obj: Any) -> list[Any]:
     return []
 
 
-def references(obj: Any, _active: set[int] | None = None) -> dict[str, str]:
+def references(obj: Any) -> dict[str, str]:
     """Tokens of the module-level objects ``obj``'s code refers to, by name.
 
     ``{"SCALE": "value:…", "helper": "code:…", "np": "module:numpy@numpy==2.1.0"}``.
@@ -464,7 +491,6 @@ def references(obj: Any, _active: set[int] | None = None) -> dict[str, str]:
     is left out when its module lists it in ``__functionfuse_ignore__``
     (``__functionfuse_ignore__ = {"CALLS"}``).
     """
-    active = _active if _active is not None else set()
     out: dict[str, str] = {}
     for func in _functions_of(obj):
         code = getattr(func, "__code__", None)
@@ -479,7 +505,7 @@ def references(obj: Any, _active: set[int] | None = None) -> dict[str, str]:
             value = glb[name]
             if value is func or value is obj:
                 continue
-            token = _ref_token(value, names, active)
+            token = _ref_token(value, names)
             if token is not None:
                 out[name] = token
         for module_name, imported in imports:
@@ -492,29 +518,36 @@ def references(obj: Any, _active: set[int] | None = None) -> dict[str, str]:
                 continue
             for attr in imported:
                 if attr in vars(module):
-                    token = _ref_token(vars(module)[attr], names, active)
+                    token = _ref_token(vars(module)[attr], names)
                     if token is not None:
                         out[f"{module_name}.{attr}"] = token
     return out
 
 
-def _deep_token(obj: Any, active: set[int]) -> str:
-    """Code fingerprint of a user function or class plus everything it refers to."""
+def code_token(obj: Any) -> str:
+    """Fingerprint of a user function or class *and* everything it refers to,
+    transitively (what an argument that is such a class, or an instance of it,
+    contributes to a key)."""
+    return _deep_token(obj)
+
+
+def _deep_token(obj: Any) -> str:
     oid = id(obj)
     cached = _DEEP.get(oid)
     if cached is not None and cached[0] is obj:
         return cached[1]
-    if oid in active:  # mutual recursion: the cycle is covered by the outer call
+    if oid in _ACTIVE:  # a cycle: covered by the outer call
         return "cycle:" + stable_name(obj)
-    active.add(oid)
+    _ACTIVE.add(oid)
     try:
         own = code_fingerprint(obj)
-        refs = references(obj, active)
+        refs = references(obj)
         inputs = _inputs_token(obj)
     finally:
-        active.discard(oid)
+        _ACTIVE.discard(oid)
     token = hash_bytes("|".join([own, inputs, *(f"{k}={v}" for k, v in sorted(refs.items()))]).encode())[:32]
-    _DEEP[oid] = (obj, token)
+    if _PLANNING:
+        _DEEP[oid] = (obj, token)
     return token
 
 
@@ -538,7 +571,11 @@ def node_fingerprint(obj: Any, version: str | None = None) -> tuple[str, dict[st
     own = code_fingerprint(obj, version)
     if version is not None:
         return own, {"function": own, "refs": {}}
-    refs = references(obj, {id(obj)})
+    _ACTIVE.add(id(obj))
+    try:
+        refs = references(obj)
+    finally:
+        _ACTIVE.discard(id(obj))
     if not refs:
         return own, {"function": own, "refs": {}}
     text = own + "|" + "|".join(f"{k}={v}" for k, v in sorted(refs.items()))

@@ -391,18 +391,20 @@ _INSTANCE_CLASSES: dict[type, bytes] = {}
 def _instance_class_bytes(cls: type) -> bytes:
     """The class part of an instance encoded by its fields or state (``D``, ``O``).
 
-    For the user's classes it carries the class's code fingerprint too: what
-    such an object does in a node comes from its methods, so editing them
-    changes the key (memoised per class object; an edited class is a new one).
+    For the user's classes it carries the class's code too, with the helpers
+    and module-level values its methods use: what such an object does in a
+    node comes from its methods, so editing them changes the key.
     """
     cached = _INSTANCE_CLASSES.get(cls)
     if cached is not None:
         return cached
     name = _stable_name_bytes(cls)
     if is_user_module(getattr(cls, "__module__", None)):
-        from .fingerprint import code_fingerprint  # fingerprint imports this module
+        # Not memoised here: the class's helpers and module-level values may
+        # change between runs (fingerprint memoises them for one plan).
+        from .fingerprint import code_token  # fingerprint imports this module
 
-        name += b"@" + code_fingerprint(cls).encode()
+        return name + b"@" + code_token(cls).encode()
     if len(_INSTANCE_CLASSES) >= 4096:
         _INSTANCE_CLASSES.clear()
     _INSTANCE_CLASSES[cls] = name
@@ -417,9 +419,9 @@ def _enc_type(e: Encoder, obj: Any, out: list[bytes]) -> None:
     if not is_user_module(getattr(obj, "__module__", None)):
         out.append(_len_prefixed(b"C", name))
         return
-    from .fingerprint import code_fingerprint  # fingerprint imports this module
+    from .fingerprint import code_token  # fingerprint imports this module
 
-    out.append(_len_prefixed(b"A", name) + _len_prefixed(b"", code_fingerprint(obj).encode()))
+    out.append(_len_prefixed(b"A", name) + _len_prefixed(b"", code_token(obj).encode()))
 
 
 def _enc_function(e: Encoder, obj: Any, out: list[bytes]) -> None:

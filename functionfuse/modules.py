@@ -109,6 +109,8 @@ def package_version(module_name: str) -> str:
     'stdlib'
     """
     top = module_name.partition(".")[0]
+    if not top:
+        return ""
     if top in sys.stdlib_module_names or top in sys.builtin_module_names:
         return "stdlib"
     if top == "functionfuse":
@@ -119,7 +121,7 @@ def package_version(module_name: str) -> str:
     for dist in dists:
         try:
             return f"{dist}=={importlib.metadata.version(dist)}"
-        except importlib.metadata.PackageNotFoundError:
+        except (importlib.metadata.PackageNotFoundError, ValueError):
             continue
     module = sys.modules.get(top)
     version = getattr(module, "__version__", None)

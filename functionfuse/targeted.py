@@ -39,24 +39,26 @@ def _workflow(nodes: tuple, storage: Any, workflow_name: str | None, executor: A
                 "a run of another pipeline under the same name would replace entries of same-named nodes"
             )
         workflow_name = "compute"
-    if executor is None or executor == "local":
-        from .backends.local import LocalWorkflow
+    from .backends.base import ancestors_only
 
-        wf, kind = LocalWorkflow(*nodes, workflow_name=workflow_name), "local"
-    elif executor == "ray":
-        from .backends.raybackend import RayWorkflow
+    with ancestors_only():  # the run set is what the nodes need, not their siblings
+        if executor is None or executor == "local":
+            from .backends.local import LocalWorkflow
 
-        wf, kind = RayWorkflow(*nodes, workflow_name=workflow_name), "ray"
-    elif hasattr(executor, "submit") and hasattr(executor, "scheduler_info"):
-        from .backends.daskbackend import DaskWorkflow
+            wf, kind = LocalWorkflow(*nodes, workflow_name=workflow_name), "local"
+        elif executor == "ray":
+            from .backends.raybackend import RayWorkflow
 
-        wf, kind = DaskWorkflow(*nodes, workflow_name=workflow_name, client=executor), "dask"
-    else:
-        raise GraphError(
-            f"executor must be None (run here), a distributed.Client (run on its Dask cluster) or "
-            f"'ray' (run on Ray), got {executor!r}"
-        )
-    wf._only_ancestors()
+            wf, kind = RayWorkflow(*nodes, workflow_name=workflow_name), "ray"
+        elif hasattr(executor, "submit") and hasattr(executor, "scheduler_info"):
+            from .backends.daskbackend import DaskWorkflow
+
+            wf, kind = DaskWorkflow(*nodes, workflow_name=workflow_name, client=executor), "dask"
+        else:
+            raise GraphError(
+                f"executor must be None (run here), a distributed.Client (run on its Dask cluster) or "
+                f"'ray' (run on Ray), got {executor!r}"
+            )
     if storage is not None:
         wf.set_storage(storage)
     return wf, kind

@@ -324,3 +324,12 @@ def _run_local(node, storage):
     wf = LocalWorkflow(node, workflow_name="wf")
     wf.set_storage(storage)
     return wf.run()
+
+
+def test_compute_ignores_name_clashes_outside_what_it_runs():
+    data = load(3).set_name("data")
+    first = total(data).set_name("result")
+    total(scale(data, 2)).set_name("result")  # a re-run cell made a second 'result' on 'data'
+    with pytest.raises(GraphError, match="two nodes in one workflow are named 'result'"):
+        LocalWorkflow(first, workflow_name="wf")  # compatible semantics: the whole graph
+    assert compute(first) == 3

@@ -89,9 +89,9 @@ def test_user_types_are_named_without_their_module():
     assert Encoder().encode(Point(1, 2)) == b"K5:Pointti1ei2ee"
     # Instances encoded by their fields carry their class's code: editing a
     # method of a user's dataclass changes the key.
-    from functionfuse.fingerprint import code_fingerprint
+    from functionfuse.fingerprint import code_token
 
-    name = b"Config@" + code_fingerprint(Config).encode()
+    name = b"Config@" + code_token(Config).encode()
     assert Encoder().encode(Config(0.5, [])) == b"D%d:%sds2:lrf0x1.0000000000000p-1es6:layerslee" % (len(name), name)
 
 

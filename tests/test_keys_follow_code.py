@@ -307,3 +307,29 @@ def test_editing_a_method_of_an_argument_object_changes_its_token():
     assert tokenize(a["Prior"]()) == tokenize(c["Prior"]())
     assert tokenize(a["Plain"]()) != tokenize(b["Plain"]())
     assert tokenize(a["Plain"]()) == tokenize(c["Plain"]())
+
+
+def test_helper_called_by_a_method_of_an_argument_object_counts(tmp_path):
+    from functionfuse.storage import FileStorage
+
+    namespace = {"workflow": workflow, "__name__": "__main__"}
+    exec(
+        "def clip(x):\n    return min(x, 2)\n"
+        "class Config:\n    def __init__(self, x):\n        self.x = x\n"
+        "    def value(self):\n        return clip(self.x)\n"
+        "@workflow\ndef use(cfg):\n    return cfg.value()\n",
+        namespace,
+    )
+    storage = FileStorage(tmp_path / "s")
+
+    def go():
+        wf = LocalWorkflow(namespace["use"](namespace["Config"](100)).set_name("use"), workflow_name="wf")
+        wf.set_storage(storage)
+        return wf.run(), wf.last_report.by_node()["use"]
+
+    assert go()[0] == 2
+    exec("def clip(x):\n    return min(x, 1000)\n", namespace)  # the helper, edited
+    value, event = go()
+    assert value == 100 and event.action == "computed"
+    assert event.reason == "input changed: argument cfg"
+    assert go()[1].action == "read"

@@ -37,7 +37,7 @@ from sklearn.svm import SVC
 
 import functionfuse
 from functionfuse import HashingError, tokenize
-from functionfuse.fingerprint import code_fingerprint
+from functionfuse.fingerprint import code_token
 from functionfuse.hashing import Dispatch, Encoder, user_stacklevel
 
 X, Y = load_iris(return_X_y=True)
@@ -106,7 +106,7 @@ def test_installed_classes_are_named_by_module_and_qualname():
 @pytest.mark.parametrize("cls", [Impl, Color, WithMeta, Other])
 def test_user_classes_carry_their_code_fingerprint(cls):
     name = cls.__qualname__.encode()
-    fingerprint = code_fingerprint(cls).encode()
+    fingerprint = code_token(cls).encode()  # its code and what its methods use
     expected = b"A%d:%s%d:%s" % (len(name), name, len(fingerprint), fingerprint)
     assert Encoder().encode(cls) == expected
 

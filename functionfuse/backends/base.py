@@ -8,6 +8,8 @@ many times and by several workflow objects.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -28,7 +30,23 @@ from ..graph import (
     workflow_default_names,
 )
 
-__all__ = ["BaseWorkflow"]
+__all__ = ["BaseWorkflow", "ancestors_only"]
+
+#: Set by :func:`functionfuse.compute`: workflows built while it is True run
+#: only what their nodes need (their ancestors), not everything downstream of
+#: their roots.  A context variable, so the constructors' signatures stay those
+#: of the original package.
+_ANCESTORS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("ancestors_only", default=False)
+
+
+@contextlib.contextmanager
+def ancestors_only() -> Iterator[None]:
+    """Workflows constructed inside this block run only what their nodes need."""
+    token = _ANCESTORS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _ANCESTORS_ONLY.reset(token)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +70,8 @@ class BaseWorkflow:
         self.workflow_name = workflow_name
         self.leaves: list[BaseNode | NodeItem] = [as_leaf(n, i) for i, n in enumerate(nodes)]
         leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
-        self.nodes: list[BaseNode] = collect_run_set(leaf_nodes)
+        collect = collect_ancestors if _ANCESTORS_ONLY.get() else collect_run_set
+        self.nodes: list[BaseNode] = collect(leaf_nodes)
         self.roots = [n for n in self.nodes if not n.deps and n.after is None]
         self._member_ids: set[int] | None = None
         self._funcs: dict[int, Any] = {}
@@ -154,15 +173,6 @@ class BaseWorkflow:
             unstored=self._unstored,
             force=force,
         )
-
-    def _only_ancestors(self) -> None:
-        """Restrict the run set to what the given nodes need (their ancestors),
-        instead of everything downstream of their roots."""
-        leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
-        self.nodes = collect_ancestors(leaf_nodes)
-        self.roots = [n for n in self.nodes if not n.deps and n.after is None]
-        self._member_ids = None
-        self._names_cache = None
 
     def _leaf_names(self) -> list[str]:
         return [leaf.get_name() for leaf in self.leaves]
