@@ -53,7 +53,17 @@ def summarize_arguments(func: Any, args: tuple, kwargs: dict, name_of: Any) -> d
     if bound is None:
         bound = {f"arg{i}": a for i, a in enumerate(args)}
         bound.update(kwargs)
-    return {str(k): summarize_value(v, name_of) for k, v in bound.items()}
+    out = {}
+    for name, value in bound.items():  # the commonest values first, without a call
+        cls = type(value)
+        if (cls is int and -_MAX_INT < value < _MAX_INT) or (cls is str and len(value) <= MAX_STR):
+            out[name] = value
+        else:
+            out[name] = summarize_value(value, name_of)
+    return out
+
+
+_MAX_INT = 2**53  # larger integers do not survive a JSON reader that uses doubles
 
 
 _PARAMS: dict[Any, tuple[tuple[str, ...], frozenset[str], bool, bool] | None] = {}
@@ -98,8 +108,9 @@ def _bind(func: Any, args: tuple, kwargs: dict) -> dict[str, Any] | None:
     if len(args) > len(positional) and not var_args:
         return None
     bound = dict(zip(positional, args))
-    for i, extra in enumerate(args[len(positional):]):
-        bound[f"args[{i}]"] = extra
+    if len(args) > len(positional):
+        for i, extra in enumerate(args[len(positional):]):
+            bound[f"args[{i}]"] = extra
     for name, value in kwargs.items():
         if name in bound or (name not in keyword and not var_kwargs):
             return None

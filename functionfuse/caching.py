@@ -575,7 +575,9 @@ def _miss_reason(storage: Any, workflow: str, task: Task, plan: Plan | None = No
     except (StorageError, OSError, ValueError):
         return NEW
     if meta.get("fingerprint") != task.fingerprint:
-        what = describe_change(meta.get("code"), task.code)
+        before = meta.get("code") or {"function": meta.get("fingerprint"), "refs": {}}
+        now = task.code if task.code and task.code["refs"] else {"function": task.fingerprint, "refs": {}}
+        what = describe_change(before, now)
         return f"{CODE_CHANGED}: {what}" if what else CODE_CHANGED
     changed = []
     inputs = meta.get("inputs")
@@ -687,12 +689,14 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
         return _snapshot(value, instance)
     meta = {
         "fingerprint": task.fingerprint,
-        "code": task.code,
         "arguments": argument_summary(plan, task),
         "inputs": {dep.name: dep.key for dep in task.deps},
         "function": getattr(task.func, "__qualname__", task.node.qualname),
         "duration_s": round(elapsed, 6),
     }
+    code = task.code
+    if code is not None and code["refs"]:  # without references the fingerprint says it all
+        meta["code"] = code
     try:
         filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
     except BaseException:
