@@ -572,26 +572,14 @@ def collect_run_set(leaves: Iterable[BaseNode]) -> list[BaseNode]:
                 missing.append(parent)
         if node.after is not None and id(node.after) not in seen:
             missing.append(node.after)
-    while missing:
-        node = missing.pop()
-        if id(node) in seen:
-            continue
-        add(id(node))
-        out.append(node)
-        missing.extend(node.deps)
-        if node.after is not None:
-            missing.append(node.after)
+    _gather_ancestors(missing, seen, out)
     out.sort(key=_seq_of)
     return out
 
 
-def collect_ancestors(leaves: Iterable[BaseNode]) -> list[BaseNode]:
-    """``leaves`` and every node they need (parents, earlier calls on the same
-    instance), transitively, in creation order: the run set of a targeted
-    :func:`functionfuse.compute`."""
-    seen: set[int] = set()
-    out: list[BaseNode] = []
-    stack = list(leaves)
+def _gather_ancestors(stack: list[BaseNode], seen: set[int], out: list[BaseNode]) -> None:
+    """Append to ``out`` the nodes of ``stack`` and everything they need (parents,
+    earlier calls on the same instance) not in ``seen`` yet."""
     while stack:
         node = stack.pop()
         if id(node) in seen:
@@ -601,6 +589,13 @@ def collect_ancestors(leaves: Iterable[BaseNode]) -> list[BaseNode]:
         stack.extend(node.deps)
         if node.after is not None:
             stack.append(node.after)
+
+
+def collect_ancestors(leaves: Iterable[BaseNode]) -> list[BaseNode]:
+    """``leaves`` and every node they need, transitively, in creation order:
+    the run set of a targeted :func:`functionfuse.compute`."""
+    out: list[BaseNode] = []
+    _gather_ancestors(list(leaves), set(), out)
     out.sort(key=_seq_of)
     return out
 

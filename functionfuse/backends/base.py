@@ -163,6 +163,10 @@ class BaseWorkflow:
         return explain_plan(self._explain_plan(force), self.leaves)
 
     def _explain_plan(self, force: Any) -> Any:
+        return self._make_plan(force)
+
+    def _make_plan(self, force: Any, strict: bool = False) -> Any:
+        """Keys and decisions of a run of this workflow (see :func:`functionfuse.caching.make_plan`)."""
         from ..caching import make_plan
 
         return make_plan(
@@ -172,6 +176,7 @@ class BaseWorkflow:
             self.object_storage,
             unstored=self._unstored,
             force=force,
+            strict=strict,
         )
 
     def _leaf_names(self) -> list[str]:

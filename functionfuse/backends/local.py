@@ -35,7 +35,6 @@ from ..caching import (
     execute,
     finish_report,
     load_node,
-    make_plan,
     node_error,
     run_node,
 )
@@ -96,15 +95,7 @@ class LocalWorkflow(BaseWorkflow):
         """
         if self.object_storage is None and not is_stateful(self._leaf_nodes()):
             return self._run_unstored()
-        plan = make_plan(
-            self.workflow_name,
-            self._named(),
-            self._funcs,
-            self.object_storage,
-            unstored=self._unstored,
-            force=force,
-            strict=strict_hashing,
-        )
+        plan = self._make_plan(force, strict_hashing)
         runner = _LocalRun(plan, self.leaves)
         start = time.perf_counter()
         error: BaseException | None = None
