@@ -405,9 +405,13 @@ def compute_key(
     node = task.node
     func = task.func
     cached = None
-    if fp_cache is not None and type(node) is FunctionNode:
-        cache_key = (id(func), node.version)
-        cached = fp_cache.get(cache_key)
+    cache_key: Any = None
+    if fp_cache is not None:
+        if type(node) is FunctionNode:
+            cache_key = (id(func), node.version)
+        elif type(node) is ClassCallNode:  # every call of a class shares its class's walk
+            cache_key = ("call", id(node.init.cls), node.init.version, node.method)
+        cached = fp_cache.get(cache_key) if cache_key is not None else None
     if cached is None:
         fp, parts = _fingerprint(node, func)
         if type(node) is FunctionNode:
@@ -416,8 +420,8 @@ def compute_key(
             captured = _captured(task, node.cls, key_of, strict)
         else:
             captured = b""
-        if fp_cache is not None and type(node) is FunctionNode and task.reason != UNHASHABLE:
-            fp_cache[(id(func), node.version)] = (fp, captured, parts)
+        if cache_key is not None and task.reason != UNHASHABLE:
+            fp_cache[cache_key] = (fp, captured, parts)
     else:
         fp, captured, parts = cached
     argbytes = _fast_args(node, key_of)

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import enum
 import functools
 import inspect
 import logging
+import os
 import sys
 import textwrap
 import types
@@ -33,7 +35,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .hashing import hash_bytes
-from .modules import is_user_module, package_version, stable_name
+from .modules import is_user_file, is_user_module, package_version, stable_name
 
 __all__ = [
     "code_fingerprint",
@@ -89,14 +91,29 @@ def normalized_source(obj: Any) -> str | None:
         # A lambda in the middle of an expression: its source line may not
         # parse alone.  Fall back to the code object.
         return None
+    if getattr(obj, "__name__", None) == "<lambda>":
+        # The source of a lambda is its whole line: two lambdas on one line
+        # would share it.  Only a line holding exactly one lambda identifies it.
+        if sum(isinstance(n, ast.Lambda) for n in ast.walk(tree)) != 1:
+            return None
     return ast.dump(_strip(tree), annotate_fields=False, include_attributes=False)
 
 
 def _code_token(code: types.CodeType) -> str:
     parts = [code.co_name, code.co_code.hex(), repr(code.co_names), repr(code.co_varnames)]
     for const in code.co_consts:
-        parts.append(_code_token(const) if isinstance(const, types.CodeType) else repr(const))
+        parts.append(_code_token(const) if isinstance(const, types.CodeType) else _const_repr(const))
     return "|".join(parts)
+
+
+def _const_repr(const: Any) -> str:
+    """``repr`` of a code constant, with frozensets (``x in {"a", "b"}``) in a
+    fixed order: their iteration order depends on PYTHONHASHSEED."""
+    if isinstance(const, frozenset):
+        return "frozenset(" + ",".join(sorted(_const_repr(c) for c in const)) + ")"
+    if isinstance(const, tuple):
+        return "(" + ",".join(_const_repr(c) for c in const) + ")"
+    return repr(const)
 
 
 def _find_code(code: types.CodeType, name: str) -> list[types.CodeType]:
@@ -138,7 +155,21 @@ def _static_token(code: types.CodeType) -> tuple:
     return (code.co_name, code.co_names, code.co_varnames, consts)
 
 
+_SOURCES: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
 def _source_or_code(obj: Any) -> str:
+    try:
+        return _SOURCES[obj]
+    except (KeyError, TypeError):
+        pass
+    text = _read_source_or_code(obj)
+    if isinstance(obj, types.FunctionType):
+        _SOURCES[obj] = text
+    return text
+
+
+def _read_source_or_code(obj: Any) -> str:
     src = normalized_source(obj)
     if src is not None and not inspect.isclass(obj) and not _source_is_running_code(obj):
         logger.warning(
@@ -183,12 +214,26 @@ def _class_body(cls: type) -> str:
         annotations = vars(cls).get("__annotations__")
         if isinstance(annotations, dict):
             parts.append("fields=" + ",".join(map(str, annotations)))
+        fields = vars(cls).get("__dataclass_fields__")
+        if isinstance(fields, dict):  # defaults and default factories of a dataclass
+            for fname, field in fields.items():
+                default = getattr(field, "default", None)
+                factory = getattr(field, "default_factory", None)
+                parts.append(
+                    f"default {fname}="
+                    + ("" if type(default).__name__ == "_MISSING_TYPE" else _member_token(default))
+                    + "|"
+                    + ("" if type(factory).__name__ == "_MISSING_TYPE" else _member_token(factory))
+                )
         for name, value in sorted(vars(cls).items()):
             if name in _CLASS_NOISE:
                 continue
             if isinstance(value, property):
                 funcs = [f for f in (value.fget, value.fset, value.fdel) if f is not None]
                 parts.append(name + "=property:" + ";".join(_source_or_code(f) for f in funcs))
+                continue
+            if isinstance(value, enum.Enum) and type(value) is cls:  # a member: its value
+                parts.append(f"{name}=member:{_member_token(value.value)}")
                 continue
             target = getattr(value, "__func__", value)  # staticmethod / classmethod
             if isinstance(target, types.FunctionType) and not is_user_module(target.__module__):
@@ -236,6 +281,9 @@ def code_fingerprint(obj: Any, version: str | None = None) -> str:
         return _CACHE[obj]
     except (KeyError, TypeError):
         pass
+    cached = _CLASS_FP.get(id(obj))
+    if cached is not None and cached[0] is obj:
+        return cached[1]
     if isinstance(obj, functools.partial):
         # The wrapped function's code; the bound arguments are inputs.
         text = "partial|" + code_fingerprint(obj.func)
@@ -261,6 +309,12 @@ def code_fingerprint(obj: Any, version: str | None = None) -> str:
         target = inspect.unwrap(obj) if callable(obj) else obj
         text = "function|" + _qualname(obj) + "|" + _source_or_code(target)
     digest = hash_bytes(text.encode("utf-8", "surrogatepass"))
+    if inspect.isclass(obj):
+        # Class-level values can be reassigned (``Model.K = 5`` in a notebook):
+        # a class's fingerprint is kept for one plan only.
+        if _PLANNING:
+            _CLASS_FP[id(obj)] = (obj, digest)
+        return digest
     try:
         _CACHE[obj] = digest
     except TypeError:
@@ -324,6 +378,9 @@ def function_fingerprint(func: Any) -> str:
     from .hashing import tokenize
 
     code = code_fingerprint(func)
+    if is_user_module(getattr(func, "__module__", None)):
+        # The user's function: what it calls and reads counts too.
+        code = hash_bytes(f"{code}|{_deep_token(func)}".encode())
     extra = function_inputs(func)
     if not any(extra) or id(func) in _IN_PROGRESS:  # a closure that holds itself
         return code
@@ -345,62 +402,85 @@ def function_fingerprint(func: Any) -> str:
 # re-assigning ``SCALE``), so the walk is redone once per plan: results are
 # memoised only until :func:`begin_plan` is called again.
 
-_DEEP: dict[int, tuple[Any, str]] = {}
+_DEEP: dict[int, tuple[Any, str]] = {}  # user functions/classes: code and references
+_VALUES: dict[int, tuple[Any, str]] = {}  # module-level values: their tokens
+_CLASS_FP: dict[int, tuple[Any, str]] = {}  # class fingerprints (class-level values may change)
 _ACTIVE: set[int] = set()  # objects being followed (cycles: mutual recursion, self-reference)
+_ACTIVE_MODULES: set[tuple[int, frozenset[str]]] = set()  # user modules being followed, by attributes
 _PLANNING = 0
+_CUTS = 0  # cycles cut so far: a token computed while one was cut is not memoised
+
+
+def _clear() -> None:
+    _DEEP.clear()
+    _VALUES.clear()
+    _CLASS_FP.clear()
 
 
 @contextlib.contextmanager
 def planning() -> Iterator[None]:
-    """Memoise what functions refer to for the duration of one plan.
+    """Memoise what functions refer to for the duration of one plan (or run).
 
     Outside a plan nothing is memoised, so a direct :func:`~functionfuse.hashing.tokenize`
-    always sees module-level values as they are now.
+    always sees module-level values and class attributes as they are now.
     """
     global _PLANNING
     if _PLANNING == 0:
-        _DEEP.clear()
+        _clear()
     _PLANNING += 1
     try:
         yield
     finally:
         _PLANNING -= 1
         if _PLANNING == 0:
-            _DEEP.clear()
+            _clear()
 
 
 def begin_plan() -> None:
     """Forget the references followed so far (module-level values may have changed)."""
-    _DEEP.clear()
+    _clear()
 
 
-# Names and imports per code object (code objects compare by value: a bounded dict).
-_NAMES: dict[types.CodeType, tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]] = {}
+# Global names, attribute names and imports per code object (code objects
+# compare by value: a bounded dict).
+_CodeNames = tuple[frozenset[str], frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]
+_NAMES: dict[types.CodeType, _CodeNames] = {}
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL", "STORE_NAME"})
 
 
-def _code_names(code: types.CodeType) -> tuple[frozenset[str], tuple[tuple[str, tuple[str, ...]], ...]]:
-    """Global-ish names a code object (and the code nested in it) uses, and its
-    imports as ``(module, (imported names...))``."""
+def _code_names(code: types.CodeType) -> _CodeNames:
+    """``(global names, attribute names, imports)`` of a code object and the code
+    nested in it; imports as ``(module, (names imported from it...))``.
+
+    Global names come from the instructions that read globals, so an attribute
+    called like a global (``m.start()`` beside a module-level ``start``) is not
+    taken for it; attribute names serve to follow the user's modules.
+    """
     cached = _NAMES.get(code)
     if cached is not None:
         return cached
     import dis
 
-    names: set[str] = set()
-    imports: list[tuple[str, tuple[str, ...]]] = []
+    globals_: set[str] = set()
+    attrs: set[str] = set()
+    imports: list[tuple[str, list[str]]] = []
     stack = [code]
     while stack:
         c = stack.pop()
-        names.update(c.co_names)
-        current: list | None = None
+        current: tuple[str, list[str]] | None = None
         for ins in dis.get_instructions(c):
-            if ins.opname == "IMPORT_NAME":
-                current = [ins.argval, []]
-                imports.append(current)  # type: ignore[arg-type]
-            elif ins.opname == "IMPORT_FROM" and current is not None:
-                current[1].append(ins.argval)
+            op = ins.opname
+            if op in _GLOBAL_OPS:
+                globals_.add(ins.argval)
+            elif op in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR", "IMPORT_FROM"):
+                attrs.add(ins.argval)
+                if op == "IMPORT_FROM" and current is not None:
+                    current[1].append(ins.argval)
+            elif op == "IMPORT_NAME":
+                current = (ins.argval, [])
+                imports.append(current)
         stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    result = (frozenset(names), tuple((m, tuple(f)) for m, f in imports))
+    result = (frozenset(globals_), frozenset(attrs), tuple((m, tuple(f)) for m, f in imports))
     if len(_NAMES) >= 4096:
         _NAMES.clear()
     _NAMES[code] = result
@@ -412,34 +492,81 @@ def _library_token(obj: Any, module: str | None) -> str:
 
 
 def _value_token(value: Any) -> str:
+    """Token of a module-level value (memoised by identity for one plan)."""
+    cached = _VALUES.get(id(value)) if _PLANNING else None
+    if cached is not None and cached[0] is value:
+        return cached[1]
     from .errors import HashingError
     from .hashing import tokenize
 
     try:
-        return "value:" + tokenize(value)[:32]
+        token = "value:" + tokenize(value)[:32]
     except (HashingError, RecursionError) as exc:
-        # Loggers, locks, clients ...: state that is not the computation's input.
-        # Their type still counts; their state cannot.
-        logger.debug("a module-level %s cannot be hashed (%s); only its type counts", type(value), exc)
-        return "type:" + stable_name(type(value))
+        # Locks, clients, open files ...: state that is not the computation's
+        # input.  Their type counts — with its code, for the user's classes.
+        cls = type(value)
+        token = "type:" + stable_name(cls)
+        if is_user_module(getattr(cls, "__module__", None)):
+            token += "@" + _deep_token(cls)
+        logger.debug("a module-level %s cannot be hashed (%s); only its type counts", cls, exc)
+    if _PLANNING:
+        _VALUES[id(value)] = (value, token)
+    return token
 
 
-def _ref_token(value: Any, names: frozenset[str]) -> str | None:
-    """Token of one module-level object a function refers to (None: ignore it)."""
-    value = getattr(value, "__wrapped_func__", value)  # a @workflow function or class
-    if isinstance(value, types.ModuleType):
-        name = value.__name__
-        if not is_user_module(name):
-            return f"module:{name}@{package_version(name)}"
-        # A user module used as ``helpers.scale(...)``: follow the attributes the
-        # code names (attribute names are in co_names too).
+def _static(obj: Any, name: str) -> Any:
+    """``getattr`` that runs no user code (``__getattr__`` proxies, properties)."""
+    try:
+        return inspect.getattr_static(obj, name)
+    except AttributeError:
+        return None
+
+
+def _unwrapped(value: Any) -> Any:
+    """A @workflow function/class, or a ``functools.wraps`` wrapper (lru_cache ...),
+    as the user's function or class it wraps."""
+    for _ in range(100):
+        inner = _static(value, "__wrapped_func__")
+        if inner is None:
+            inner = _static(value, "__wrapped__")
+            if inner is None or isinstance(value, (types.ModuleType, type)):
+                return value
+            if not callable(inner):
+                return value
+        value = inner
+    return value
+
+
+def _module_token(module: types.ModuleType, attrs: frozenset[str]) -> str:
+    name = module.__name__
+    if not is_user_module(name):
+        return f"module:{name}@{package_version(name)}"
+    visit = (id(module), attrs)
+    if visit in _ACTIVE_MODULES:  # modules importing each other
+        global _CUTS
+        _CUTS += 1
+        return "cycle:module:" + name
+    # A user module used as ``helpers.scale(...)``: follow the attributes the
+    # code names.
+    _ACTIVE_MODULES.add(visit)
+    try:
         parts = []
-        for attr in sorted(names):
-            if attr in vars(value):
-                token = _ref_token(vars(value)[attr], names)
+        members = vars(module)
+        for attr in sorted(attrs):
+            if attr in members:
+                token = _ref_token(members[attr], attrs)
                 if token is not None:
                     parts.append(f"{attr}={token}")
-        return "usermodule:" + hash_bytes("|".join(parts).encode())[:32]
+    finally:
+        _ACTIVE_MODULES.discard(visit)
+    return "usermodule:" + hash_bytes("|".join(parts).encode())[:32]
+
+
+def _ref_token(value: Any, attrs: frozenset[str]) -> str | None:
+    """Token of one module-level object a function refers to."""
+    value = _unwrapped(value)
+    if isinstance(value, types.ModuleType):
+        return _module_token(value, attrs)
     if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)) or inspect.isclass(value):
         module = getattr(value, "__module__", None)
         if isinstance(value, functools.partial):
@@ -449,8 +576,6 @@ def _ref_token(value: Any, names: frozenset[str]) -> str | None:
         return "code:" + _deep_token(value)
     if isinstance(value, (types.BuiltinFunctionType, types.BuiltinMethodType)):
         return _library_token(value, getattr(value, "__module__", None))
-    if callable(value) and not isinstance(value, type) and is_user_module(type(value).__module__):
-        return "callable:" + _deep_token(type(value)) + "|" + _value_token(value)
     return _value_token(value)
 
 
@@ -468,6 +593,9 @@ def _functions_of(obj: Any) -> list[Any]:
             for member in vars(base).values():
                 if isinstance(member, property):
                     funcs.extend(f for f in (member.fget, member.fset, member.fdel) if f is not None)
+                    continue
+                if inspect.isclass(member) and member.__qualname__.startswith(base.__qualname__ + "."):
+                    funcs.extend(_functions_of(member))  # a nested class
                     continue
                 target = getattr(member, "__func__", member)
                 if isinstance(target, types.FunctionType):
@@ -497,7 +625,7 @@ def references(obj: Any) -> dict[str, str]:
         if not isinstance(code, types.CodeType):
             continue
         glb = getattr(func, "__globals__", {})
-        names, imports = _code_names(code)
+        names, attrs, imports = _code_names(code)
         ignored = glb.get("__functionfuse_ignore__", ())
         for name in sorted(names):
             if name not in glb or name in ignored:
@@ -505,23 +633,50 @@ def references(obj: Any) -> dict[str, str]:
             value = glb[name]
             if value is func or value is obj:
                 continue
-            token = _ref_token(value, names)
+            token = _ref_token(value, attrs)
             if token is not None:
                 out[name] = token
         for module_name, imported in imports:
-            # ``import numpy as np`` / ``from helpers import scale`` inside a function.
-            module = sys.modules.get(module_name)
-            if module is None:
-                continue
-            if not is_user_module(module_name):
-                out[f"import {module_name}"] = f"module:{module_name}@{package_version(module_name)}"
-                continue
-            for attr in imported:
-                if attr in vars(module):
-                    token = _ref_token(vars(module)[attr], names)
-                    if token is not None:
-                        out[f"{module_name}.{attr}"] = token
+            # ``import helpers`` / ``import numpy as np`` / ``from helpers import scale``
+            # inside the function.
+            token = _import_token(module_name, imported, attrs)
+            if token is not None:
+                out[f"import {module_name}"] = token
     return out
+
+
+def _import_token(module_name: str, imported: tuple[str, ...], attrs: frozenset[str]) -> str | None:
+    module = sys.modules.get(module_name)
+    if module is None:
+        return _unimported_token(module_name)
+    if not is_user_module(module_name):
+        return f"module:{module_name}@{package_version(module_name)}"
+    # What the code takes from it: the names imported, and attributes it names.
+    return _module_token(module, attrs | frozenset(imported))
+
+
+def _unimported_token(module_name: str) -> str | None:
+    """A module the function imports that is not imported yet (at plan time):
+    an installed one counts by version, one of the user's by its source file."""
+    top = module_name.partition(".")[0]
+    if top not in sys.modules and "." in module_name:
+        return None  # locating it would import its parent package
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    if spec is None or not origin or not os.path.isfile(origin):
+        return None
+    if not is_user_file(origin):
+        return f"module:{module_name}@{package_version(module_name)}"
+    try:
+        with open(origin, "rb") as fh:
+            return "source:" + hash_bytes(fh.read())[:32]
+    except OSError:
+        return None
 
 
 def code_token(obj: Any) -> str:
@@ -532,12 +687,15 @@ def code_token(obj: Any) -> str:
 
 
 def _deep_token(obj: Any) -> str:
+    global _CUTS
     oid = id(obj)
     cached = _DEEP.get(oid)
     if cached is not None and cached[0] is obj:
         return cached[1]
-    if oid in _ACTIVE:  # a cycle: covered by the outer call
+    if oid in _ACTIVE:  # a cycle: the outer call covers it
+        _CUTS += 1
         return "cycle:" + stable_name(obj)
+    cuts = _CUTS
     _ACTIVE.add(oid)
     try:
         own = code_fingerprint(obj)
@@ -546,14 +704,17 @@ def _deep_token(obj: Any) -> str:
     finally:
         _ACTIVE.discard(oid)
     token = hash_bytes("|".join([own, inputs, *(f"{k}={v}" for k, v in sorted(refs.items()))]).encode())[:32]
-    if _PLANNING:
+    # A token that cut a cycle stands for this object only seen from the outer
+    # one: memoising it would hide an edit of that outer function.
+    if _PLANNING and _CUTS == cuts:
         _DEEP[oid] = (obj, token)
     return token
 
 
 def _inputs_token(obj: Any) -> str:
-    """Closure values and defaults of a helper (a node's own are inputs of its key)."""
-    extra = function_inputs(obj) if not inspect.isclass(obj) else ()
+    """Closure values and defaults of a helper — of every method, for a class
+    (a node's own are inputs of its key)."""
+    extra = function_inputs(obj)
     if not any(extra):
         return ""
     return _value_token(extra)

@@ -26,7 +26,7 @@ import sys
 import sysconfig
 from typing import Any
 
-__all__ = ["is_user_module", "stable_type_name", "stable_name", "package_version"]
+__all__ = ["is_user_module", "is_user_file", "stable_type_name", "stable_name", "package_version"]
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -49,33 +49,58 @@ def _library_roots() -> tuple[str, ...]:
 _ROOTS: tuple[str, ...] | None = None
 
 
-@functools.lru_cache(maxsize=4096)
+def is_user_file(path: str) -> bool:
+    """Whether a source file is the user's (outside the standard library,
+    ``site-packages`` and functionfuse itself)."""
+    global _ROOTS
+    if _ROOTS is None:
+        _ROOTS = _library_roots()
+    return not os.path.realpath(path).startswith(_ROOTS)
+
+
 def is_user_module(name: str | None) -> bool:
     """Whether the module called ``name`` is the user's own code.
 
     >>> is_user_module("__main__"), is_user_module("json"), is_user_module("functionfuse.graph")
     (True, False, False)
     """
-    global _ROOTS
     if not name or name == "__main__":
         return True
+    try:
+        return _USER[name]
+    except KeyError:
+        pass
+    module = sys.modules.get(name)
+    if module is None:
+        # Not importable by name (loaded with spec_from_file_location and never
+        # registered, or an exec'd namespace): the user's.  Not memoised: it
+        # may be imported later.
+        top = name.partition(".")[0]
+        return top != "functionfuse" and top not in sys.builtin_module_names and top not in sys.stdlib_module_names
+    answer = _classify(name, module)
+    if len(_USER) >= 4096:
+        _USER.clear()
+    _USER[name] = answer
+    return answer
+
+
+_USER: dict[str, bool] = {}
+
+
+def _classify(name: str, module: Any) -> bool:
     top = name.partition(".")[0]
     if top == "functionfuse" or top in sys.builtin_module_names or name in sys.builtin_module_names:
         return False
-    module = sys.modules.get(name)
-    if module is None:
-        return False  # not imported here: nothing of it can be followed anyway
     path = getattr(module, "__file__", None)
-    if not path:
-        spec = getattr(module, "__spec__", None)
-        # Namespace packages and frozen stdlib modules have no file.
-        if spec is not None and (spec.origin in ("frozen", "built-in") or spec.submodule_search_locations):
-            return False
-        return True
-    if _ROOTS is None:
-        _ROOTS = _library_roots()
-    real = os.path.realpath(path)
-    return not real.startswith(_ROOTS)
+    if path:
+        return is_user_file(path)
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.origin in ("frozen", "built-in"):
+        return False
+    locations = list(getattr(spec, "submodule_search_locations", None) or getattr(module, "__path__", None) or ())
+    if locations:  # a namespace package: where its folders are
+        return any(is_user_file(os.path.join(loc, "")) for loc in locations)
+    return True  # no file at all: a notebook, an exec'd module
 
 
 def stable_type_name(cls: type) -> str:

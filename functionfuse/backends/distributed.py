@@ -40,6 +40,7 @@ from ..errors import (
     SerializerNotRegisteredError,
     StorageError,
 )
+from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, ClassInitNode, NodeItem
 from ..hashing import Encoder, Unhashable
 from .base import BaseWorkflow
@@ -224,7 +225,8 @@ class DistributedWorkflow(BaseWorkflow):
             error: BaseException | None = None
             try:
                 plan, plugin_funcs = self._plan(force, strict_hashing, unusable)
-                results = self._one_pass(engine, plan, plugin_funcs, return_results, max_pending_tasks)
+                with planning():  # argument summaries of the specs reuse what keying followed
+                    results = self._one_pass(engine, plan, plugin_funcs, return_results, max_pending_tasks)
             except (KeyboardInterrupt, SystemExit) as exc:
                 error = exc
                 engine.cancel()  # an interrupted run leaves nothing running

@@ -39,6 +39,7 @@ from ..caching import (
     run_node,
 )
 from ..errors import SerializerNotRegisteredError
+from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
 from .base import BaseWorkflow
 
@@ -100,7 +101,8 @@ class LocalWorkflow(BaseWorkflow):
         start = time.perf_counter()
         error: BaseException | None = None
         try:
-            results = runner.execute()
+            with planning():  # argument summaries reuse what keying followed
+                results = runner.execute()
         except BaseException as exc:
             error = exc
             raise
