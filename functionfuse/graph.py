@@ -395,8 +395,15 @@ class NodeItem:
         return NodeItem(self.node, (*self.path, index))
 
     def extract(self, value: Any) -> Any:
-        for i in self.path:
-            value = value[i]
+        try:
+            for i in self.path:
+                value = value[i]
+        except (LookupError, TypeError) as exc:
+            raise GraphError(
+                f"{self!r}: the result of node {self.node.get_name()!r} has no such item "
+                f"({type(exc).__name__}: {exc}); it is a {type(value).__name__}. Check the "
+                "subscript, or what that node returns"
+            ) from exc
         return value
 
     def get_name(self) -> str:

@@ -333,3 +333,12 @@ def test_compute_ignores_name_clashes_outside_what_it_runs():
     with pytest.raises(GraphError, match="two nodes in one workflow are named 'result'"):
         LocalWorkflow(first, workflow_name="wf")  # compatible semantics: the whole graph
     assert compute(first) == 3
+
+
+def test_bad_subscript_names_the_node_and_item():
+    @workflow
+    def pair(x):
+        return (x, x)
+
+    with pytest.raises(GraphError, match=r"'pair'.*\[5\].*no such item \(IndexError.*it is a tuple"):
+        compute(total([pair(1).set_name("pair")[5]]))
