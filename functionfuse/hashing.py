@@ -22,10 +22,15 @@ What hashes
 -----------
 Builtins and containers; numpy and pandas values by content; classes of any
 metaclass (``abc.ABC`` subclasses, enums, scikit-learn estimator classes) by
-name, plus, for the user's own classes, their code; enum members; dataclasses
-and named tuples; scikit-learn estimators and kernels by class, parameters and
-fitted state; and, last, any object whose pickled form (``__reduce_ex__``) is
-its class and plain attribute data.
+name, plus, for the user's own classes, their code; enum members (the user's
+with their value); dataclasses and named tuples; scikit-learn estimators and
+kernels by class, parameters and fitted state; compiled regular expressions;
+``functools.partial`` by function, arguments and keywords; callables of
+installed packages that are not plain functions (``np.mean``, ``str.lower``)
+by name and package version when that name gives them back; and, last, any
+object whose pickled form (``__reduce_ex__``) is its class and plain attribute
+data.  An instance of one of the user's classes carries its class's code
+whichever path encodes it.
 
 Type names in the encoding come from :func:`functionfuse.modules.stable_type_name`:
 the user's classes are named without their module, so a value built in a
@@ -60,10 +65,12 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import hashlib
 import importlib
 import os
 import pathlib
+import re
 import sys
 import types
 import uuid
@@ -71,7 +78,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import HashingError
-from .modules import is_user_module, stable_type_name
+from .modules import is_user_module, package_version, stable_type_name
 
 __all__ = ["normalize_token", "tokenize", "hash_bytes", "Dispatch", "Unhashable", "user_stacklevel"]
 
@@ -216,11 +223,14 @@ class Encoder:
     handles and ``None`` otherwise.
     """
 
-    __slots__ = ("ref_hook", "_active")
+    __slots__ = ("ref_hook", "_active", "_classes")
 
     def __init__(self, ref_hook: Callable[[Any], bytes | None] | None = None) -> None:
         self.ref_hook = ref_hook
         self._active: set[int] = set()
+        # The user's classes met in this encoding (their code token is not
+        # memoised across encodings: module-level values may change).
+        self._classes: dict[type, bytes] | None = None
 
     def encode(self, obj: Any) -> bytes:
         out: list[bytes] = []
@@ -252,15 +262,36 @@ class Encoder:
                 return
         self._feed_other(obj, cls, out)
 
+    def _class_bytes(self, cls: type) -> bytes:
+        """:func:`_instance_class_bytes`, memoised for the user's classes for
+        the duration of this encoding (a list of a thousand enum members)."""
+        memo = self._classes
+        try:
+            cached = _INSTANCE_CLASSES.get(cls)
+            if cached is None and memo is not None:
+                cached = memo.get(cls)
+        except TypeError:  # a metaclass that makes its classes unhashable
+            return _instance_class_bytes(cls)
+        if cached is not None:
+            return cached
+        data = _instance_class_bytes(cls)
+        if memo is None:
+            memo = self._classes = {}
+        memo[cls] = data
+        return data
+
     def _feed_other(self, obj: Any, cls: type, out: list[bytes]) -> None:
+        # The class part of the tags below (U, R, D, K, O) carries, for the
+        # user's classes, their code (see ``_instance_class_bytes``): what such
+        # a value does in a node comes from its methods too.
         custom = getattr(cls, "__functionfuse_token__", None)
         if custom is not None:
-            out.append(_len_prefixed(b"U", _stable_name_bytes(cls)))
+            out.append(_len_prefixed(b"U", self._class_bytes(cls)))
             self._guarded(obj, lambda: self._feed(_call_normalizer(custom, obj), out))
             return
         func = normalize_token.dispatch(cls)
         if func is not None:
-            out.append(_len_prefixed(b"R", _stable_name_bytes(cls)))
+            out.append(_len_prefixed(b"R", self._class_bytes(cls)))
             self._guarded(obj, lambda: self._feed(_call_normalizer(func, obj), out))
             return
         if isinstance(obj, type):  # a class whose metaclass is not ``type`` (ABCMeta, EnumType ...)
@@ -271,14 +302,18 @@ class Encoder:
                 fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
             except AttributeError as exc:  # a field(init=False) never set
                 raise Unhashable(obj, f"a dataclass field is not set ({exc})") from None
-            out.append(_len_prefixed(b"D", _instance_class_bytes(cls)))
+            out.append(_len_prefixed(b"D", self._class_bytes(cls)))
             self._guarded(obj, lambda: self._mapping(fields, out))
             return
         for base, enc in _SUBCLASS:
             if isinstance(obj, base):
-                out.append(_len_prefixed(b"K", _stable_name_bytes(cls)))
+                out.append(_len_prefixed(b"K", self._class_bytes(cls)))
                 enc(self, obj, out)
                 return
+        name = _installed_callable_name(obj)
+        if name is not None:
+            out.append(_len_prefixed(b"G", name))
+            return
         self._feed_reduced(obj, cls, out)
 
     def _feed_reduced(self, obj: Any, cls: type, out: list[bytes]) -> None:
@@ -290,7 +325,7 @@ class Encoder:
         that does not have this shape is unhashable.
         """
         args, kwargs, state, slots, listitems, dictitems = _reduced(obj, cls)
-        out.append(_len_prefixed(b"O", _instance_class_bytes(cls)))
+        out.append(_len_prefixed(b"O", self._class_bytes(cls)))
 
         def feed(value: Any, where: str) -> None:
             try:
@@ -389,13 +424,16 @@ _INSTANCE_CLASSES: dict[type, bytes] = {}
 
 
 def _instance_class_bytes(cls: type) -> bytes:
-    """The class part of an instance encoded by its fields or state (``D``, ``O``).
+    """The class part of an instance (tags ``U``, ``R``, ``D``, ``K``, ``O``).
 
     For the user's classes it carries the class's code too, with the helpers
     and module-level values its methods use: what such an object does in a
     node comes from its methods, so editing them changes the key.
     """
-    cached = _INSTANCE_CLASSES.get(cls)
+    try:
+        cached = _INSTANCE_CLASSES.get(cls)
+    except TypeError:  # a metaclass that makes its classes unhashable
+        cached = None
     if cached is not None:
         return cached
     name = _stable_name_bytes(cls)
@@ -407,7 +445,10 @@ def _instance_class_bytes(cls: type) -> bytes:
         return name + b"@" + code_token(cls).encode()
     if len(_INSTANCE_CLASSES) >= 4096:
         _INSTANCE_CLASSES.clear()
-    _INSTANCE_CLASSES[cls] = name
+    try:
+        _INSTANCE_CLASSES[cls] = name
+    except TypeError:
+        pass
     return name
 
 
@@ -431,8 +472,91 @@ def _enc_function(e: Encoder, obj: Any, out: list[bytes]) -> None:
 
 
 def _enc_builtin_function(e: Encoder, obj: Any, out: list[bytes]) -> None:
-    name = f"{getattr(obj, '__module__', None)}.{obj.__qualname__}"
-    out.append(_len_prefixed(b"B", name.encode()))
+    owner = getattr(obj, "__self__", None)
+    if owner is None or isinstance(owner, types.ModuleType):  # len, math.sqrt ...
+        name = f"{getattr(obj, '__module__', None)}.{obj.__qualname__}"
+        out.append(_len_prefixed(b"B", name.encode()))
+        return
+    _enc_bound_builtin(e, obj, owner, out)
+
+
+def _enc_bound_builtin(e: Encoder, obj: Any, owner: Any, out: list[bytes]) -> None:
+    """A C method bound to an object (``"{}-{}".format``, ``[].append``,
+    ``dict.fromkeys``, ``(1).__add__``): its name and the object, which is
+    part of what it does."""
+    out.append(_len_prefixed(b"W", obj.__name__.encode("utf-8", "surrogatepass")))
+
+    def action() -> None:
+        try:
+            e._feed(owner, out)
+        except Unhashable as inner:
+            raise Unhashable(
+                obj, f"the object it is bound to cannot be hashed ({_type_name(type(inner.obj))}: {inner.reason})"
+            ) from None
+
+    e._guarded(obj, action)
+
+
+def _enc_partial(e: Encoder, obj: Any, out: list[bytes]) -> None:
+    """``functools.partial`` / ``partialmethod``: the function (by its
+    fingerprint, through the encoder), the bound arguments and the keywords by
+    name; a partial's own attributes (``p.attr = ...``) by name too."""
+    out.append(b"Q" if isinstance(obj, functools.partial) else b"J")
+
+    def action() -> None:
+        keywords = obj.keywords or {}
+        if not all(type(k) is str for k in keywords):
+            raise Unhashable(obj, "its keyword names are not strings")
+        attrs = getattr(obj, "__dict__", None) or {}
+        if not isinstance(obj, functools.partial):  # partialmethod keeps its fields there
+            attrs = {k: v for k, v in attrs.items() if k not in ("func", "args", "keywords")}
+        if not all(type(k) is str for k in attrs):
+            raise Unhashable(obj, "its attribute names are not strings")
+        e._feed(obj.func, out)
+        e._feed(tuple(obj.args), out)
+        e._mapping(dict(sorted(keywords.items())), out)
+        e._mapping(dict(sorted(attrs.items())), out)
+
+    e._guarded(obj, action)
+
+
+_MISSING = object()
+
+
+def _installed_callable_name(obj: Any) -> bytes | None:
+    """``module.qualname|version`` of a callable of an installed package that
+    is reachable by that name (numpy's array-function dispatchers such as
+    ``np.mean``, method descriptors such as ``str.lower``, a library's
+    ``Class.classmethod``), else ``None``.
+
+    Reachable means: the ``getattr`` chain over the qualified name, from the
+    module, gives back the object itself (an equal bound method for a
+    classmethod).  Anything else (an instance with state, a method bound to
+    some object, the user's code) is left to the other paths.
+    """
+    try:
+        if not callable(obj):
+            return None
+        objclass = getattr(obj, "__objclass__", None)  # method / slot descriptors
+        module = getattr(objclass if isinstance(objclass, type) else obj, "__module__", None)
+        qualname = getattr(obj, "__qualname__", None)
+        if type(module) is not str or type(qualname) is not str or is_user_module(module):
+            return None
+        target = sys.modules.get(module)
+        if target is None:
+            return None
+        for part in qualname.split("."):
+            target = getattr(target, part, _MISSING)
+            if target is _MISSING:
+                return None
+        if target is not obj and not (
+            type(obj) is types.MethodType and type(target) is types.MethodType and target == obj
+        ):
+            return None
+        version = package_version(module)
+    except Exception:  # noqa: BLE001 - odd objects (proxies, failing __getattr__): not by name
+        return None
+    return f"{module}.{qualname}|{version}".encode("utf-8", "surrogatepass")
 
 
 def _enc_repr(tag: bytes) -> Callable[[Encoder, Any, list[bytes]], None]:
@@ -449,9 +573,19 @@ def _enc_datetime(e: Encoder, obj: Any, out: list[bytes]) -> None:
 
 
 def _enc_enum(e: Encoder, obj: Any, out: list[bytes]) -> None:
+    # The class's code (for the user's enums) is in the ``K`` tag before this.
     name = obj.name
     if isinstance(name, str):
         out.append(_len_prefixed(b"E", b"%s.%s" % (_stable_name_bytes(type(obj)), name.encode())))
+        if is_user_module(getattr(type(obj), "__module__", None)):
+            # The user's member's value too (``A = 1`` edited to ``A = 5``),
+            # or only its name when the value cannot be hashed.
+            try:
+                value = Encoder(e.ref_hook).encode(obj._value_)
+            except (Unhashable, RecursionError):
+                out.append(b"n")
+            else:
+                out.append(_len_prefixed(b"v", value))
         return
     # A Flag value that no member names (``Perm(0)``, unnamed bits): its value.
     out.append(_len_prefixed(b"E", _stable_name_bytes(type(obj)) + b"#"))
@@ -486,6 +620,9 @@ _EXACT: dict[type, Callable[[Encoder, Any, list[bytes]], None]] = {
     type: _enc_type,
     types.FunctionType: _enc_function,
     types.BuiltinFunctionType: _enc_builtin_function,
+    types.MethodWrapperType: lambda e, o, out: _enc_bound_builtin(e, o, o.__self__, out),
+    functools.partial: _enc_partial,
+    functools.partialmethod: _enc_partial,
     range: _enc_repr(b"r"),
     slice: _enc_slice,
     type(Ellipsis): lambda e, o, out: out.append(b"."),
@@ -518,7 +655,13 @@ _SUBCLASS: list[tuple[type, Callable[[Encoder, Any, list[bytes]], None]]] = [
     (set, lambda e, o, out: e._unordered(b"S", o, out)),
     (datetime.datetime, _enc_datetime),
     (datetime.date, _enc_repr(b"t")),
+    (functools.partial, _enc_partial),
+    (functools.partialmethod, _enc_partial),
 ]
+
+
+# Compiled regular expressions: by pattern and flags (the class name is in the tag).
+normalize_token.register(re.Pattern, lambda p: (p.pattern, p.flags))
 
 
 _DEFAULT_GETSTATE = getattr(object, "__getstate__", None)  # Python >= 3.11
@@ -760,8 +903,9 @@ def _register_numpy() -> None:
 
     @normalize_token.register(np.random.RandomState)
     def _randomstate(x: Any) -> Any:
-        return ("RandomState", _array(x.get_state(legacy=False)["state"]["key"]),
-                x.get_state(legacy=False)["state"]["pos"])
+        # The whole state: key and position, and the cached Gaussian
+        # (``has_gauss``, ``gauss``) that the next normal draw returns.
+        return ("RandomState", x.get_state(legacy=False))
 
 
 @normalize_token.register_lazy("pandas")

@@ -85,11 +85,17 @@ def test_user_types_are_named_without_their_module():
     tuples are tagged with their qualified name alone (was module + qualname)."""
     from functionfuse.hashing import Encoder
 
-    assert Encoder().encode(Color.RED) == b"K5:ColorE9:Color.RED"
-    assert Encoder().encode(Point(1, 2)) == b"K5:Pointti1ei2ee"
+    from functionfuse.fingerprint import code_token
+
+    def part(cls):  # the user's class: qualname + "@" + its code token
+        name = cls.__qualname__.encode() + b"@" + code_token(cls).encode()
+        return b"%d:%s" % (len(name), name)
+
+    # enum members: the member's value too ("v" + its encoding)
+    assert Encoder().encode(Color.RED) == b"K" + part(Color) + b"E9:Color.REDv3:i1e"
+    assert Encoder().encode(Point(1, 2)) == b"K" + part(Point) + b"ti1ei2ee"
     # Instances encoded by their fields carry their class's code: editing a
     # method of a user's dataclass changes the key.
-    from functionfuse.fingerprint import code_token
 
     name = b"Config@" + code_token(Config).encode()
     assert Encoder().encode(Config(0.5, [])) == b"D%d:%sds2:lrf0x1.0000000000000p-1es6:layerslee" % (len(name), name)

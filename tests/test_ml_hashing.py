@@ -13,7 +13,6 @@ import enum
 import json
 import os
 import pickle
-import re
 import subprocess
 import sys
 import textwrap
@@ -185,7 +184,8 @@ def test_enum_members():
     assert tokenize(Level.LOW) != tokenize(1)
     assert tokenize(Bits.A) != tokenize(1)
     assert tokenize({Color.RED: [Level.HIGH]}) == tokenize({Color.RED: [Level.HIGH]})
-    assert Encoder().encode(Abstract.ONE) == b"K8:AbstractE12:Abstract.ONE"
+    name = b"Abstract@" + code_token(Abstract).encode()
+    assert Encoder().encode(Abstract.ONE) == b"K%d:%sE12:Abstract.ONEv3:i1e" % (len(name), name)
     assert type(Abstract) is ABCEnumMeta
     same_everywhere(Abstract)
 
@@ -371,7 +371,7 @@ class MyEstimator(ClassifierMixin, BaseEstimator):
 
 
 def test_user_estimators():
-    assert Encoder().encode(MyEstimator()).startswith(b"R11:MyEstimator")
+    assert Encoder().encode(MyEstimator()).startswith(b"R44:MyEstimator@")  # + its 32-char code token
     assert tokenize(MyEstimator(1.0)) != tokenize(MyEstimator(2.0))
     assert tokenize(MyEstimator(inner=SVC())) != tokenize(MyEstimator(inner=SVC(C=2)))
     assert tokenize(MyEstimator().fit(X, Y)) == tokenize(MyEstimator().fit(X, Y))
@@ -399,12 +399,12 @@ def test_lazy_sklearn_registration_in_a_fresh_process(tmp_path):
             def __init__(self, a=1):
                 self.a = a
 
-        print(Encoder().encode(Est())[:6].decode())
+        print(Encoder().encode(Est())[:8].decode())
         """
     )
     (tmp_path / "fresh.py").write_text(script)
     # the registered normalizer ("R"), not the generic fallback ("O")
-    assert _run([sys.executable, "fresh.py"], tmp_path) == "R3:Est"
+    assert _run([sys.executable, "fresh.py"], tmp_path) == "R36:Est@"
 
 
 def test_other_sklearn_objects_through_their_pickled_state():
@@ -533,7 +533,6 @@ def _unhashable(value, match):
 def test_what_pickles_opaquely_stays_unhashable():
     _unhashable(threading.Lock(), "lock.*cannot be pickled")
     _unhashable((i for i in range(3)), "generator.*cannot be pickled")
-    _unhashable(re.compile("a+"), "Pattern")
     _unhashable(array.array("i", [1]), "array.*pickles through _array_reconstructor")
     with open(os.devnull) as handle:
         _unhashable(handle, "TextIOWrapper.*cannot be pickled")
