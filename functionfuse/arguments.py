@@ -24,7 +24,7 @@ import inspect
 import math
 from typing import Any
 
-from .graph import BaseNode, NodeItem
+from .graph import BaseNode, FunctionNode, NodeItem
 from .modules import stable_name, stable_type_name
 
 __all__ = ["summarize_arguments", "summarize_value"]
@@ -58,6 +58,8 @@ def summarize_arguments(func: Any, args: tuple, kwargs: dict, name_of: Any) -> d
         cls = type(value)
         if (cls is int and -_MAX_INT < value < _MAX_INT) or (cls is str and len(value) <= MAX_STR):
             out[name] = value
+        elif cls is FunctionNode:
+            out[name] = {"node": name_of(value)}
         else:
             out[name] = summarize_value(value, name_of)
     return out

@@ -604,22 +604,25 @@ def argument_summary(plan: Plan, task: Task) -> dict:
     if summary is not None:
         return summary
     node = task.node
-    if not isinstance(node, BaseNode):
-        return {}
-    if isinstance(node, ClassCallNode):
+    kind = type(node)
+    if kind is FunctionNode:
+        func, args = task.func, node.args
+    elif kind is ClassCallNode:
         func = getattr(node.init.cls, node.method, None)
         args = (None, *node.args)  # bind ``self``
-    elif isinstance(node, ClassInitNode):
+    elif kind is ClassInitNode:
         func, args = node.cls, node.args
-    else:
-        func, args = task.func, node.args
+    else:  # a worker's copy: the driver summarised it
+        return {}
+    by_node = plan.by_node
 
     def name_of(ref: BaseNode) -> str:
-        dep = plan.by_node.get(id(ref))
+        dep = by_node.get(id(ref))
         return dep.name if dep is not None else ref.get_name()
 
     summary = summarize_arguments(func, args, node.kwargs, name_of)
-    summary.pop("self", None)
+    if kind is ClassCallNode:
+        summary.pop("self", None)
     task.arguments = summary
     return summary
 
