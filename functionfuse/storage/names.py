@@ -10,6 +10,8 @@ metadata).  Decoding gives the name back exactly.
 'a%2Fb%20c'
 >>> decode_name(encode_name("../x*?[]"))
 '../x*?[]'
+>>> encode_name("a~b"), is_shortened(encode_name("a~b"))
+('a%7Eb', False)
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def encode_name(name: str) -> str:
     if _PLAIN.fullmatch(name):
         enc = name
     else:
-        enc = quote(name, safe=_SAFE, errors="surrogatepass")
+        # quote() leaves "~" alone (RFC 3986 unreserved); "~" marks a shortened
+        # name here, so it is encoded: "a~b" and a shortened name never meet.
+        enc = quote(name, safe=_SAFE, errors="surrogatepass").replace("~", "%7E")
         if enc.startswith("."):
             enc = "%2E" + enc[1:]
         if len(enc) > MAX_ENCODED:

@@ -1,0 +1,35 @@
+"""Names as path components: distinct names never share a file (SPEC §3)."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from functionfuse.storage import FileStorage
+from functionfuse.storage.names import decode_name, encode_name, is_shortened
+
+
+def test_tilde_is_encoded_so_it_never_looks_shortened():
+    long_name = "x" * 300
+    short = encode_name(long_name)
+    assert is_shortened(short)
+    crafted = short  # a user name spelled like the shortened form of another
+    assert encode_name(crafted) != short
+    assert not is_shortened(encode_name(crafted))
+    assert decode_name(encode_name("a~b")) == "a~b"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_distinct_short_names_encode_distinctly(a, b):
+    if a != b and len(a) < 40 and len(b) < 40:
+        assert encode_name(a) != encode_name(b)
+        assert decode_name(encode_name(a)) == a
+
+
+def test_recomputing_one_node_keeps_the_other_whose_name_has_a_tilde(tmp_path):
+    storage = FileStorage(tmp_path / "s")
+    long_name = "n" * 300
+    crafted = encode_name(long_name)
+    storage.save("wf", long_name, "a" * 32, 1, {"fingerprint": "f", "inputs": {}})
+    storage.save("wf", crafted, "b" * 32, 2, {"fingerprint": "f", "inputs": {}})
+    assert storage.read_task("wf", crafted) == 2
+    assert storage.read_task("wf", long_name) == 1
