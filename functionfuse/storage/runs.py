@@ -1,0 +1,154 @@
+"""Run records of store v2: which key each node had in each run (docs/format.md).
+
+One immutable JSON document per run of a workflow, written once when the run
+ends, at ``runs/<workflow>/<run-id>.json``.  Run ids sort by time
+(``20261127T150406.123456Z-gpu3-4211-9f2c``), so the latest run is the
+largest name of one listing.  The workflow folder is the workflow name made a
+safe path component (:func:`functionfuse.storage.names.encode_name`); the
+record repeats the exact name, so two workflows whose long names shorten alike
+are still told apart.
+
+This module builds, encodes, decodes and orders records; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import time
+from typing import Any, Iterable
+
+from ..errors import CorruptEntryError
+from .manifests import canonical_json
+from .names import encode_name
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "new_run_id",
+    "run_folder",
+    "run_path",
+    "encode_record",
+    "decode_record",
+    "latest_run_id",
+]
+
+FORMAT = "functionfuse-run"
+VERSION = 2
+SUFFIX = ".json"
+_ID = re.compile(r"\d{8}T\d{6}\.\d{6}Z-[A-Za-z0-9.-]{1,40}-\d+-[0-9a-f]{4,}")
+OUTCOMES = ("ok", "failed", "interrupted")
+
+
+def _host() -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname() or "host")[:40]
+    return host or "host"
+
+
+def new_run_id(now: float | None = None, host: str | None = None, pid: int | None = None) -> str:
+    """A run id that sorts by start time, then host, pid and a random tail.
+
+    >>> new_run_id(0.0, "gpu3", 42)[:27]
+    '19700101T000000.000000Z-gpu'
+    """
+    now = time.time() if now is None else now
+    seconds = int(now)
+    micros = int(round((now - seconds) * 1e6))
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds))
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", host)[:40] if host else _host()
+    pid = os.getpid() if pid is None else pid
+    return f"{stamp}.{micros:06d}Z-{host}-{pid}-{secrets.token_hex(2)}"
+
+
+def run_folder(workflow: str) -> str:
+    """Folder of a workflow's records, relative to the store root.
+
+    >>> run_folder("ridge/v2")
+    'runs/ridge%2Fv2'
+    """
+    return f"runs/{encode_name(workflow)}"
+
+
+def run_path(workflow: str, run_id: str) -> str:
+    """Path of one run record, relative to the store root."""
+    if not _ID.fullmatch(run_id):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return f"{run_folder(workflow)}/{run_id}{SUFFIX}"
+
+
+def encode_record(
+    workflow: str,
+    run_id: str,
+    nodes: dict[str, dict[str, Any]],
+    *,
+    started: str,
+    finished: str,
+    outcome: str,
+    executor: str,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """The stored bytes of a run record (see docs/format.md, "Run record")."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    doc: dict[str, Any] = dict(extra or {})
+    doc.update(
+        format=FORMAT,
+        version=VERSION,
+        workflow=workflow,
+        run=run_id,
+        started=started,
+        finished=finished,
+        host=_host(),
+        executor=executor,
+        outcome=outcome,
+        nodes=nodes,
+    )
+    import blake3
+
+    doc["checksum"] = blake3.blake3(canonical_json(doc)).hexdigest()
+    return canonical_json(doc)
+
+
+def decode_record(data: bytes | memoryview, where: str) -> dict[str, Any]:
+    """Parse and verify a run record read from ``where``."""
+    import blake3
+
+    try:
+        doc = json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptEntryError(f"run record {where} is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise CorruptEntryError(f"run record {where} is not a {FORMAT!r} version {VERSION} document")
+    if not isinstance(doc.get("nodes"), dict) or not isinstance(doc.get("checksum"), str):
+        raise CorruptEntryError(f"run record {where} lacks 'nodes' or 'checksum'")
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    try:
+        expected = blake3.blake3(canonical_json(body)).hexdigest()
+    except ValueError as exc:
+        raise CorruptEntryError(f"run record {where}: {exc}") from None
+    if doc["checksum"] != expected:
+        raise CorruptEntryError(f"run record {where}: checksum mismatch")
+    return doc
+
+
+def latest_run_id(names: Iterable[str]) -> str | None:
+    """The latest run id among file names of a run folder (others are ignored).
+
+    >>> latest_run_id(["20261127T150406.000001Z-a-1-00ff.json", "20261127T150406.000002Z-a-1-0000.json",
+    ...                "notes.txt", "20261128T000000.000000Z-a-1-0000.running"])
+    '20261127T150406.000002Z-a-1-0000'
+    """
+    best = None
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if not base.endswith(SUFFIX):
+            continue
+        run_id = base[: -len(SUFFIX)]
+        if _ID.fullmatch(run_id) and (best is None or run_id > best):
+            best = run_id
+    return best

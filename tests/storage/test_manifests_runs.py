@@ -1,0 +1,104 @@
+"""Manifests and run records of store v2 (docs/format.md): encoding, verification, ordering."""
+
+import json
+import random
+
+import pytest
+
+from functionfuse.errors import CorruptEntryError
+from functionfuse.storage.manifests import canonical_json, decode_manifest, encode_manifest, manifest_path
+from functionfuse.storage.runs import decode_record, encode_record, latest_run_id, new_run_id, run_path
+
+KEY = "3f9a0c1d2e3f40516273849aabbccdde"
+
+
+def manifest(**extra):
+    fields = {
+        "key": KEY,
+        "node": "fit", "workflow": "wf",
+        "arguments": {"alpha": 0.5, "name": "é"},
+        "result": {"t": "dict", "items": [["coef", {"part": 0}], ["score", {"json": 0.93}]]},
+        "parts": [{"format": "npy", "object": "ab" * 32, "size": 128, "xxh3": "cd" * 16, "codec": None}],
+    }
+    fields.update(extra)
+    return encode_manifest(fields)
+
+
+def test_round_trip_and_canonical_bytes():
+    data = manifest()
+    doc = decode_manifest(data, KEY, "m.json")
+    assert doc["format"] == "functionfuse-manifest" and doc["version"] == 2
+    assert doc["parts"][0]["size"] == 128 and doc["arguments"]["name"] == "é"
+    assert data == canonical_json(doc)  # stored bytes are canonical: any reader can recompute
+    assert manifest_path(KEY) == f"manifests/3f/{KEY}.json"
+
+
+def test_checksum_is_blake3_of_canonical_json_without_it():
+    import blake3
+
+    doc = json.loads(manifest())
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert doc["checksum"] == blake3.blake3(canonical).hexdigest()
+
+
+def test_every_bit_flip_is_detected():
+    data = bytearray(manifest())
+    rng = random.Random(7)
+    offsets = list(range(len(data)))
+    for offset in offsets:
+        damaged = bytearray(data)
+        damaged[offset] ^= 1 << rng.randrange(8)
+        with pytest.raises(CorruptEntryError):
+            decode_manifest(bytes(damaged), KEY, "m.json")
+
+
+def test_truncation_wrong_key_wrong_format_missing_members():
+    data = manifest()
+    for cut in (0, 1, len(data) // 2, len(data) - 1):
+        with pytest.raises(CorruptEntryError, match="m.json"):
+            decode_manifest(data[:cut], KEY, "m.json")
+    with pytest.raises(CorruptEntryError, match="is for key"):
+        decode_manifest(data, "0" * 32, "m.json")
+    doc = json.loads(data)
+    doc["version"] = 3
+    with pytest.raises(CorruptEntryError, match="version 3"):
+        decode_manifest(canonical_json(doc), KEY, "m.json")
+    with pytest.raises(ValueError, match="needs parts"):
+        encode_manifest({"key": KEY, "result": {}})
+    bad = json.loads(data)
+    del bad["parts"][0]["xxh3"]
+    with pytest.raises(CorruptEntryError, match="part 0 member 'xxh3'"):
+        decode_manifest(encode_manifest(bad), KEY, "m.json")
+
+
+def test_not_json_values_are_refused_when_writing():
+    with pytest.raises(ValueError):
+        manifest(arguments={"alpha": float("nan")})
+
+
+def test_run_ids_sort_by_time_and_latest_is_found():
+    ids = [new_run_id(t, "h", 1) for t in (1.5, 1000.25, 1_800_000_000.999999, 1_800_000_001.0)]
+    assert ids == sorted(ids)
+    names = [run_path("wf", i).rsplit("/", 1)[1] for i in ids]
+    random.Random(1).shuffle(names)
+    assert latest_run_id(names + ["junk.json", ids[0] + ".running"]) == ids[-1]
+    assert latest_run_id([]) is None
+    with pytest.raises(ValueError, match="not a run id"):
+        run_path("wf", "../../etc/passwd")
+    assert run_path("a/b", ids[0]).startswith("runs/a%2Fb/")
+
+
+def test_run_record_round_trip_and_damage():
+    run_id = new_run_id()
+    data = encode_record(
+        "wf", run_id, {"fit": {"key": KEY, "action": "computed", "reason": "new", "seconds": 1.5}},
+        started="s", finished="f", outcome="ok", executor="local",
+    )
+    doc = decode_record(data, "r.json")
+    assert doc["nodes"]["fit"]["key"] == KEY and doc["run"] == run_id and doc["outcome"] == "ok"
+    damaged = data.replace(KEY.encode(), ("0" + KEY[1:]).encode())
+    with pytest.raises(CorruptEntryError, match="checksum"):
+        decode_record(damaged, "r.json")
+    with pytest.raises(ValueError, match="outcome"):
+        encode_record("wf", run_id, {}, started="s", finished="f", outcome="maybe", executor="local")
