@@ -1,10 +1,12 @@
 """Manifests of store v2: what a cache key's result is made of (docs/format.md).
 
 A manifest is a UTF-8 JSON document stored at ``manifests/<key[:2]>/<key>.json``.
-It is immutable, names no path but object hashes, and carries a ``checksum``:
-BLAKE3 of its canonical JSON (sorted keys, ``,``/``:`` separators, UTF-8,
-no NaN) without the ``checksum`` member.  This module encodes and decodes
-manifests; it does no I/O.
+It is immutable, names no path but object hashes, and is *sealed*: its first
+member is ``checksum``, BLAKE3 of the document's bytes without that member,
+exactly as written (:func:`seal`), so any language verifies it without
+re-serializing JSON.  The body is canonical JSON (sorted keys, ``,``/``:``
+separators, UTF-8, no NaN).  This module encodes and decodes manifests; it
+does no I/O.
 
 Decoding never trusts the document: a manifest that is not JSON, is of
 another format or version, names another key, lacks a required member or has
@@ -22,6 +24,8 @@ from ..errors import CorruptEntryError
 __all__ = [
     "FORMAT",
     "VERSION",
+    "seal",
+    "unseal",
     "manifest_path",
     "canonical_json",
     "encode_manifest",
@@ -38,7 +42,6 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "key": str,
     "result": dict,
     "parts": list,
-    "checksum": str,
 }
 _PART_REQUIRED: dict[str, type | tuple[type, ...]] = {"format": str, "object": str, "size": int, "xxh3": str}
 
@@ -63,16 +66,45 @@ def canonical_json(doc: dict) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def _checksum(doc: dict) -> str:
+_PREFIX = b'{"checksum":"'
+_HEX = 64
+_BODY_AT = len(_PREFIX) + _HEX + 2  # after '",'
+
+
+def seal(body: bytes) -> bytes:
+    """Stored bytes of a JSON object ``body``: ``{"checksum":"<hex>",`` followed by
+    the rest of ``body``, where ``<hex>`` is BLAKE3 of ``body`` exactly as written.
+
+    A reader in any language verifies it without re-serializing anything: take
+    the 64 hex characters after the prefix, and hash ``{`` plus everything
+    after the comma that follows them.
+    """
     import blake3
 
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    return blake3.blake3(canonical_json(body)).hexdigest()
+    if not body.startswith(b"{") or body == b"{}":
+        raise ValueError("seal() takes a non-empty JSON object")
+    digest = blake3.blake3(body).hexdigest().encode()
+    return _PREFIX + digest + b'",' + body[1:]
+
+
+def unseal(data: bytes | memoryview, what: str) -> bytes:
+    """The body of sealed bytes (see :func:`seal`), after checking its checksum."""
+    import blake3
+
+    data = bytes(data)
+    if not data.startswith(_PREFIX) or data[_BODY_AT - 2 : _BODY_AT] != b'",':
+        raise CorruptEntryError(f"{what} does not start with its checksum")
+    body = b"{" + data[_BODY_AT:]
+    stored = data[len(_PREFIX) : _BODY_AT - 2]
+    if blake3.blake3(body).hexdigest().encode() != stored:
+        raise CorruptEntryError(f"{what}: checksum mismatch (damaged or truncated)")
+    return body
 
 
 def encode_manifest(fields: dict[str, Any]) -> bytes:
     """The stored bytes of a manifest with ``fields`` (``key``, ``result`` and
-    ``parts`` at least); ``format``, ``version`` and ``checksum`` are added.
+    ``parts`` at least); ``format`` and ``version`` are added, and the bytes
+    are sealed with their checksum (:func:`seal`).
 
     Raises ValueError for fields that are not plain JSON (NaN included): a
     manifest is read by programs in any language.
@@ -83,14 +115,14 @@ def encode_manifest(fields: dict[str, Any]) -> bytes:
     missing = [k for k in ("key", "result", "parts") if k not in doc]
     if missing:
         raise ValueError(f"a manifest needs {', '.join(missing)}")
-    doc["checksum"] = _checksum(doc)
-    return canonical_json(doc)
+    return seal(canonical_json(doc))
 
 
 def decode_manifest(data: bytes | memoryview, key: str, where: str) -> dict[str, Any]:
     """Parse and verify a manifest read from ``where`` for cache key ``key``."""
+    body = unseal(data, f"manifest {where}")
     try:
-        doc = json.loads(bytes(data))
+        doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptEntryError(f"manifest {where} is not JSON ({exc})") from None
     if not isinstance(doc, dict):
@@ -104,12 +136,6 @@ def decode_manifest(data: bytes | memoryview, key: str, where: str) -> dict[str,
         )
     if doc["key"] != key:
         raise CorruptEntryError(f"manifest {where} is for key {doc['key']!r}, not {key!r}")
-    try:
-        expected = _checksum(doc)
-    except ValueError as exc:  # NaN or another non-JSON value decoded from a damaged file
-        raise CorruptEntryError(f"manifest {where}: {exc}") from None
-    if doc["checksum"] != expected:
-        raise CorruptEntryError(f"manifest {where}: checksum mismatch (stored {doc['checksum'][:12]}, computed {expected[:12]})")
     for i, part in enumerate(doc["parts"]):
         if not isinstance(part, dict):
             raise CorruptEntryError(f"manifest {where}: part {i} is not an object")

@@ -22,7 +22,7 @@ import time
 from typing import Any, Iterable
 
 from ..errors import CorruptEntryError
-from .manifests import canonical_json
+from .manifests import canonical_json, seal, unseal
 from .names import encode_name
 
 __all__ = [
@@ -108,31 +108,20 @@ def encode_record(
         outcome=outcome,
         nodes=nodes,
     )
-    import blake3
-
-    doc["checksum"] = blake3.blake3(canonical_json(doc)).hexdigest()
-    return canonical_json(doc)
+    return seal(canonical_json(doc))
 
 
 def decode_record(data: bytes | memoryview, where: str) -> dict[str, Any]:
     """Parse and verify a run record read from ``where``."""
-    import blake3
-
+    body = unseal(data, f"run record {where}")
     try:
-        doc = json.loads(bytes(data))
+        doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CorruptEntryError(f"run record {where} is not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise CorruptEntryError(f"run record {where} is not a {FORMAT!r} version {VERSION} document")
-    if not isinstance(doc.get("nodes"), dict) or not isinstance(doc.get("checksum"), str):
-        raise CorruptEntryError(f"run record {where} lacks 'nodes' or 'checksum'")
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    try:
-        expected = blake3.blake3(canonical_json(body)).hexdigest()
-    except ValueError as exc:
-        raise CorruptEntryError(f"run record {where}: {exc}") from None
-    if doc["checksum"] != expected:
-        raise CorruptEntryError(f"run record {where}: checksum mismatch")
+    if not isinstance(doc.get("nodes"), dict):
+        raise CorruptEntryError(f"run record {where} lacks 'nodes'")
     return doc
 
 

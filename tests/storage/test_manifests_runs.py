@@ -29,17 +29,20 @@ def test_round_trip_and_canonical_bytes():
     doc = decode_manifest(data, KEY, "m.json")
     assert doc["format"] == "functionfuse-manifest" and doc["version"] == 2
     assert doc["parts"][0]["size"] == 128 and doc["arguments"]["name"] == "é"
-    assert data == canonical_json(doc)  # stored bytes are canonical: any reader can recompute
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    assert data.endswith(canonical_json(body)[1:])  # the body is canonical JSON
     assert manifest_path(KEY) == f"manifests/3f/{KEY}.json"
 
 
-def test_checksum_is_blake3_of_canonical_json_without_it():
+def test_checksum_is_blake3_of_the_bytes_as_written():
     import blake3
 
-    doc = json.loads(manifest())
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    assert doc["checksum"] == blake3.blake3(canonical).hexdigest()
+    data = manifest()
+    assert data.startswith(b'{"checksum":"')
+    digest, rest = data[13:77], data[79:]
+    assert data[77:79] == b'",'
+    assert blake3.blake3(b"{" + rest).hexdigest().encode() == digest  # no JSON re-serialization
+    assert json.loads(data)["checksum"] == digest.decode()
 
 
 def test_every_bit_flip_is_detected():
@@ -60,14 +63,17 @@ def test_truncation_wrong_key_wrong_format_missing_members():
             decode_manifest(data[:cut], KEY, "m.json")
     with pytest.raises(CorruptEntryError, match="is for key"):
         decode_manifest(data, "0" * 32, "m.json")
+    from functionfuse.storage.manifests import seal
+
     doc = json.loads(data)
+    del doc["checksum"]
     doc["version"] = 3
     with pytest.raises(CorruptEntryError, match="version 3"):
-        decode_manifest(canonical_json(doc), KEY, "m.json")
+        decode_manifest(seal(canonical_json(doc)), KEY, "m.json")
     with pytest.raises(ValueError, match="needs parts"):
         encode_manifest({"key": KEY, "result": {}})
     bad = json.loads(data)
-    del bad["parts"][0]["xxh3"]
+    del bad["parts"][0]["xxh3"], bad["checksum"]
     with pytest.raises(CorruptEntryError, match="part 0 member 'xxh3'"):
         decode_manifest(encode_manifest(bad), KEY, "m.json")
 
