@@ -92,7 +92,7 @@ import struct
 import sys
 from typing import IO, Any, Mapping, Sequence
 
-from ..errors import SerializationError
+from ..errors import SerializationError, StorageError
 from . import formats
 from .formats import JSON, MMAP_THRESHOLD, NPY, PARQUET, PICKLE, Source, type_name
 
@@ -522,8 +522,8 @@ class _Joiner:
             )
         try:
             value = formats.decode(fmt, info, Source(self.readers[i]), mmap_threshold=self.mmap_threshold)
-        except SerializationError:
-            raise
+        except (SerializationError, StorageError):
+            raise  # the storage's own verdict (a damaged object, a missing one) names it already
         except Exception as exc:  # noqa: BLE001
             raise SerializationError(f"{_fmt_path(path)}: cannot read part {i} ({fmt}): {exc}") from exc
         if fmt == JSON:

@@ -1,0 +1,218 @@
+"""Results by cache key on store v2: the layer a storage will delegate to (docs/format.md).
+
+:class:`ResultStore` puts the building blocks together on one root (a local
+folder or ``s3://bucket/prefix``):
+
+* :meth:`~ResultStore.save` splits a value into a tree and parts
+  (:mod:`functionfuse.serializers.parts`), writes each part as a
+  content-addressed object (:mod:`.objects`), and publishes the key's sealed
+  manifest (:mod:`.manifests`) create-if-absent: the manifest is the commit
+  marker, written after every object it names;
+* :meth:`~ResultStore.load` reads and checks the manifest, checks every part
+  it reads (size and XXH3; ``npy`` parts of 64 MiB or more on local files are
+  memory-mapped copy-on-write instead, see the design), and joins the value;
+* :meth:`~ResultStore.present` answers "which of these keys are stored" for a
+  whole plan at once;
+* :meth:`~ResultStore.record_run` / :meth:`~ResultStore.latest_run` write and
+  read the run records that say which key each node had in a workflow's runs.
+
+Not wired into :class:`~functionfuse.storage.base.Storage` yet: the storages
+still write the 0.1.0 layout.  With ``safe=True`` nothing is ever unpickled
+and nothing needing pickle is stored.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
+from .manifests import decode_manifest, encode_manifest, manifest_path
+from .objects import ObjectRef, ObjectStore
+from .runs import decode_record, encode_record, latest_run_id, run_folder, run_path
+
+__all__ = ["ResultStore"]
+
+#: Concurrent existence checks of manifests on S3.
+CONCURRENCY = 32
+
+
+class ResultStore:
+    """Results by cache key, objects by content and run records, under one root."""
+
+    def __init__(self, objects: ObjectStore, *, safe: bool = False) -> None:
+        self.objects = objects
+        self.safe = safe
+
+    @classmethod
+    def from_url(cls, url: str, storage_options: dict | None = None, *, safe: bool = False,
+                 **kwargs: Any) -> ResultStore:
+        """The store at ``url`` (a folder, ``file://...``, ``s3://bucket/prefix``)."""
+        return cls(ObjectStore.from_url(url, storage_options, **kwargs), safe=safe)
+
+    def __repr__(self) -> str:
+        return f"ResultStore({self.objects.url!r})"
+
+    @property
+    def _local(self) -> bool:
+        return self.objects.local_path("0" * 64) is not None
+
+    def _path(self, relative: str) -> str:
+        return posixpath.join(self.objects.root, relative)
+
+    # -- writing ----------------------------------------------------------------
+    def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Store ``value`` as the result of ``key``; returns its manifest.
+
+        ``meta`` holds the informative members (node, workflow, arguments,
+        inputs ...).  Storing a key that is already stored keeps the first
+        manifest (same key, same computation).
+        """
+        from ..serializers.parts import split
+
+        tree, parts = split(value, safe=self.safe)
+        entries = []
+        for part in parts:
+            with self.objects.writer() as sink:
+                part.write(sink)
+            entries.append({**part.entry(), **sink.ref.to_json(), "codec": None})
+        data = encode_manifest({**(meta or {}), "key": key, "result": tree, "parts": entries})
+        self._publish(manifest_path(key), data, replace=False)
+        return decode_manifest(data, key, manifest_path(key))
+
+    def _publish(self, relative: str, data: bytes, *, replace: bool) -> None:
+        """Write a small document create-if-absent (``replace``: over a damaged one)."""
+        final = self._path(relative)
+        with self.objects._io("publishing", relative, final):
+            if self._local:
+                self._publish_local(final, data, replace)
+            else:
+                self._publish_s3(final, data, replace)
+
+    def _publish_local(self, final: str, data: bytes, replace: bool) -> None:
+        tmp = self._path(f"tmp/{uuid.uuid4().hex}-{os.getpid()}")
+        os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            if self.objects.durable:
+                os.fsync(fh.fileno())
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        try:
+            if replace:
+                os.replace(tmp, final)
+                return
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                pass  # another writer published this key first: same computation
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _publish_s3(self, final: str, data: bytes, replace: bool) -> None:
+        from .s3store import _error_code
+
+        bucket, key, _ = self.objects.fs.split_path(final)
+        condition = {} if replace or not self.objects._conditional else {"IfNoneMatch": "*"}
+        try:
+            self.objects.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+        except Exception as exc:  # noqa: BLE001 - told apart below
+            if isinstance(exc, FileExistsError) or _error_code(exc) in ("PreconditionFailed", "412"):
+                return  # published by another writer first
+            raise
+
+    def record_run(self, workflow: str, run_id: str, nodes: dict[str, dict[str, Any]], **fields: Any) -> str:
+        """Write the record of one run (see :func:`~.runs.encode_record`); returns its path."""
+        relative = run_path(workflow, run_id)
+        self._publish(relative, encode_record(workflow, run_id, nodes, **fields), replace=False)
+        return relative
+
+    # -- reading ----------------------------------------------------------------
+    def read_manifest(self, key: str) -> dict[str, Any]:
+        """The checked manifest of ``key`` (EntryNotFoundError / CorruptEntryError)."""
+        relative = manifest_path(key)
+        final = self._path(relative)
+        try:
+            with self.objects._io("reading", relative, final):
+                data = self.objects.fs.cat_file(final)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}") from None
+            raise
+        return decode_manifest(data, key, f"{relative} of storage {self.objects.url}")
+
+    def load(self, key: str, manifest: dict[str, Any] | None = None) -> Any:
+        """The value stored for ``key``, every part checked before it is decoded."""
+        from ..serializers.formats import MMAP_THRESHOLD
+        from ..serializers.parts import join
+
+        doc = manifest if manifest is not None else self.read_manifest(key)
+        parts = doc["parts"]
+
+        def reader(i: int) -> Any:
+            part = parts[i]
+            try:
+                ref = ObjectRef.from_json(part)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise CorruptEntryError(f"manifest of key {key}: part {i} names no valid object ({exc})") from None
+            local = self.objects.local_path(ref)
+            if local is not None and part["format"] == "npy" and ref.size >= MMAP_THRESHOLD:
+                if os.path.getsize(local) != ref.size:
+                    raise CorruptEntryError(f"object {ref.hash} of key {key}: size differs from its manifest")
+                return local  # memory-mapped; its XXH3 is checked by verify (docs/format.md)
+            return self.objects.get_bytes(ref)
+
+        readers = _Readers(reader, len(parts))
+        try:
+            return join(doc["result"], parts, readers, safe=self.safe)
+        except (FunctionFuseError, MemoryError):
+            raise
+        except Exception as exc:  # a decoder failing on checked bytes: the manifest lies
+            raise CorruptEntryError(f"result of key {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
+
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """The keys among ``keys`` whose manifest exists (one stat each locally,
+        concurrent HEADs on S3)."""
+        keys = list(dict.fromkeys(keys))
+        paths = [self._path(manifest_path(k)) for k in keys]
+        fs = self.objects.fs
+        if self._local:
+            return {k for k, p in zip(keys, paths) if os.path.exists(p)}
+        with ThreadPoolExecutor(max_workers=min(CONCURRENCY, max(1, len(keys)))) as pool:
+            found = list(pool.map(fs.exists, paths))
+        return {k for k, ok in zip(keys, found) if ok}
+
+    def latest_run(self, workflow: str) -> dict[str, Any] | None:
+        """The latest run record of ``workflow`` (None before its first run)."""
+        folder = self._path(run_folder(workflow))
+        fs = self.objects.fs
+        with self.objects._io("listing", run_folder(workflow), folder):
+            try:
+                names = fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return None
+        run_id = latest_run_id(names)
+        if run_id is None:
+            return None
+        relative = run_path(workflow, run_id)
+        with self.objects._io("reading", relative, self._path(relative)):
+            data = fs.cat_file(self._path(relative))
+        record = decode_record(data, f"{relative} of storage {self.objects.url}")
+        if record.get("workflow") != workflow:  # a long name shortened like another's
+            return None
+        return record
+
+
+class _Readers:
+    """``readers[i]`` for :func:`~functionfuse.serializers.parts.join`, fetched on demand."""
+
+    def __init__(self, read: Any, count: int) -> None:
+        self._read, self._count = read, count
+
+    def __getitem__(self, i: int) -> Any:
+        if not 0 <= i < self._count:
+            raise CorruptEntryError(f"the result tree names part {i}; the manifest has {self._count}")
+        return self._read(i)  # checked bytes, or the path of a part to memory-map
