@@ -139,6 +139,20 @@ def _view(data: Any) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
+#: Chunks from this size on are hashed in a thread while they are written.
+_OVERLAP = 1 << 20
+_POOL: list = []
+
+
+def _hash_pool() -> Any:
+    """One thread that hashes chunks while the caller writes them (per process)."""
+    if not _POOL or _POOL[0][1] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL[:] = [(ThreadPoolExecutor(max_workers=1, thread_name_prefix="functionfuse-hash"), os.getpid())]
+    return _POOL[0][0]
+
+
 class _Retry(Exception):
     """Upload again (a conflict, or conditional writes turned off)."""
 
@@ -184,9 +198,17 @@ class ObjectWriter(io.BufferedIOBase):
             self._pending = bytearray()
 
     def _emit(self, view: Any) -> None:
-        self._hasher.update(view)
-        with self._store._io("writing", "a new object", self._tmp or "the local spool"):
-            _write_all(self._sink, view)
+        # Hashing (BLAKE3 and XXH3 release the GIL) runs beside the write: the
+        # cost of a chunk is the slower of the two, not their sum.
+        hashing = _hash_pool().submit(self._hasher.update, view) if len(view) >= _OVERLAP else None
+        try:
+            with self._store._io("writing", "a new object", self._tmp or "the local spool"):
+                _write_all(self._sink, view)
+        finally:
+            if hashing is not None:
+                hashing.result()
+        if hashing is None:
+            self._hasher.update(view)
 
     def commit(self) -> ObjectRef:
         """Publish the object (create-if-absent) and return its reference."""
