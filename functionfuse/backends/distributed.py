@@ -375,15 +375,13 @@ class DistributedWorkflow(BaseWorkflow):
                 by_name.get(error.node, task).entry = None
                 warnings.warn(f"{error}; recomputing it", CacheWarning, stacklevel=5)
                 continue
-            # The node that failed is the one the error names; a consumer
-            # receiving its upstream's error never ran.
+            # The node that failed is the one the error names; a consumer that
+            # received its upstream's error never ran (finish_report says so).
             failed_name = getattr(error, "node", None) or task.name
             culprit = task if failed_name == task.name else by_name.get(failed_name)
             if culprit is not None:
                 culprit.action = "failed"
                 culprit.seconds = getattr(error, "seconds", 0.0) or culprit.seconds
-            if culprit is not task:
-                task.action = "not run"
             if getattr(error, "secondary", False):
                 if fallback is None:
                     fallback = (task, error)

@@ -129,3 +129,23 @@ def test_concurrent_savers_of_one_key_leave_one_valid_manifest(tmp_path):
     with open(os.path.join(store.objects.root, "manifests", "aa", KEY_A + ".json"), "rb") as fh:
         doc = json.loads(fh.read())
     assert doc["key"] == KEY_A
+
+
+def test_saving_a_stored_key_again_keeps_the_first_manifest(store):
+    first = store.save(KEY_A, [1, 2, 3], {"node": "first"})
+    again = store.save(KEY_A, [1, 2, 3], {"node": "second"})  # create-if-absent: no error
+    assert again["key"] == KEY_A
+    assert store.read_manifest(KEY_A)["node"] == first["node"] == "first"
+
+
+def test_a_record_in_another_workflows_folder_is_not_taken(tmp_path):
+    import shutil
+
+    store = ResultStore.from_url(str(tmp_path / "store"))
+    run_id = new_run_id()
+    path = store.record_run("x", run_id, {}, started="s", finished="f", outcome="ok", executor="local")
+    other = os.path.join(store.objects.root, "runs", "y")
+    os.makedirs(other)
+    shutil.copy(os.path.join(store.objects.root, path), other)
+    assert store.latest_run("x")["workflow"] == "x"
+    assert store.latest_run("y") is None
