@@ -111,6 +111,12 @@ def test_compute_arguments_are_checked():
         compute(node, executor="spark")
     with pytest.raises(GraphError, match="at least one node"):
         compute()
+    with pytest.raises(GraphError, match="argument 0 .*is not a node"):
+        compute(5)
+    with pytest.raises(GraphError, match="executor must be None"):
+        explain(node, executor=object())
+    with pytest.raises(GraphError, match="workflow_name"):
+        explain(node, storage=object())
 
 
 def test_compute_on_dask_and_ray(tmp_path, dask_client, ray_cluster):

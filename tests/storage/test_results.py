@@ -149,3 +149,10 @@ def test_a_record_in_another_workflows_folder_is_not_taken(tmp_path):
     shutil.copy(os.path.join(store.objects.root, path), other)
     assert store.latest_run("x")["workflow"] == "x"
     assert store.latest_run("y") is None
+
+
+def test_unsupported_location_is_a_clear_error():
+    from functionfuse.errors import StorageConfigError
+
+    with pytest.raises(StorageConfigError, match="local files or S3, not on MemoryFileSystem"):
+        ResultStore.from_url("memory://cache")
