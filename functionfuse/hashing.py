@@ -78,7 +78,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import HashingError
-from .modules import is_user_module, package_version, stable_type_name
+from .modules import is_user_module, lookup, package_version, stable_type_name
 
 __all__ = ["normalize_token", "tokenize", "hash_bytes", "Dispatch", "Unhashable", "user_stacklevel"]
 
@@ -328,12 +328,7 @@ class Encoder:
         out.append(_len_prefixed(b"O", self._class_bytes(cls)))
 
         def feed(value: Any, where: str) -> None:
-            try:
-                self._feed(value, out)
-            except Unhashable as inner:
-                raise Unhashable(
-                    obj, f"{where} cannot be hashed ({_type_name(type(inner.obj))}: {inner.reason})"
-                ) from None
+            self._feed_part(value, out, obj, where)
 
         def action() -> None:
             feed(args, "its constructor arguments")
@@ -347,6 +342,16 @@ class Encoder:
             feed(dictitems, "its items")
 
         self._guarded(obj, action)
+
+    def _feed_part(self, value: Any, out: list[bytes], whole: Any, where: str) -> None:
+        """Feed ``value``, a part of ``whole``; if it cannot be hashed, ``whole``
+        cannot, and the error says which part (``where``) and why."""
+        try:
+            self._feed(value, out)
+        except Unhashable as inner:
+            raise Unhashable(
+                whole, f"{where} cannot be hashed ({_type_name(type(inner.obj))}: {inner.reason})"
+            ) from None
 
     def _enter(self, obj: Any) -> int:
         oid = id(obj)
@@ -486,15 +491,7 @@ def _enc_bound_builtin(e: Encoder, obj: Any, owner: Any, out: list[bytes]) -> No
     part of what it does."""
     out.append(_len_prefixed(b"W", obj.__name__.encode("utf-8", "surrogatepass")))
 
-    def action() -> None:
-        try:
-            e._feed(owner, out)
-        except Unhashable as inner:
-            raise Unhashable(
-                obj, f"the object it is bound to cannot be hashed ({_type_name(type(inner.obj))}: {inner.reason})"
-            ) from None
-
-    e._guarded(obj, action)
+    e._guarded(obj, lambda: e._feed_part(owner, out, obj, "the object it is bound to"))
 
 
 def _enc_partial(e: Encoder, obj: Any, out: list[bytes]) -> None:
@@ -520,7 +517,6 @@ def _enc_partial(e: Encoder, obj: Any, out: list[bytes]) -> None:
     e._guarded(obj, action)
 
 
-_MISSING = object()
 
 
 def _installed_callable_name(obj: Any) -> bytes | None:
@@ -542,13 +538,9 @@ def _installed_callable_name(obj: Any) -> bytes | None:
         qualname = getattr(obj, "__qualname__", None)
         if type(module) is not str or type(qualname) is not str or is_user_module(module):
             return None
-        target = sys.modules.get(module)
+        target = lookup(module, qualname)
         if target is None:
             return None
-        for part in qualname.split("."):
-            target = getattr(target, part, _MISSING)
-            if target is _MISSING:
-                return None
         if target is not obj and not (
             type(obj) is types.MethodType and type(target) is types.MethodType and target == obj
         ):

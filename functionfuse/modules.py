@@ -26,7 +26,7 @@ import sys
 import sysconfig
 from typing import Any
 
-__all__ = ["is_user_module", "is_user_file", "stable_type_name", "stable_name", "package_version"]
+__all__ = ["is_user_module", "is_user_file", "lookup", "stable_type_name", "stable_name", "package_version"]
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -101,6 +101,27 @@ def _classify(name: str, module: Any) -> bool:
     if locations:  # a namespace package: where its folders are
         return any(is_user_file(os.path.join(loc, "")) for loc in locations)
     return True  # no file at all: a notebook, an exec'd module
+
+
+_ABSENT = object()
+
+
+def lookup(module: str, qualname: str) -> Any:
+    """The object a module's qualified name reaches, or None (the module not
+    imported, or a name missing on the way): how pickle by reference finds it.
+
+    >>> import json
+    >>> lookup("json", "dumps") is json.dumps, lookup("json", "nope")
+    (True, None)
+    """
+    found: Any = sys.modules.get(module)
+    if found is None:
+        return None
+    for part in qualname.split("."):
+        found = getattr(found, part, _ABSENT)
+        if found is _ABSENT:
+            return None
+    return found
 
 
 def stable_type_name(cls: type) -> str:

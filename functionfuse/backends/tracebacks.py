@@ -51,10 +51,11 @@ import io
 import linecache
 import marshal
 import re
-import sys
 import types
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from ..modules import lookup
 
 import cloudpickle
 
@@ -138,14 +139,7 @@ def _by_value(obj: Any, registered: tuple[str, ...]) -> bool:
     qualname = getattr(obj, "__qualname__", "")
     if "<locals>" in qualname or "<lambda>" in qualname:
         return True
-    found: Any = sys.modules.get(module)
-    if found is None:
-        return True
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-        if found is None:
-            return True
-    return found is not obj
+    return lookup(module, qualname) is not obj
 
 
 def _module_by_value(module: types.ModuleType, registered: tuple[str, ...]) -> bool:
