@@ -49,7 +49,11 @@ def summarize_arguments(func: Any, args: tuple, kwargs: dict, name_of: Any) -> d
     >>> summarize_arguments(fit, ([1, 2],), {"solver": "saga"}, str)
     {'X': [1, 2], 'solver': 'saga'}
     """
-    bound = _bind(func, args, kwargs)
+    params = _params(func)
+    if params is not None and not kwargs and len(args) <= len(params[0]):
+        bound = dict(zip(params[0], args))  # the common call: positional arguments only
+    else:
+        bound = _bind(func, args, kwargs)
     if bound is None:
         bound = {f"arg{i}": a for i, a in enumerate(args)}
         bound.update(kwargs)
