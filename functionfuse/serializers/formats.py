@@ -80,6 +80,7 @@ import sys
 from typing import IO, Any, Callable
 
 from ..errors import SerializationError
+from . import natives
 
 __all__ = [
     "NPY",
@@ -131,6 +132,8 @@ def classify(x: Any) -> tuple[str, Any, dict] | str | None:
         return _classify_pandas(x)
     if top == "pyarrow":
         return _classify_table(x)
+    if top in natives.TOPS:
+        return natives.classify(x, top)
     return None
 
 
@@ -437,6 +440,8 @@ def encode(fmt: str, payload: Any, f: IO[bytes]) -> None:
             pq.write_table(payload, target)
     elif fmt in (JSON, PICKLE):
         f.write(payload)
+    elif fmt in natives.ENCODERS:
+        natives.ENCODERS[fmt](payload, f)
     else:
         raise SerializationError(f"unknown part format {fmt!r}")
 
@@ -521,7 +526,7 @@ def decode(fmt: str, info: dict, source: Source, *, mmap_threshold: int | None =
             import numpy as np
 
             return np.load(source.path, mmap_mode="c", allow_pickle=False)
-    decoder = _DECODERS.get(fmt)
+    decoder = _DECODERS.get(fmt) or natives.DECODERS.get(fmt)
     if decoder is None:
         raise SerializationError(f"unknown part format {fmt!r}")
     f, owned = source.open()
