@@ -80,7 +80,7 @@ import sys
 from typing import IO, Any, Callable
 
 from ..errors import SerializationError
-from . import natives
+from . import natives, persistent
 
 __all__ = [
     "NPY",
@@ -440,6 +440,8 @@ def encode(fmt: str, payload: Any, f: IO[bytes]) -> None:
             pq.write_table(payload, target)
     elif fmt in (JSON, PICKLE):
         f.write(payload)
+    elif fmt == persistent.SERIALIZER:
+        persistent.encode(payload, f)
     elif fmt in natives.ENCODERS:
         natives.ENCODERS[fmt](payload, f)
     else:
@@ -580,6 +582,8 @@ def _decode_json(f: IO[bytes], info: dict) -> Any:
 
 
 def _decode_pickle(f: IO[bytes], info: dict) -> Any:
+    if info.get("persistent"):
+        return persistent.loads(f, info)
     return pickle.load(f)
 
 
@@ -588,4 +592,5 @@ _DECODERS: dict[str, Callable[[IO[bytes], dict], Any]] = {
     PARQUET: _decode_parquet,
     JSON: _decode_json,
     PICKLE: _decode_pickle,
+    persistent.SERIALIZER: persistent.decode,
 }

@@ -93,7 +93,7 @@ import sys
 from typing import IO, Any, Mapping, Sequence
 
 from ..errors import SerializationError, StorageError
-from . import formats
+from . import formats, persistent
 from .formats import JSON, MMAP_THRESHOLD, NPY, PARQUET, PICKLE, Source, type_name
 
 __all__ = [
@@ -214,8 +214,9 @@ def _float_node(x: float) -> dict:
 
 
 class _Splitter:
-    def __init__(self, safe: bool, inline_limit: int, max_depth: int) -> None:
+    def __init__(self, safe: bool, inline_limit: int, max_depth: int, persistence: Any = None) -> None:
         self.safe = safe
+        self.persistence = persistence
         self.inline_limit = inline_limit
         self.max_depth = max_depth
         self.parts: list[Part] = []
@@ -326,10 +327,18 @@ class _Splitter:
         return {"numpy": dt.str, "hex": raw}, len(raw) + 40
 
     def leaf(self, x: Any, path: Any) -> tuple[dict, int]:
+        if self.persistence is not None:
+            serializer = self.persistence.match(type(x))
+            if serializer is not None:
+                info = {"serializer": serializer.name, "type": type_name(x), "side": self.persistence.side}
+                return self.add_part(x, persistent.SERIALIZER, (serializer, x, self.persistence), info)
         found = formats.classify(x)
         if not isinstance(found, tuple):
             return self.pickle_leaf(x, path, found or "no plain format holds it")
         fmt, payload, info = found
+        return self.add_part(x, fmt, payload, info)
+
+    def add_part(self, x: Any, fmt: str, payload: Any, info: dict) -> tuple[dict, int]:
         node = {"part": len(self.parts)}
         self.parts.append(Part(fmt, info, payload))
         self.leaf_nodes[id(x)] = node
@@ -362,8 +371,16 @@ class _Splitter:
     def finish(self) -> None:
         """Write the pickle part of the pickled leaves, then encode the json parts."""
         if self.pickled:
+            info: dict = {"types": [type_name(x) for x in self.pickled]}
+            persistence = self.persistence
             try:
-                data, memo = formats.dumps_pickle(self.pickled)
+                if persistence is not None and persistence.matters:
+                    data, pids, memo = persistent.dumps(self.pickled, persistence)
+                    if pids:
+                        info["persistent"] = persistent.jsonable_pids(pids)
+                        info["side"] = persistence.side
+                else:
+                    data, memo = formats.dumps_pickle(self.pickled)
             except Exception as exc:  # noqa: BLE001
                 raise self.pickle_error(exc) from exc
             shared = [key for key in memo if key in self.tracked]
@@ -374,7 +391,7 @@ class _Splitter:
                 ]
                 raise _Whole(f"a pickled leaf refers to objects also stored in the tree ({', '.join(where)})")
             index = len(self.parts)
-            self.parts.append(Part(PICKLE, {"types": [type_name(x) for x in self.pickled]}, data))
+            self.parts.append(Part(PICKLE, info, data))
             for node in self.pickled_nodes:
                 node["part"] = index
         for part, node in self.json_parts:
@@ -389,16 +406,24 @@ class _Splitter:
         return SerializationError(f"the pickled parts of the result cannot be pickled: {exc}")
 
 
-def _pickle_whole(value: Any) -> tuple[dict, list[Part]]:
+def _pickle_whole(value: Any, persistence: Any = None) -> tuple[dict, list[Part]]:
+    info: dict = {"type": type_name(value)}
     try:
-        data, _ = formats.dumps_pickle(value)
+        if persistence is not None and persistence.matters:
+            data, pids, _ = persistent.dumps(value, persistence)
+            if pids:
+                info["persistent"] = persistent.jsonable_pids(pids)
+                info["side"] = persistence.side
+        else:
+            data, _ = formats.dumps_pickle(value)
     except Exception as exc:  # noqa: BLE001
         raise SerializationError(f"result ({type_name(value)}) cannot be pickled: {exc}") from exc
-    return {"part": 0}, [Part(PICKLE, {"type": type_name(value)}, data)]
+    return {"part": 0}, [Part(PICKLE, info, data)]
 
 
 def split(
-    value: Any, *, safe: bool = False, inline_limit: int = INLINE_LIMIT, max_depth: int = MAX_DEPTH
+    value: Any, *, safe: bool = False, inline_limit: int = INLINE_LIMIT, max_depth: int = MAX_DEPTH,
+    persistence: Any = None,
 ) -> tuple[dict, list[Part]]:
     """Split ``value`` into the manifest's ``result`` tree and its parts.
 
@@ -406,17 +431,20 @@ def split(
     grammar), ``parts[i]`` is the :class:`Part` that ``{"part": i}`` names.
     With ``safe=True`` a value that needs pickle raises
     :class:`~functionfuse.errors.SerializationError` naming where it sits.
+    ``persistence`` (a :class:`~.persistent.Persistence`) hands objects of
+    persistent serializers to them (``serializer`` parts); their side data is
+    written when the part is written.
     """
-    splitter = _Splitter(safe, inline_limit, max_depth)
+    splitter = _Splitter(safe, inline_limit, max_depth, persistence)
     try:
         tree, _ = splitter.walk(value, None, 0)
         if splitter.pickled and tree is splitter.pickled_nodes[0]:
-            return _pickle_whole(value)  # the result itself is the one pickled leaf
+            return _pickle_whole(value, persistence)  # the result itself is the one pickled leaf
         splitter.finish()
     except _Whole as whole:
         if safe:
             raise SerializationError(f"{whole}; safe mode stores no pickle") from None
-        return _pickle_whole(value)
+        return _pickle_whole(value, persistence)
     return tree, splitter.parts
 
 

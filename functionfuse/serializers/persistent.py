@@ -1,0 +1,198 @@
+"""Persistent serializers inside store v2 results (the ``serializer`` part format).
+
+A *persistent serializer* (see :mod:`.base`) stores objects of one type its own
+way: ``DaskArraySerializer`` writes a dask array chunk by chunk to HDF5 (file
+storage) or zarr (S3).  In store v2 such an object is found part by part like
+any other leaf:
+
+* an object a serializer takes becomes a part of format ``serializer``.  The
+  serializer writes its side data into the folder ``side/<workflow>/`` of the
+  storage (recorded in the part's ``info["side"]``, so any workflow that finds
+  the manifest reads it from there) and returns a persistent id; the part's
+  object is the JSON document ``{"serializer": name, "pid": pid}``.  A pid
+  that is not plain JSON is kept as ``{"serializer": name, "pickled_pid":
+  "<base64 cloudpickle>"}`` (never read in safe mode);
+* inside a pickled leaf (a dask array held by a user's object) the pickle
+  part is written with a pickler that hands such objects to their
+  serializer, and the part's ``info["persistent"]`` lists ``[name, pid]`` for
+  each (``pid`` ``null`` when it is not plain JSON), so side data can be found
+  and removed without unpickling anything.
+
+``DaskArraySerializer`` is used by default for ``dask.array.Array`` (it is
+matched by the type's module name: dask is not imported to look); serializers
+registered on the storage come first.
+
+The storage activates a :class:`Persistence` around a save or a load
+(:func:`active`); the part codecs read it from a context variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import io
+import json
+import sys
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterator
+
+from ..errors import SerializationError
+
+__all__ = ["SERIALIZER", "Persistence", "active", "current", "encode", "decode", "default_serializer"]
+
+SERIALIZER = "serializer"
+_DEFAULT_NAME = "DaskArraySerializer"
+_current: contextvars.ContextVar[Persistence | None] = contextvars.ContextVar("ff_persistence", default=None)
+
+
+def default_serializer(cls: type) -> Any | None:
+    """The serializer used for ``cls`` when none is registered (dask arrays), or None."""
+    if cls.__name__ == "Array" and cls.__module__ == "dask.array.core":
+        from .daskarray import DaskArraySerializer
+
+        return DaskArraySerializer
+    return None
+
+
+class Persistence:
+    """Registered serializers plus the side-data folder of one storage.
+
+    ``protocols(side)`` returns the protocol handles (see :mod:`.base`) of the
+    side-data folder ``side`` (relative to the storage root); ``side`` is the
+    folder new side data goes to.
+    """
+
+    def __init__(self, registry: Any, protocols: Callable[[str], dict], side: str) -> None:
+        self.registry = registry
+        self._protocols = protocols
+        self.side = side
+        self._made: dict[str, dict] = {}
+
+    def protocols(self, side: str | None = None) -> dict:
+        side = self.side if side is None else side
+        handles = self._made.get(side)
+        if handles is None:
+            handles = self._made[side] = self._protocols(side)
+        return handles
+
+    def match(self, cls: type) -> Any | None:
+        """The serializer for ``cls``: a registered one, else the default, else None."""
+        found = self.registry.match(cls) if self.registry else None
+        return found if found is not None else default_serializer(cls)
+
+    def by_name(self, name: str) -> Any:
+        if name == _DEFAULT_NAME and name not in self.registry.serializers:
+            from .daskarray import DaskArraySerializer
+
+            return DaskArraySerializer
+        return self.registry.by_name(name)
+
+    @property
+    def matters(self) -> bool:
+        """Whether a pickled leaf may hold an object a serializer takes."""
+        return bool(self.registry) or "dask.array" in sys.modules
+
+    def store(self, serializer: Any, obj: Any) -> tuple[str, Any]:
+        """Let ``serializer`` store ``obj``; returns ``(name, pid)``."""
+        pid = serializer.pickle(obj, self.protocols())
+        if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == serializer.name:
+            pid = pid[1]
+        return serializer.name, pid
+
+    def remove(self, name: str, pid: Any, side: str) -> None:
+        self.by_name(name).remove(pid, self.protocols(side))
+
+
+@contextmanager
+def active(persistence: Persistence | None) -> Iterator[None]:
+    """Make ``persistence`` the one the part codecs use, for a save or a load."""
+    token = _current.set(persistence)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current() -> Persistence | None:
+    return _current.get()
+
+
+def _required(what: str) -> Persistence:
+    persistence = _current.get()
+    if persistence is None:
+        raise SerializationError(f"{what} needs the storage that wrote it (no persistent serializers active)")
+    return persistence
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as plain JSON data (tuples become lists), or raise TypeError/ValueError."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+def encode(payload: tuple[Any, Any, Persistence], f: IO[bytes]) -> None:
+    """Write a ``serializer`` part: the serializer stores the object, the part holds its id."""
+    serializer, obj, persistence = payload
+    name, pid = persistence.store(serializer, obj)
+    try:
+        doc: dict = {"serializer": name, "pid": plain_json(pid)}
+    except (TypeError, ValueError):
+        import cloudpickle
+
+        doc = {"serializer": name, "pickled_pid": base64.b64encode(cloudpickle.dumps(pid, protocol=5)).decode()}
+    f.write(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
+
+
+def read_pid(data: bytes, *, safe: bool) -> tuple[str, Any]:
+    """``(serializer name, pid)`` from a ``serializer`` part's bytes."""
+    doc = json.loads(bytes(data).decode("utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("serializer"), str):
+        raise SerializationError("a serializer part names no serializer")
+    if "pid" in doc:
+        return doc["serializer"], doc["pid"]
+    if safe:
+        raise SerializationError(
+            f"the persistent id of serializer {doc['serializer']!r} is pickled; safe mode does not unpickle"
+        )
+    import pickle
+
+    return doc["serializer"], pickle.loads(base64.b64decode(doc["pickled_pid"]))
+
+
+def decode(f: IO[bytes], info: dict) -> Any:
+    """Read a ``serializer`` part: the serializer rebuilds the object from its side data."""
+    persistence = _required(f"a result stored with serializer {info.get('serializer')!r}")
+    name, pid = read_pid(f.read(), safe=False)
+    return persistence.by_name(name).unpickle(pid, persistence.protocols(info.get("side")))
+
+
+def dumps(obj: Any, persistence: Persistence) -> tuple[bytes, list, dict]:
+    """Pickle ``obj``, handing objects a serializer takes to it.
+
+    Returns the pickle, the ``(name, pid)`` written, and the pickler's memo (id -> object).
+    """
+    from .pickling import _PersistentPickler
+
+    buf = io.BytesIO()
+    pickler = _PersistentPickler(buf, persistence, persistence.protocols)  # type: ignore[arg-type]
+    pickler.dump(obj)
+    memo = {key: value[1] for key, value in pickler.memo.copy().items()}
+    return buf.getvalue(), pickler.pids, memo
+
+
+def loads(f: IO[bytes], info: dict) -> Any:
+    """Unpickle a pickle part whose ``info`` lists persistent ids."""
+    from .pickling import _PersistentUnpickler
+
+    persistence = _required("a pickled result holding objects of persistent serializers")
+    return _PersistentUnpickler(f, persistence, persistence.protocols(info.get("side"))).load()  # type: ignore[arg-type]
+
+
+def jsonable_pids(pids: list) -> list:
+    """``[[name, pid or None], ...]`` for a part's ``info["persistent"]``."""
+    out = []
+    for name, pid in pids:
+        try:
+            out.append([name, plain_json(pid)])
+        except (TypeError, ValueError):
+            out.append([name, None])
+    return out
