@@ -240,10 +240,10 @@ class Task:
     fingerprint: str | None = None
     code: dict | None = None  # parts of the fingerprint (function, refs), for reports
     arguments: dict | None = None  # JSON summary of the literal arguments (metadata)
-    entry: str | None = None  # file name of a valid-looking entry for ``key``
+    entry: str | None = None  # the key of a stored result to load (a cache hit)
     store = False
     overwrite = False
-    stale: list = []
+    stale: list = []  # the key of the node's current stored version, when it differs
     method: str | None = None  # for a call on a stateful instance
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:
@@ -269,6 +269,8 @@ class Plan:
     tasks: list[Task]
     by_node: dict[int, Task]
     storage: Any = None
+    listing: Any = None  # the storage's Listing the plan was made from
+    started: float = 0.0  # time.time() when the plan was made
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -514,17 +516,18 @@ def make_plan(
             task.deps = [by_node[id(d)] for d in node.deps]
         tasks.append(task)
         by_node[id(node)] = task
-    plan = Plan(workflow, tasks, by_node, storage)
+    plan = Plan(workflow, tasks, by_node, storage, started=time.time())
     if storage is None:
         return plan
 
     with planning():  # module-level values are read once per plan
         listing = storage.scan(workflow)
-        files = listing.files
+        plan.listing = listing
         key_of: dict[int, str] = {}
         fp_cache: dict = {}
         forced = _compile(force)
         forced_ids: set[int] = set()  # forced nodes and everything downstream of them
+        stored: list[tuple[Task, bool, bool]] = []  # (task, forced, downstream of forced)
         for task in tasks:
             node = task.node
             compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
@@ -543,22 +546,28 @@ def make_plan(
                 task.run, task.reason = True, NOT_STORED
                 continue
             task.store = True
-            filename = storage.entry_name(task.name, task.key)
-            hit = filename in files
-            if not hit or is_forced or downstream:
-                previous = listing.by_name.get(storage.encoded(task.name))
-                if previous and (len(previous) > 1 or previous[0] != filename):
-                    task.stale = [f for f in previous if f != filename]
+            stored.append((task, is_forced, downstream))
+        # Keys the latest run record names are present; the others are
+        # looked up in one batch (a stat each on files, concurrent HEADs on S3).
+        known = listing.known
+        unknown = [t.key for t, _, _ in stored if t.key not in known]
+        present = known | storage.present(unknown) if unknown else known
+        for task, is_forced, downstream in stored:
+            key = task.key
+            hit = key in present
+            previous = listing.previous(task.name)
+            if previous is not None and previous != key:
+                task.stale = [previous]
             if is_forced:
-                task.run, task.reason, task.overwrite = True, FORCED, filename in files
+                task.run, task.reason, task.overwrite = True, FORCED, hit
             elif downstream:
-                task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, filename in files
+                task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, hit
             elif task.reason == UNHASHABLE:
                 task.run = True
-            elif hit and filename in unusable:
+            elif hit and key in unusable:
                 task.run, task.reason, task.overwrite = True, CORRUPT, True
             elif hit:
-                task.run, task.reason, task.entry = False, CACHED, filename
+                task.run, task.reason, task.entry = False, CACHED, key
             else:
                 task.run, task.reason = True, _miss_reason(storage, workflow, task, plan)
     _expand_chains(tasks, by_node)
@@ -710,9 +719,6 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
         task.action = "failed"
         raise
     task.entry = filename
-    if task.stale:
-        storage.discard(plan.workflow, task.stale)
-        task.stale = []
     if storage.always_read or (instance is not None and value is instance):
         # A method returning ``self`` hands children the object as it was
         # then, as a later run reading the entry would; later calls on the
@@ -770,6 +776,42 @@ def finish_report(plan: Plan, error: BaseException | None) -> None:
             task.reason = INTERRUPTED if interrupted else task.reason
         elif task.action == "skipped" and task.run:
             task.action = "not run"
+
+
+def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
+    """Write the run record of a finished, failed or interrupted run (one small write).
+
+    It names every stored node's key and what the run did with it; the
+    storage carries over the nodes this run did not store (see
+    :meth:`~functionfuse.storage.base.Storage.record_run`).  A failure to
+    write it is logged, never raised: the results are stored already.
+    """
+    storage = plan.storage
+    if storage is None or plan.listing is None:
+        return
+    from .storage.base import utc_now_iso
+    from .storage.runs import new_run_id
+
+    nodes: dict[str, dict] = {}
+    for task in plan.tasks:
+        if not task.store:
+            continue
+        entry: dict = {"key": task.key, "action": task.action, "reason": task.reason}
+        if task.seconds:
+            entry["seconds"] = round(task.seconds, 6)
+        nodes[task.name] = entry
+    if error is None:
+        outcome = "ok"
+    else:
+        outcome = "failed" if isinstance(error, Exception) else "interrupted"
+    started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(plan.started))
+    try:
+        storage.record_run(
+            plan.workflow, new_run_id(plan.started), nodes, listing=plan.listing,
+            started=started, finished=utc_now_iso(), outcome=outcome, executor=executor,
+        )
+    except Exception as exc:  # noqa: BLE001 - the results are stored; only the record is lost
+        logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)
 
 
 def entry_failed(task: Task, exc: Exception) -> None:

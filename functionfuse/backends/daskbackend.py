@@ -286,6 +286,8 @@ class DaskWorkflow(DistributedWorkflow):
         (``cluster_kwargs`` are passed to it).
     """
 
+    executor_name = "dask"
+
     def __init__(
         self, *nodes: Any, workflow_name: str, client: Any = None, cluster_kwargs: dict | None = None
     ) -> None:

@@ -32,7 +32,9 @@ from typing import Any
 
 import cloudpickle
 
-from ..caching import LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, finish_report, load_node, make_plan
+from ..caching import (
+    LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, finish_report, load_node, make_plan, record_run,
+)
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -138,6 +140,8 @@ class _Retry(Exception):
 
 
 class DistributedWorkflow(BaseWorkflow):
+    executor_name = "distributed"  # recorded in run records
+
     """Base of :class:`~functionfuse.backends.builtin.rayback.RayWorkflow` and
     :class:`~functionfuse.backends.builtin.daskback.DaskWorkflow`."""
 
@@ -223,6 +227,7 @@ class DistributedWorkflow(BaseWorkflow):
             engine = engine_factory()
             plan = None
             error: BaseException | None = None
+            retrying = False
             try:
                 plan, plugin_funcs = self._plan(force, strict_hashing, unusable)
                 with planning():  # argument summaries of the specs reuse what keying followed
@@ -232,6 +237,7 @@ class DistributedWorkflow(BaseWorkflow):
                 engine.cancel()  # an interrupted run leaves nothing running
                 raise
             except _Retry as retry:
+                retrying = True
                 unusable |= retry.entries
                 logger.info("retrying %r without unusable entries %s", self.workflow_name, sorted(retry.entries))
                 continue
@@ -242,6 +248,8 @@ class DistributedWorkflow(BaseWorkflow):
                 engine.close()
                 if plan is not None:
                     finish_report(plan, error)
+                    if not retrying:
+                        record_run(plan, error, self.executor_name)
                     self.last_report = RunReport(
                         self.workflow_name, tasks=plan.tasks, seconds=time.perf_counter() - start
                     )

@@ -34,6 +34,7 @@ from ..caching import (
     entry_failed,
     execute,
     finish_report,
+    record_run,
     load_node,
     node_error,
     run_node,
@@ -108,6 +109,7 @@ class LocalWorkflow(BaseWorkflow):
             raise
         finally:
             finish_report(plan, error)
+            record_run(plan, error, "local")
             self.last_report = plan.report(time.perf_counter() - start)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("%s", self.last_report.summary())

@@ -276,6 +276,8 @@ class RayWorkflow(DistributedWorkflow):
         runs in this process, arguments it does not honour are an error.
     """
 
+    executor_name = "ray"
+
     def __init__(self, *nodes: Any, workflow_name: str, ray_init_args: dict | None = None) -> None:
         super().__init__(*nodes, workflow_name=workflow_name)
         if ray_init_args is not None and not isinstance(ray_init_args, dict):

@@ -89,6 +89,7 @@ description of the first difference, or None when every record matches::
     result schema changed: shapes.Point fields reordered (x, y) -> (y, x)
     result schema changed: shapes.Point field x int -> float
     result schema changed: shapes.Point is now attrs, was dataclass
+    result schema changed: shapes.Point is no longer a dataclass
     result schema changed: class shapes.Point no longer exists
 
 A class that cannot be found (module gone or failing to import, name gone)
@@ -120,15 +121,17 @@ import ast
 import dataclasses
 import enum
 import importlib
+import inspect
 import re
 import sys
 import types
 import typing
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..modules import lookup
 
-__all__ = ["schemas_of", "changed_schema", "REASON"]
+__all__ = ["REASON", "changed_schema", "schemas_of"]
 
 #: The reason a node is recomputed for; every description starts with it.
 REASON = "result schema changed"
@@ -137,6 +140,7 @@ DATACLASS = "dataclass"
 ATTRS = "attrs"
 PYDANTIC = "pydantic"
 _KINDS_NAMES = (DATACLASS, ATTRS, PYDANTIC)
+_ARTICLE = {DATACLASS: "a dataclass", ATTRS: "an attrs class", PYDANTIC: "a pydantic model"}
 
 #: Containers looked into for instances (exact types only).
 _CONTAINERS = (list, tuple, set, frozenset, dict)
@@ -306,13 +310,18 @@ def _type_text_unsafe(t: Any, scope: _Scope | None, depth: int) -> str:
     return _ADDRESS.sub("", repr(t))  # typing special forms: "typing.NoReturn", ...
 
 
+def _evaluate(text: str, scope: _Scope) -> Any:
+    """The value of a string annotation, or ``_MISSING`` when a name does not resolve (yet)."""
+    try:
+        return eval(text, scope.globalns, scope.localns)  # as typing.get_type_hints does
+    except Exception:  # noqa: BLE001 - NameError mostly; any error leaves the text as written
+        return _MISSING
+
+
 def _string_annotation(text: str, scope: _Scope | None, depth: int) -> str:
     if scope is not None:
-        try:
-            value = eval(text, scope.globalns, scope.localns)  # noqa: S307 - as typing.get_type_hints does
-        except Exception:  # noqa: BLE001 - a name that does not resolve (yet)
-            pass
-        else:
+        value = _evaluate(text, scope)
+        if value is not _MISSING:
             return _type_text_unsafe(value, scope, depth + 1)
     try:
         tree = ast.parse(text.strip(), mode="eval").body
@@ -335,9 +344,11 @@ def _literal_text(value: Any) -> str:
 
 def _declaring_class(cls: type, name: str) -> type:
     for base in getattr(cls, "__mro__", (cls,)):
-        annotations = base.__dict__.get("__annotations__")
-        if isinstance(annotations, dict) and name in annotations:
-            return base
+        try:
+            if name in inspect.get_annotations(base):
+                return base
+        except Exception:  # noqa: BLE001, S112 - not a class with readable annotations
+            continue
     return cls
 
 
@@ -417,7 +428,7 @@ def schemas_of(objects: Iterable[Any]) -> list[dict[str, Any]]:
                 if info.recordable and cls not in recorded:
                     recorded.add(cls)
                     records.append(_record(cls, info.kind))
-                items = [getattr(obj, name, None) for name in info.names]
+                items = _field_values(obj, info.names)
             pending = []
             for item in items:  # only what may hold a schema class goes on the stack
                 try:
@@ -429,6 +440,16 @@ def schemas_of(objects: Iterable[Any]) -> list[dict[str, Any]]:
             pending.reverse()  # popped in order
             stack.extend(pending)
     return records
+
+
+def _field_values(obj: Any, names: tuple[str, ...]) -> list[Any]:
+    values = []
+    for name in names:
+        try:
+            values.append(getattr(obj, name))
+        except Exception:  # noqa: BLE001, S112 - a field not set (init=False) or a failing descriptor
+            continue
+    return values
 
 
 # -- checking -----------------------------------------------------------------------------
@@ -487,8 +508,10 @@ def _find_class(name: str, module: str) -> tuple[Any, str | None]:
             try:
                 importlib.import_module(candidate)
             except Exception as exc:  # noqa: BLE001 - any failure to import means the class is gone
-                if problem is None or not isinstance(exc, ModuleNotFoundError):
-                    problem = f"module {candidate} cannot be imported ({type(exc).__name__})"
+                missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+                if not (missing and (candidate == missing or candidate.startswith(missing + "."))):
+                    # the module is there but fails (a missing dependency, an error in its code)
+                    problem = problem or f"module {candidate} cannot be imported ({type(exc).__name__})"
                 continue
         found = lookup(candidate, name[len(candidate) + 1 :])
         if found is not None:
@@ -559,7 +582,7 @@ def _changed_one(record: Any) -> str | None:
         return f"{name} is no longer a class"
     now = _kind_of(cls)
     if now is None:
-        return f"{name} is no longer a {kind} class"
+        return f"{name} is no longer {_ARTICLE[kind]}"
     if now != kind:
         return f"{name} is now {now}, was {kind}"
     current = [(n, t) for n, t in _fields(cls, now)]

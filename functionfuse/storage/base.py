@@ -1,58 +1,66 @@
-"""Storage: primitives in subclasses, entry policy written once here.
+"""Storage: where node results live, in the store v2 layout (docs/format.md).
 
-Layout under a storage's root::
+Every storage keeps the same layout under its root (a folder, an S3 prefix)::
 
-    <root>/<workflow>/<node>-<key>.ffr     one entry per (node name, key)
-    <root>/<workflow>/.data/...            serializers' side data
+    FFSTORE.json                 marks the root (format and version)
+    objects/ab/cd/<blake3>       content-addressed data: one object per part of a result
+    manifests/kk/<key>.json      one sealed JSON manifest per cache key
+    runs/<workflow>/<run>.json   one sealed JSON record per run of a workflow
+    side/<workflow>/...          side data of persistent serializers (HDF5, zarr)
+    tmp/                         temporaries of writers
 
-``<workflow>`` and ``<node>`` are encoded with :mod:`.names`.  Entries are
-immutable: a result with a new key is a new object under a new name, and the
-entry with the old key of the same node is removed once the new one is
-published, so a reader sees the old entry, the new one, or both, never a
-partial one.  Publishing is create-if-absent: two writers of the same entry
-leave one valid entry.
+The policy is written once, here, on :class:`~.results.ResultStore`:
 
-Subclasses implement the primitives (``_listdir``, ``_read``, ``_read_head``,
-``_publish``, ``_delete``, ``_delete_tree``, ``_ensure_dir``, ``fs``); everything
-else is policy shared by every storage.  A storage pickles as its constructor
-arguments plus its registered serializers, so any worker process can reopen
-it.
+* a result is stored under its **cache key**, whatever node or workflow
+  computed it: a key stored by one workflow is a hit for any other, and every
+  key's result is kept (switching a parameter A → B → A hits);
+* a workflow's **run records** say which key each node had.  The latest
+  record also carries the keys of nodes that run did not touch (``others``),
+  so one record is the workflow's whole current state: ``read_task``,
+  ``read_task_meta`` and ``list_tasks`` read it, and planning takes its keys
+  as present without asking the storage (they are checked when loaded);
+* nothing is ever unpickled to list, plan, read metadata or remove:
+  manifests and records are JSON.
+
+Subclasses say where the root is (:meth:`Storage._object_store`) and how the
+storage's errors read (:meth:`Storage._failure`).  A storage pickles as its
+constructor arguments plus its registered serializers, so any worker process
+can reopen it.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import platform
+import socket
 import sys
 import time
 from abc import ABC, abstractmethod
-from pickle import loads as _pickle_loads
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import CorruptEntryError, EntryNotFoundError, SerializationError, StorageError
-from ..serializers import pickling
 from ..serializers.base import FILE_PROTOCOL, FileProtocol
 from ..serializers.registry import SerializerRegistry
-from . import entry as entry_format
-from .names import decode_name, encode_name, is_shortened
+from .names import encode_name
 
-__all__ = ["Storage", "Listing", "library_versions"]
+__all__ = ["Storage", "Listing", "library_versions", "STORED_ACTIONS"]
 
 logger = logging.getLogger(__name__)
 
-SIDE_DATA = ".data"
 KEY_HEX = 32
-_SUFFIX = entry_format.SUFFIX
-_TAIL = 1 + KEY_HEX + len(_SUFFIX)  # "-" + key + ".ffr"
+SIDE = "side"
 
-_TRACKED = ("numpy", "pandas", "dask", "h5py", "zarr", "sklearn", "torch")
+#: Run-record actions after which the node's key is stored.
+STORED_ACTIONS = frozenset({"computed", "read", "skipped", "replayed"})
+
+_TRACKED = ("numpy", "pandas", "pyarrow", "polars", "dask", "h5py", "zarr", "sklearn", "torch")
 _VERSIONS: dict[tuple[str, ...], dict[str, str]] = {}
+_HOST = socket.gethostname()
 
 
 def library_versions() -> dict[str, str]:
-    """Versions recorded in every entry: Python, functionfuse, cloudpickle and
+    """Versions recorded in every manifest: Python, functionfuse, cloudpickle and
     the scientific libraries imported at the time of the save."""
     present = tuple(filter(sys.modules.__contains__, _TRACKED))
     versions = _VERSIONS.get(present)
@@ -101,94 +109,68 @@ def _naming_node(exc: StorageError, workflow_name: str, node_name: str) -> Stora
         return exc
 
 
-def split_entry_name(filename: str) -> tuple[str, str] | None:
-    """``(encoded node name, key)`` of an entry file name, or None."""
-    if len(filename) <= _TAIL or not filename.endswith(_SUFFIX) or filename[-_TAIL] != "-":
-        return None
-    if filename.startswith("."):
-        return None
-    return filename[:-_TAIL], filename[-_TAIL + 1 : -len(_SUFFIX)]
+def current_view(record: dict | None) -> dict[str, str]:
+    """Node name -> key of the stored version a run record makes current.
+
+    The nodes the run stored or found stored, plus the ``others`` it carried
+    over from the run before (nodes it did not touch, or that failed in it).
+    """
+    if not record:
+        return {}
+    view: dict[str, str] = {}
+    others = record.get("others")
+    if isinstance(others, dict):
+        view.update((n, k) for n, k in others.items() if isinstance(k, str))
+    for name, entry in record.get("nodes", {}).items():
+        if isinstance(entry, dict) and entry.get("action") in STORED_ACTIONS and isinstance(entry.get("key"), str):
+            view[name] = entry["key"]
+    return view
 
 
 class Listing:
-    """A snapshot of a workflow's entry names taken at the start of a run.
+    """What a run's plan needs from the storage: the workflow's current state.
 
-    ``files`` answers "is this entry stored?"; ``by_name`` (encoded node name
-    -> entry file names) is built on first use, which a fully cached run never
-    needs.
+    ``view`` maps node names to the key of their current stored version (see
+    :func:`current_view`); ``record`` is the latest run record (None before
+    the first run).  Picklable, so a storage working in another process (the
+    ray kind) can return it.
     """
 
-    def __init__(self, names: list[str] | None = None) -> None:
-        self.files: set[str] = set(names or ())
-        self._by_name: dict[str, list[str]] | None = None
+    def __init__(self, record: dict | None = None) -> None:
+        self.record = record
+        self.view = current_view(record)
+        self.known = frozenset(self.view.values())
 
-    @property
-    def by_name(self) -> dict[str, list[str]]:
-        if self._by_name is None:
-            by_name: dict[str, list[str]] = {}
-            for filename in self.files:
-                parts = split_entry_name(filename)
-                if parts is not None:
-                    by_name.setdefault(parts[0], []).append(filename)
-            self._by_name = by_name
-        return self._by_name
+    def previous(self, node_name: str) -> str | None:
+        """The key of the node's current stored version, if any."""
+        return self.view.get(node_name)
 
 
 class Storage(ABC):
     """Base of every storage.  See the module docstring for the layout."""
 
     protocol_name = FILE_PROTOCOL
-    _sep = "/"
 
     def __init__(self) -> None:
         self.registry = SerializerRegistry()
         self._always_read = False
-        self._made_dirs: set[str] = set()
-        self._wf_dirs: dict[str, str] = {}
-        self._const_meta: dict[tuple[str, int], bytes] = {}
+        self._safe = False
+        self._results: Any = None
+        self._results_pid = 0
 
-    # -- primitives -----------------------------------------------------------
+    # -- what subclasses provide ------------------------------------------------
     @property
     @abstractmethod
     def fs(self) -> Any:
-        """The fsspec filesystem (for serializers' protocol handles)."""
+        """The fsspec filesystem of the root."""
 
     @abstractmethod
     def _join(self, *parts: str) -> str:
-        """Join path components below the root."""
+        """Join path components below the root (a path on :attr:`fs`)."""
 
     @abstractmethod
-    def _listdir(self, path: str) -> list[str]:
-        """Base names in folder ``path``; an empty list when it does not exist."""
-
-    @abstractmethod
-    def _read(self, path: str) -> bytes:
-        """Whole content of ``path``; raises FileNotFoundError when missing."""
-
-    @abstractmethod
-    def _read_head(self, path: str, size: int) -> bytes:
-        """The first ``size`` bytes (fewer if shorter); FileNotFoundError when missing."""
-
-    @abstractmethod
-    def _ensure_dir(self, path: str) -> None:
-        """Create folder ``path`` (and parents) if needed."""
-
-    @abstractmethod
-    def _publish(self, folder: str, name: str, data: bytes, overwrite: bool = False) -> bool:
-        """Atomically create ``folder/name`` with ``data``.
-
-        Readers must never see a partial object.  Unless ``overwrite``, an
-        existing object is kept: returns False and writes nothing.  With
-        ``overwrite`` the object is atomically replaced.
-        """
-
-    @abstractmethod
-    def _delete(self, path: str) -> None:
-        """Delete one object; a missing one is not an error."""
-
-    @abstractmethod
-    def _delete_tree(self, path: str) -> None:
-        """Delete a folder recursively; a missing one is not an error."""
+    def _object_store(self) -> Any:
+        """The :class:`~.objects.ObjectStore` at the root."""
 
     @abstractmethod
     def _constructor_args(self) -> tuple[tuple, dict]:
@@ -202,9 +184,13 @@ class Storage(ABC):
         writing or reading side data.  Returns a :class:`StorageError` that says
         what went wrong and how to fix it (an unreachable endpoint, rejected
         credentials, a missing bucket), or None to let ``exc`` propagate as it
-        is (for example a FileNotFoundError that only means "no such entry").
+        is.
         """
         return exc if isinstance(exc, StorageError) else None
+
+    def _side_protocols(self, side: str) -> dict:
+        """Protocol handles of the side-data folder ``side`` (relative to the root)."""
+        return {FILE_PROTOCOL: FileProtocol(self.fs, self._join(*side.split("/")))}
 
     # -- pickling: constructor arguments, no live handles ----------------------
     def __getstate__(self) -> dict:
@@ -227,6 +213,18 @@ class Storage(ABC):
     def __hash__(self) -> int:
         return hash((type(self), repr(self._constructor_args())))
 
+    @property
+    def results(self) -> Any:
+        """The :class:`~.results.ResultStore` at the root (a new one after a fork)."""
+        import os
+
+        if self._results is None or self._results_pid != os.getpid():
+            from .results import ResultStore
+
+            self._results = ResultStore(self._object_store(), safe=self._safe)
+            self._results_pid = os.getpid()
+        return self._results
+
     # -- compatible API -------------------------------------------------------
     @property
     def always_read(self) -> bool:
@@ -238,275 +236,222 @@ class Storage(ABC):
     def always_read(self, value: bool) -> None:
         self._always_read = bool(value)
 
+    @property
+    def safe(self) -> bool:
+        """Safe mode: nothing is ever unpickled, nothing needing pickle is stored."""
+        return self._safe
+
     def register_persistent_serializers(self, *serializers: Any) -> None:
         """Register serializers for types found anywhere inside results."""
         self.registry.register(*serializers)
 
     def new_workflow(self, workflow_name: str) -> None:
-        """Make sure the workflow's folder exists (the original package's hook)."""
-        self._ensure_dir(self._wf_dir(workflow_name))
+        """Check the workflow name (the original package's hook; nothing to create)."""
+        _check_workflow(workflow_name)
 
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
-        """Names of the stored nodes of a workflow matching a glob ``pattern``, sorted."""
-        names = set(self._names(workflow_name))
-        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
+        """Names of the stored nodes of a workflow matching a glob ``pattern``, sorted.
+
+        The nodes of the workflow's current state: those its latest run
+        stored or found stored, and those earlier runs stored that it did not
+        touch.
+        """
+        view = self.scan(workflow_name).view
+        return sorted(n for n in view if fnmatch.fnmatchcase(n, pattern))
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
-        """The stored result of node ``task_name``.
+        """The stored result of node ``task_name``: the version of the workflow's latest run.
 
         Raises
         ------
         EntryNotFoundError
             (a FileNotFoundError) when nothing is stored under that name.
         CorruptEntryError
-            When the entry fails its integrity check.
+            When the result fails its integrity check.
         """
-        filename = self._latest(workflow_name, task_name)
-        return self.load(workflow_name, filename)
+        return self.load(workflow_name, self._current_key(workflow_name, task_name))
 
     def read_task_meta(self, workflow_name: str, task_name: str) -> dict:
-        """Metadata of node ``task_name``'s entry, without loading the result."""
-        return self.read_meta(workflow_name, self._latest(workflow_name, task_name))
+        """Metadata of node ``task_name``'s current version (its manifest), without loading it."""
+        return self.read_meta(workflow_name, self._current_key(workflow_name, task_name))
 
     def remove_task(self, workflow_name: str, task_name: str | None = None, pattern: str | None = None) -> list[str]:
-        """Remove stored results (and their side data) by name or glob pattern.
+        """Remove stored results by node name or glob pattern; returns the names removed.
 
-        Returns the names removed.  A ``task_name`` with no entry raises
-        :class:`EntryNotFoundError`; a pattern matching nothing removes nothing.
+        The nodes leave the workflow's current state (a record of the removal
+        is written), and their results are deleted unless another workflow's
+        current state uses the same key.  A ``task_name`` with no stored
+        result raises :class:`EntryNotFoundError`; a pattern matching nothing
+        removes nothing.
         """
         if pattern is None and task_name is None:
             raise StorageError("remove_task needs task_name=... or pattern=...")
+        listing = self.scan(workflow_name)
         if pattern is not None:
-            wanted = set(self.list_tasks(workflow_name, pattern))
+            wanted = sorted(n for n in listing.view if fnmatch.fnmatchcase(n, pattern))
         else:
-            wanted = {task_name}  # type: ignore[arg-type]
-        files = [f for name, f in self._named_files(workflow_name) if name in wanted]
-        if task_name is not None and pattern is None and not files:
-            raise EntryNotFoundError(f"workflow {workflow_name!r} has no stored node {task_name!r}")
-        self.discard(workflow_name, files)
-        return sorted(wanted)
+            if task_name not in listing.view:
+                raise EntryNotFoundError(f"workflow {workflow_name!r} has no stored node {task_name!r}")
+            wanted = [task_name]  # type: ignore[list-item]
+        if wanted:
+            self._forget(workflow_name, listing, wanted)
+        return wanted
 
     def remove_workflow(self, workflow_name: str) -> None:
         """Remove everything stored for a workflow (a missing one is not an error)."""
-        self._delete_tree(self._wf_dir(workflow_name))
-        self._made_dirs.clear()
+        listing = self.scan(workflow_name)
+        if listing.view:
+            self._forget(workflow_name, listing, sorted(listing.view))
+        self.results.remove_runs(workflow_name)
 
-    # -- entries: what the caching core uses ---------------------------------
-    def _wf_dir(self, workflow_name: str) -> str:
-        try:
-            return self._wf_dirs[workflow_name]
-        except (KeyError, TypeError):
-            pass
-        if not isinstance(workflow_name, str) or not workflow_name:
-            raise StorageError(f"workflow names must be non-empty strings, got {workflow_name!r}")
-        folder = self._wf_dirs[workflow_name] = self._join(encode_name(workflow_name))
-        return folder
-
-    def _entry_path(self, workflow_name: str, filename: str) -> str:
-        return self._wf_dir(workflow_name) + self._sep + filename
-
+    # -- what the caching core uses ---------------------------------------------
     @staticmethod
     def entry_name(node_name: str, key: str) -> str:
-        """File name of the entry of ``node_name`` with cache ``key``."""
-        return f"{encode_name(node_name)}-{key[:KEY_HEX]}{_SUFFIX}"
-
-    @staticmethod
-    def encoded(node_name: str) -> str:
-        return encode_name(node_name)
+        """The identifier of the stored result of ``node_name`` with cache ``key``: the key."""
+        return key
 
     def scan(self, workflow_name: str) -> Listing:
-        """One listing of a workflow's entries (cheaper than a lookup per node)."""
-        # Names that are not entries (".data", temporary files) never match an
-        # entry name, so they can stay in ``files``.
-        return Listing(self._listdir(self._wf_dir(workflow_name)))
+        """The workflow's current state, from its latest run record (one listing, one read)."""
+        _check_workflow(workflow_name)
+        try:
+            record = self.results.latest_run(workflow_name)
+        except CorruptEntryError as exc:
+            logger.warning("workflow %r: latest run record unusable (%s); planning without it", workflow_name, exc)
+            record = None
+        return Listing(record)
 
-    def protocols(self, workflow_name: str) -> dict:
-        """The protocol handles serializers get for this workflow."""
-        return {FILE_PROTOCOL: FileProtocol(self.fs, self._join(encode_name(workflow_name), SIDE_DATA))}
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """The keys among ``keys`` whose result is stored (one ``stat`` or ``HEAD`` each, batched)."""
+        return self.results.present(keys)
 
     def save(
         self, workflow_name: str, node_name: str, key: str, value: Any, meta: dict, *, overwrite: bool = False
     ) -> str:
-        """Serialize and publish ``value``; returns the entry's file name.
+        """Store ``value`` as the result of cache ``key``; returns the key.
 
-        ``overwrite`` atomically replaces an existing entry with the same key
-        (forced or corrupt entries); its side data is removed afterwards.
-        Raises SerializationError (naming the node) when ``value`` cannot be
-        serialized; nothing is written then and nothing stored is touched.
-        Raises StorageError (naming the node, and what :meth:`_failure` says
-        about the storage) when the storage itself fails; no entry is
-        published then.
+        ``meta`` (function, arguments, inputs ...) is completed with the node,
+        workflow, time, host and library versions and written into the
+        manifest.  ``overwrite`` writes every object and the manifest again
+        (over a damaged copy).  Raises SerializationError (naming the node)
+        when ``value`` cannot be serialized (nothing is published then), and
+        StorageError (naming the node) when the storage fails.
         """
-        try:
-            payload, pids = pickling.dumps(value, self.registry, lambda: self.protocols(workflow_name))
-        except Exception as exc:  # any failure of user __reduce__ / serializers: name the node
-            failure = self._failure(exc, "writing side data of", self._wf_dir(workflow_name))
-            if failure is not None:  # the storage failed, not the value
-                named = _naming_node(failure, workflow_name, node_name)
-                if named is exc:
-                    raise
-                raise named from exc
-            raise SerializationError(
-                f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
-                f"cannot be serialized: {type(exc).__name__}: {exc}. Register a persistent serializer "
-                "for its type with storage.register_persistent_serializers(...), or keep the node out "
-                "of storage with workflow.log_nodes(pattern)."
-            ) from exc
         meta["node"] = node_name
+        meta["workflow"] = workflow_name
         meta["key"] = key
         meta["created"] = utc_now_iso()
-        if pids:
-            meta["persistent"] = sorted({p[0] for p in pids})
-            meta["persistent_versions"] = {
-                p[0]: str(getattr(self.registry.by_name(p[0]), "version", "")) for p in pids
-            }
-        data = entry_format.pack(meta, pids, payload, self._constant_meta(workflow_name))
-        folder = self._wf_dir(workflow_name)
-        name = self.entry_name(node_name, key)
-        # Side data (written above, by the serializers) is complete before the
-        # entry is published: the entry is the commit marker.
+        meta["host"] = _HOST
+        meta["versions"] = library_versions()
         try:
-            if folder not in self._made_dirs:
-                self._ensure_dir(folder)
-                self._made_dirs.add(folder)
-            old_pids: list = []
-            if overwrite:
-                try:
-                    old_pids = self._head(self._entry_path(workflow_name, name))[1]
-                except (EntryNotFoundError, CorruptEntryError):
-                    old_pids = []
-            published = self._publish(folder, name, data, overwrite)
+            manifest = self.results.save(key, value, meta, replace=overwrite, persistence=self._persistence(workflow_name))
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
+                f"cannot be stored: {exc}. " + _FIX
+            ) from exc
         except StorageError as exc:
-            if pids:
-                # Not removed: a publish that failed on our side may still have
-                # succeeded on the server, and then the entry needs them.
-                # Unreferenced side data is only wasted space.
-                logger.warning(
-                    "node %r: side data %s written but its entry was not published", node_name, pids
-                )
             named = _naming_node(exc, workflow_name, node_name)
             if named is exc:
                 raise
             raise named from exc
-        if published:
-            self._remove_side_data(workflow_name, old_pids, name)
-        else:
-            logger.debug("entry %s already present (another writer); keeping it", name)
-            # Our side data is not referenced by the entry that won.
-            self._remove_side_data(workflow_name, pids, name)
-        return name
+        except Exception as exc:  # a serializer or user __reduce__ failing
+            failure = self._failure(exc, "writing", self._join("objects"))
+            if failure is not None:
+                raise _naming_node(failure, workflow_name, node_name) from exc
+            raise SerializationError(
+                f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
+                f"cannot be serialized: {type(exc).__name__}: {exc}. " + _FIX
+            ) from exc
+        persistent = _serializers_of(manifest)
+        if persistent:
+            meta["persistent"] = persistent
+        return key
 
-    def _constant_meta(self, workflow_name: str) -> bytes:
-        """JSON members every entry of a workflow shares, encoded once."""
-        versions = library_versions()
-        cache_key = (workflow_name, id(versions))
-        cached = self._const_meta.get(cache_key)
-        if cached is None:
-            members = {"workflow": workflow_name, "serializer": "cloudpickle", "versions": versions}
-            cached = json.dumps(members, separators=(",", ":"))[1:-1].encode()
-            self._const_meta[cache_key] = cached
-        return cached
-
-    def _remove_side_data(self, workflow_name: str, pids: list, where: str) -> None:
-        """Delete side data no entry references any more; never fails a run."""
-        if not pids:
-            return
-        try:
-            pickling.remove_pids(pids, self.registry, self.protocols(workflow_name))
-        except Exception as exc:  # noqa: BLE001 - cleanup never fails a run
-            logger.warning("side data of %s left in place (remove it with storage.remove_task): %s", where, exc)
-
-    def load(self, workflow_name: str, filename: str) -> Any:
-        """Load and verify one entry.
+    def load(self, workflow_name: str, key: str) -> Any:
+        """Load and verify the result stored for ``key``.
 
         Raises EntryNotFoundError, CorruptEntryError or SerializationError.
         """
-        path = self._entry_path(workflow_name, filename)
         try:
-            data = self._read(path)
-        except FileNotFoundError:
-            raise EntryNotFoundError(f"no entry {path}") from None
-        ent = entry_format.unpack(data, path)
-        persistent = bool(ent.pids)
-        try:
-            if not persistent:
-                return _pickle_loads(ent.payload)  # pickling.loads without a frame
-            return pickling.loads(
-                ent.payload,
-                self.registry,
-                self.protocols(workflow_name) if persistent else None,
-                persistent=persistent,
-            )
-        except (SerializationError, StorageError):
+            return self.results.load(key, persistence=self._persistence(workflow_name))
+        except (StorageError, SerializationError):
             raise
-        except (pickling.pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError) as exc:
-            raise SerializationError(f"{path}: cannot load the result: {exc!r}") from exc
-        except Exception as exc:
-            failure = self._failure(exc, "reading side data of", path)
+        except Exception as exc:  # side data read by a serializer
+            failure = self._failure(exc, "reading side data of", key)
             if failure is None:
                 raise
             raise failure from exc
 
-    def read_meta(self, workflow_name: str, filename: str) -> dict:
-        """Metadata of one entry, read from its first bytes only."""
-        return self._head(self._entry_path(workflow_name, filename))[0]
+    def read_meta(self, workflow_name: str, key: str) -> dict:
+        """The manifest of ``key`` (node, function, arguments, inputs, parts ...), never unpickled."""
+        doc = self.results.read_manifest(key)
+        persistent = _serializers_of(doc)
+        if persistent:
+            doc["persistent"] = persistent
+        return doc
 
-    def _head(self, path: str) -> tuple[dict, list]:
-        try:
-            head = self._read_head(path, 4096)
-            meta, pids, need = entry_format.read_meta_and_pids(head, path)
-            if need:
-                meta, pids, _ = entry_format.read_meta_and_pids(self._read_head(path, need), path)
-        except FileNotFoundError:
-            raise EntryNotFoundError(f"no entry {path}") from None
-        return meta, pids
+    def record_run(
+        self, workflow_name: str, run_id: str, nodes: dict[str, dict], *, listing: Listing | None = None,
+        **fields: Any,
+    ) -> str:
+        """Write the record of one run; ``listing`` (the plan's) supplies the nodes carried over."""
+        view = listing.view if listing is not None else {}
+        others = {
+            name: key for name, key in view.items()
+            if name not in nodes or nodes[name].get("action") not in STORED_ACTIONS
+        }
+        extra = dict(fields.pop("extra", None) or {})
+        extra["others"] = others
+        return self.results.record_run(workflow_name, run_id, nodes, extra=extra, **fields)
 
-    def discard(self, workflow_name: str, filenames: list[str]) -> None:
-        """Delete entries and their side data (entry first: never a dangling entry)."""
-        for filename in filenames:
-            path = self._entry_path(workflow_name, filename)
-            try:
-                _meta, pids = self._head(path)
-            except (EntryNotFoundError, CorruptEntryError):
-                pids = []
-            self._delete(path)
-            self._remove_side_data(workflow_name, pids, path)
+    def _persistence(self, workflow_name: str) -> Any:
+        from ..serializers.persistent import Persistence
+
+        return Persistence(self.registry, self._side_protocols, f"{SIDE}/{encode_name(workflow_name)}")
 
     # -- helpers ---------------------------------------------------------------
-    def _named_files(self, workflow_name: str) -> list[tuple[str, str]]:
-        out = []
-        for enc, files in self.scan(workflow_name).by_name.items():
-            if is_shortened(enc):
-                for f in files:
-                    try:
-                        out.append((self.read_meta(workflow_name, f)["node"], f))
-                    except (EntryNotFoundError, CorruptEntryError, KeyError):
-                        continue
-            else:
-                name = decode_name(enc)
-                out.extend((name, f) for f in files)
-        return out
-
-    def _names(self, workflow_name: str) -> list[str]:
-        return [name for name, _ in self._named_files(workflow_name)]
-
-    def _latest(self, workflow_name: str, task_name: str) -> str:
+    def _current_key(self, workflow_name: str, task_name: str) -> str:
         if not isinstance(task_name, str):
             raise EntryNotFoundError(f"task names are strings, got {task_name!r}")
-        enc = encode_name(task_name)
-        files = self.scan(workflow_name).by_name.get(enc, [])
-        if is_shortened(enc):
-            files = [f for f in files if self._meta_or_none(workflow_name, f).get("node") == task_name]
-        if not files:
-            raise EntryNotFoundError(
-                f"workflow {workflow_name!r} has no stored node {task_name!r} in {self!r}"
-            )
-        if len(files) == 1:
-            return files[0]
-        return max(files, key=lambda f: self._meta_or_none(workflow_name, f).get("created", ""))
+        key = self.scan(workflow_name).previous(task_name)
+        if key is None:
+            raise EntryNotFoundError(f"workflow {workflow_name!r} has no stored node {task_name!r} in {self!r}")
+        return key
 
-    def _meta_or_none(self, workflow_name: str, filename: str) -> dict:
-        try:
-            return self.read_meta(workflow_name, filename)
-        except (EntryNotFoundError, CorruptEntryError):
-            return {}
+    def _forget(self, workflow_name: str, listing: Listing, names: list[str]) -> None:
+        """Drop ``names`` from the workflow's current state and delete what nothing else uses."""
+        from .runs import new_run_id
+
+        keys = {listing.view[n] for n in names}
+        now = utc_now_iso()
+        kept = {n: k for n, k in listing.view.items() if n not in set(names)}
+        self.results.record_run(
+            workflow_name, new_run_id(), {}, started=now, finished=now, outcome="removed",
+            executor="remove_task", extra={"others": kept, "removed": names},
+        )
+        in_use = self.results.keys_in_use(exclude=workflow_name) | set(kept.values())
+        self.results.remove_keys(keys - in_use, persistence=self._persistence(workflow_name))
+
+
+_FIX = (
+    "Register a persistent serializer for its type with storage.register_persistent_serializers(...), "
+    "or keep the node out of storage with workflow.log_nodes(pattern)."
+)
+
+
+def _serializers_of(manifest: dict) -> list[str]:
+    """Names of the persistent serializers a manifest's parts use."""
+    names = set()
+    for part in manifest.get("parts", ()):
+        info = part.get("info") or {}
+        if part.get("format") == "serializer" and isinstance(info.get("serializer"), str):
+            names.add(info["serializer"])
+        for entry in info.get("persistent") or ():
+            if isinstance(entry, list) and entry and isinstance(entry[0], str):
+                names.add(entry[0])
+    return sorted(names)
+
+
+def _check_workflow(workflow_name: Any) -> None:
+    if not isinstance(workflow_name, str) or not workflow_name:
+        raise StorageError(f"workflow names must be non-empty strings, got {workflow_name!r}")

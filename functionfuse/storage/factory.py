@@ -39,12 +39,13 @@ class Option:
 
 _PATH = Option((str, os.PathLike), "a str or os.PathLike folder path", "'/data/cache'", required=True)
 _DURABLE = Option((bool,), "a bool (True or False)", "True")
+_SAFE = Option((bool,), "a bool (True or False)", "True")
 
 #: kind -> (description, {option: Option}), options in the order they are listed.
 OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
     "file": (
         "a folder on a disk every process can reach",
-        {"path": _PATH, "durable": _DURABLE},
+        {"path": _PATH, "durable": _DURABLE, "safe": _SAFE},
     ),
     "S3": (
         "an S3 bucket/prefix through s3fs",
@@ -62,6 +63,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
                 required=True,
                 none_ok=True,
             ),
+            "safe": _SAFE,
         },
     ),
     "ray": (
@@ -79,6 +81,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
             ),
             "durable": _DURABLE,
             "timeout": Option((int, float), "a number of seconds", "30", none_ok=True),
+            "safe": _SAFE,
         },
     ),
 }
@@ -272,7 +275,7 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
     if kind == "S3":
         from .s3store import S3Storage
 
-        return S3Storage(options["path"], options["s3fs"])
+        return S3Storage(options["path"], options["s3fs"], safe=options.get("safe", False))
     if kind == "ray":
         from .raystore import RayStorage
 
@@ -282,7 +285,8 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
             options.get("rayInitArgs"),
             durable=options.get("durable", False),
             timeout=options.get("timeout"),
+            safe=options.get("safe", False),
         )
     from .local import FileStorage
 
-    return FileStorage(options["path"], durable=options.get("durable", False))
+    return FileStorage(options["path"], durable=options.get("durable", False), safe=options.get("safe", False))

@@ -1,23 +1,20 @@
-"""A storage on any fsspec filesystem (``memory://``, ``file://``, ``s3://`` ...).
+"""A storage on any fsspec filesystem (``memory://``, ``s3://`` ...).
 
-The entry policy lives in :class:`~functionfuse.storage.base.Storage`; this
-class only maps its primitives onto fsspec calls.  Publishing writes the
-object under a hidden temporary name that carries a UUID and the pid (so
-concurrent writers never share a temp file) and then moves it into place.
-
-Every primitive runs inside :meth:`FsspecStorage._io`, which hands errors of
-the filesystem to the :meth:`~functionfuse.storage.base.Storage._failure`
-hook: a subclass for a remote filesystem (see
-:class:`~functionfuse.storage.s3store.S3Storage`) turns connection,
-credential and missing-bucket errors into :class:`StorageError` messages that
-name the endpoint and say what to fix.
+The layout and policy live in :class:`~functionfuse.storage.base.Storage`;
+this class opens the filesystem from a URL and runs the storage's calls
+through :meth:`FsspecStorage._io`, which hands errors of the filesystem to the
+:meth:`~functionfuse.storage.base.Storage._failure` hook: a subclass for a
+remote filesystem (see :class:`~functionfuse.storage.s3store.S3Storage`) turns
+connection, credential and missing-bucket errors into :class:`StorageError`
+messages that name the endpoint and say what to fix.  On a filesystem other
+than S3, publishing is "look, then write", atomic only as far as the
+filesystem's ``pipe_file`` is (``memory://`` is, for tests).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -94,68 +91,11 @@ class FsspecStorage(Storage):
                 raise
             raise err from exc
 
-    def _missing(self, exc: FileNotFoundError, action: str, path: str) -> None:
-        """Re-raise a FileNotFoundError that means more than "no such object"."""
-        err = self._failure(exc, action, path)
-        if err is not None:
-            raise err from exc
-
     def _join(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def _listdir(self, path: str) -> list[str]:
-        with self._io("listing", path):
-            fs = self.fs
-            try:
-                items = fs.ls(path, detail=False, refresh=True)
-            except FileNotFoundError as exc:
-                self._missing(exc, "listing", path)
-                return []
-            except TypeError:  # filesystems without ``refresh``
-                items = fs.ls(path, detail=False)
-        return [posixpath.basename(p.rstrip("/")) for p in items]
+    def _object_store(self) -> Any:
+        from .objects import ObjectStore
 
-    def _read(self, path: str) -> bytes:
-        with self._io("reading", path):
-            try:
-                return self.fs.cat_file(path)
-            except FileNotFoundError as exc:
-                self._missing(exc, "reading", path)
-                raise
-
-    def _read_head(self, path: str, size: int) -> bytes:
-        with self._io("reading", path):
-            try:
-                return self.fs.cat_file(path, start=0, end=size)
-            except FileNotFoundError as exc:
-                self._missing(exc, "reading", path)
-                raise
-
-    def _ensure_dir(self, path: str) -> None:
-        with self._io("creating the folder", path):
-            self.fs.makedirs(path, exist_ok=True)
-
-    def _publish(self, folder: str, name: str, data: bytes, overwrite: bool = False) -> bool:
-        final = posixpath.join(folder, name)
-        with self._io("writing", final):
-            fs = self.fs
-            if not overwrite and fs.exists(final):
-                return False
-            tmp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}-{os.getpid()}")
-            fs.pipe_file(tmp, data)
-            fs.mv(tmp, final)
-        return True
-
-    def _delete(self, path: str) -> None:
-        with self._io("deleting", path):
-            try:
-                self.fs.rm_file(path)
-            except FileNotFoundError as exc:
-                self._missing(exc, "deleting", path)
-
-    def _delete_tree(self, path: str) -> None:
-        with self._io("deleting", path):
-            try:
-                self.fs.rm(path, recursive=True)
-            except FileNotFoundError as exc:
-                self._missing(exc, "deleting", path)
+        with self._io("opening", self.url):
+            return ObjectStore(self.fs, self.root)

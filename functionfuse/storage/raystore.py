@@ -93,7 +93,7 @@ def _storage_task(request: bytes) -> bytes:
     """Body of every Ray task: open the file storage here and call one method.
 
     ``request`` is the cloudpickle of ``(target, method, args, kwargs)``, where
-    ``target`` is ``(path, durable, serializers, always_read)``, the state a
+    ``target`` is ``(path, durable, safe, serializers, always_read)``, the state a
     ``FileStorage`` pickles as.  The result goes back cloudpickled too, so both
     directions use the pickler (and the ``register_pickle_by_value`` choices)
     of functionfuse rather than Ray's own copy of cloudpickle, and values come
@@ -105,8 +105,8 @@ def _storage_task(request: bytes) -> bytes:
     from .local import FileStorage
 
     target, method, args, kwargs = cloudpickle.loads(request)
-    path, durable, serializers, always_read = target
-    inner = FileStorage(path, durable=durable)
+    path, durable, safe, serializers, always_read = target
+    inner = FileStorage(path, durable=durable, safe=safe)
     if serializers:
         inner.register_persistent_serializers(*serializers)
     inner.always_read = always_read
@@ -203,7 +203,9 @@ class RayStorage(Storage):
         running in the process that first uses the storage.  When Ray already
         runs they are ignored with a logged warning.
     durable : bool
-        ``fsync`` each entry before publishing it (see ``FileStorage``).
+        ``fsync`` each result before publishing it (see ``FileStorage``).
+    safe : bool
+        Safe mode (see ``FileStorage``).
     timeout : float, optional
         Seconds to wait for one storage operation; ``None`` (default) waits
         as long as it takes.  An operation that times out is cancelled and
@@ -232,8 +234,6 @@ class RayStorage(Storage):
         }})
     """
 
-    _sep = os.sep
-
     def __init__(
         self,
         path: str | os.PathLike,
@@ -242,6 +242,7 @@ class RayStorage(Storage):
         *,
         durable: bool = False,
         timeout: float | None = None,
+        safe: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -257,6 +258,8 @@ class RayStorage(Storage):
         for name, value in self.ray_init_args.get(_ENVIRONMENT, {}).items():
             os.environ.setdefault(name, value)
         self.durable = durable
+        check_option("ray", "safe", safe)
+        self._safe = safe
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
@@ -284,6 +287,7 @@ class RayStorage(Storage):
             "ray_init_args": _joining(self.ray_init_args),
             "durable": self.durable,
             "timeout": self.timeout,
+            **({"safe": True} if self._safe else {}),
         }
 
     def __repr__(self) -> str:
@@ -336,7 +340,7 @@ class RayStorage(Storage):
         _feasible.add(key)
 
     def _target(self) -> tuple:
-        return (self.path, self.durable, tuple(self.registry.serializers.values()), self._always_read)
+        return (self.path, self.durable, self._safe, tuple(self.registry.serializers.values()), self._always_read)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``FileStorage.<method>(*args, **kwargs)`` in one Ray task and return its result."""
@@ -365,7 +369,6 @@ class RayStorage(Storage):
             raise StorageError(f"{self!r}: the Ray task running {method} failed: {exc}") from exc
         return self._value(data, method)
 
-    # -- primitives (used by the policy when called here, e.g. by tests) -----------
     @property
     def fs(self) -> Any:
         """Not available: the files are reached through Ray tasks on the storage's node."""
@@ -376,37 +379,15 @@ class RayStorage(Storage):
     def _join(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
 
-    def _listdir(self, path: str) -> list[str]:
-        return self._call("_listdir", path)
-
-    def _read(self, path: str) -> bytes:
-        return self._call("_read", path)
-
-    def _read_head(self, path: str, size: int) -> bytes:
-        return self._call("_read_head", path, size)
-
-    def _ensure_dir(self, path: str) -> None:
-        self._call("_ensure_dir", path)
-
-    def _publish(self, folder: str, name: str, data: bytes, overwrite: bool = False) -> bool:
-        return self._call("_publish", folder, name, data, overwrite)
-
-    def _delete(self, path: str) -> None:
-        self._call("_delete", path)
-
-    def _delete_tree(self, path: str) -> None:
-        self._call("_delete_tree", path)
+    def _object_store(self) -> Any:
+        raise StorageError(f"{self!r}: its objects are reached through Ray tasks on the storage's node")
 
     # -- every policy operation is one task ----------------------------------
-    def protocols(self, workflow_name: str) -> dict:
+    def _side_protocols(self, side: str) -> dict:
         """Not available here: serializers get their handles inside the storage tasks."""
         raise StorageError(
             f"{self!r}: serializers of a ray storage run in its Ray tasks, on the node with the disk"
         )
-
-    def new_workflow(self, workflow_name: str) -> None:
-        """Make sure the workflow's folder exists."""
-        self._call("new_workflow", workflow_name)
 
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
         """Names of the stored nodes of a workflow matching a glob ``pattern``, sorted."""
@@ -435,15 +416,23 @@ class RayStorage(Storage):
         self._call("remove_workflow", workflow_name)
 
     def scan(self, workflow_name: str) -> Listing:
-        """One listing of a workflow's entries."""
+        """The workflow's current state (its latest run record)."""
         return self._call("scan", workflow_name)
+
+    def present(self, keys: Any) -> set[str]:
+        """The keys among ``keys`` whose result is stored (one task for the batch)."""
+        return self._call("present", list(keys))
+
+    def record_run(self, workflow_name: str, run_id: str, nodes: dict[str, dict], **fields: Any) -> str:
+        """Write the record of one run (one task)."""
+        return self._call("record_run", workflow_name, run_id, nodes, **fields)
 
     def save(
         self, workflow_name: str, node_name: str, key: str, value: Any, meta: dict, *, overwrite: bool = False
     ) -> str:
         """Send ``value`` to a storage task that serializes and publishes it.
 
-        Returns the entry's file name and updates ``meta`` as
+        Returns the key and updates ``meta`` as
         :meth:`Storage.save` does.  Raises SerializationError (naming the
         node) when ``value`` cannot be pickled to travel, or cannot be stored.
         """
@@ -464,17 +453,13 @@ class RayStorage(Storage):
         meta.update(stored_meta)
         return name
 
-    def load(self, workflow_name: str, filename: str) -> Any:
-        """Load and verify one entry (EntryNotFoundError, CorruptEntryError, SerializationError)."""
-        return self._call("load", workflow_name, filename)
+    def load(self, workflow_name: str, key: str) -> Any:
+        """Load and verify one result (EntryNotFoundError, CorruptEntryError, SerializationError)."""
+        return self._call("load", workflow_name, key)
 
-    def read_meta(self, workflow_name: str, filename: str) -> dict:
-        """Metadata of one entry, read from its first bytes only."""
-        return self._call("read_meta", workflow_name, filename)
-
-    def discard(self, workflow_name: str, filenames: list[str]) -> None:
-        """Delete entries and their side data."""
-        self._call("discard", workflow_name, list(filenames))
+    def read_meta(self, workflow_name: str, key: str) -> dict:
+        """The manifest of ``key``."""
+        return self._call("read_meta", workflow_name, key)
 
     def _value(self, data: bytes, method: str) -> Any:
         import cloudpickle

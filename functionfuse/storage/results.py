@@ -23,11 +23,13 @@ and nothing needing pickle is stored.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from contextlib import suppress
+from typing import Any, Iterable, Iterator
 
 from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
 from .manifests import decode_manifest, encode_manifest, manifest_path
@@ -35,6 +37,8 @@ from .objects import ObjectRef, ObjectStore
 from .runs import decode_record, encode_record, latest_run_id, run_folder, run_path
 
 __all__ = ["ResultStore"]
+
+logger = logging.getLogger(__name__)
 
 #: Concurrent existence checks of manifests on S3.
 CONCURRENCY = 32
@@ -64,23 +68,31 @@ class ResultStore:
         return posixpath.join(self.objects.root, relative)
 
     # -- writing ----------------------------------------------------------------
-    def save(self, key: str, value: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def save(
+        self, key: str, value: Any, meta: dict[str, Any] | None = None, *, replace: bool = False,
+        persistence: Any = None,
+    ) -> dict[str, Any]:
         """Store ``value`` as the result of ``key``; returns its manifest.
 
         ``meta`` holds the informative members (node, workflow, arguments,
         inputs ...).  Storing a key that is already stored keeps the first
-        manifest (same key, same computation).
+        manifest (same key, same computation); ``replace`` writes every
+        object and the manifest again (over a damaged copy).  ``persistence``
+        (:class:`~functionfuse.serializers.persistent.Persistence`) hands
+        objects of persistent serializers to them.
         """
+        from ..serializers import persistent
         from ..serializers.parts import split
 
-        tree, parts = split(value, safe=self.safe)
-        entries = []
-        for part in parts:
-            with self.objects.writer() as sink:
-                part.write(sink)
-            entries.append({**part.entry(), **sink.ref.to_json(), "codec": None})
+        with persistent.active(persistence):
+            tree, parts = split(value, safe=self.safe, persistence=persistence)
+            entries = []
+            for part in parts:
+                with self.objects.writer(replace=replace) as sink:
+                    part.write(sink)
+                entries.append({**part.entry(), **sink.ref.to_json(), "codec": None})
         data = encode_manifest({**(meta or {}), "key": key, "result": tree, "parts": entries})
-        self._publish(manifest_path(key), data, replace=False)
+        self._publish(manifest_path(key), data, replace=replace)
         return decode_manifest(data, key, manifest_path(key))
 
     def _publish(self, relative: str, data: bytes, *, replace: bool) -> None:
@@ -89,8 +101,10 @@ class ResultStore:
         with self.objects._io("publishing", relative, final):
             if self._local:
                 self._publish_local(final, data, replace)
-            else:
+            elif self.objects._s3:
                 self._publish_s3(final, data, replace)
+            elif replace or not self.objects.fs.exists(final):
+                self.objects.fs.pipe_file(final, data)
 
     def _publish_local(self, final: str, data: bytes, replace: bool) -> None:
         tmp = self._path(f"tmp/{uuid.uuid4().hex}-{os.getpid()}")
@@ -130,6 +144,120 @@ class ResultStore:
         self._publish(relative, encode_record(workflow, run_id, nodes, **fields), replace=False)
         return relative
 
+    def remove_runs(self, workflow: str) -> None:
+        """Delete every run record of ``workflow``."""
+        folder = self._path(run_folder(workflow))
+        fs = self.objects.fs
+        with self.objects._io("deleting", run_folder(workflow), folder):
+            try:
+                names = fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return
+            for name in names:
+                with suppress(FileNotFoundError):
+                    fs.rm_file(name)
+            if self._local:
+                with suppress(OSError):
+                    os.rmdir(folder)
+
+    def keys_in_use(self, exclude: str | None = None) -> set[str]:
+        """Keys of the current state of every workflow (but ``exclude``): one record read each."""
+        from .base import current_view
+        from .names import encode_name
+
+        top = self._path("runs")
+        fs = self.objects.fs
+        skip = encode_name(exclude) if exclude is not None else None
+        with self.objects._io("listing", "runs", top):
+            try:
+                folders = fs.ls(top, detail=False)
+            except FileNotFoundError:
+                return set()
+        used: set[str] = set()
+        for folder in folders:
+            name = posixpath.basename(folder.rstrip("/"))
+            if name == skip:
+                continue
+            with self.objects._io("listing", f"runs/{name}", folder):
+                run_id = latest_run_id(fs.ls(folder, detail=False))
+            if run_id is None:
+                continue
+            relative = f"runs/{name}/{run_id}.json"
+            try:
+                with self.objects._io("reading", relative, self._path(relative)):
+                    record = decode_record(fs.cat_file(self._path(relative)), relative)
+            except (CorruptEntryError, EntryNotFoundError):
+                continue
+            used.update(current_view(record).values())
+        return used
+
+    def remove_keys(self, keys: Iterable[str], *, persistence: Any = None) -> None:
+        """Delete the manifests of ``keys``, their side data, and the objects no other manifest names.
+
+        A manifest is deleted before its objects, so a reader never finds a
+        manifest whose objects are gone.  A writer that publishes a manifest
+        naming one of these objects while they are deleted loses it; its next
+        load detects the missing object and recomputes the node.
+        """
+        from ..serializers import persistent
+
+        keys = set(keys)
+        if not keys:
+            return
+        fs = self.objects.fs
+        candidates: set[str] = set()
+        for key in keys:
+            relative = manifest_path(key)
+            try:
+                doc = self.read_manifest(key)
+            except (CorruptEntryError, EntryNotFoundError):
+                doc = {"parts": []}
+            for part in doc["parts"]:
+                candidates.add(part.get("object"))
+                if persistence is not None:
+                    self._remove_side_data(part, persistence, persistent)
+            with self.objects._io("deleting", relative, self._path(relative)):
+                with suppress(FileNotFoundError):
+                    fs.rm_file(self._path(relative))
+        candidates.discard(None)
+        if candidates:
+            for doc in self.iter_manifests():
+                candidates.difference_update(p.get("object") for p in doc["parts"])
+                if not candidates:
+                    break
+        for hash in candidates:
+            self.objects.delete(hash)
+
+    def _remove_side_data(self, part: dict, persistence: Any, persistent: Any) -> None:
+        info = part.get("info") or {}
+        try:
+            if part.get("format") == persistent.SERIALIZER:
+                name, pid = persistent.read_pid(self.objects.get_bytes(ObjectRef.from_json(part)), safe=True)
+                persistence.remove(name, pid, info.get("side"))
+            for entry in info.get("persistent") or ():
+                if isinstance(entry, list) and len(entry) == 2 and entry[1] is not None:
+                    persistence.remove(entry[0], entry[1], info.get("side"))
+        except Exception as exc:  # noqa: BLE001 - removal goes on; the leftovers are only space
+            logger.warning("side data of a removed result left in place (%s)", exc)
+
+    def iter_manifests(self) -> Iterator[dict[str, Any]]:
+        """Every readable manifest of the store (damaged ones are skipped)."""
+        top = self._path("manifests")
+        fs = self.objects.fs
+        with self.objects._io("listing", "manifests", top):
+            try:
+                paths = fs.find(top)
+            except FileNotFoundError:
+                paths = []
+        for path in paths:
+            name = posixpath.basename(path)
+            if not name.endswith(".json"):
+                continue
+            try:
+                yield self.read_manifest(name[:-5])
+            except (CorruptEntryError, EntryNotFoundError):
+                continue
+
     # -- reading ----------------------------------------------------------------
     def read_manifest(self, key: str) -> dict[str, Any]:
         """The checked manifest of ``key`` (EntryNotFoundError / CorruptEntryError)."""
@@ -144,8 +272,9 @@ class ResultStore:
             raise
         return decode_manifest(data, key, f"{relative} of storage {self.objects.url}")
 
-    def load(self, key: str, manifest: dict[str, Any] | None = None) -> Any:
+    def load(self, key: str, manifest: dict[str, Any] | None = None, *, persistence: Any = None) -> Any:
         """The value stored for ``key``, every part checked before it is decoded."""
+        from ..serializers import persistent
         from ..serializers.formats import MMAP_THRESHOLD
         from ..serializers.parts import join
 
@@ -167,7 +296,8 @@ class ResultStore:
 
         readers = _Readers(reader, len(parts))
         try:
-            return join(doc["result"], parts, readers, safe=self.safe)
+            with persistent.active(persistence):
+                return join(doc["result"], parts, readers, safe=self.safe)
         except (FunctionFuseError, MemoryError):
             raise
         except Exception as exc:  # a decoder failing on checked bytes: the manifest lies
@@ -181,6 +311,8 @@ class ResultStore:
         fs = self.objects.fs
         if self._local:
             return {k for k, p in zip(keys, paths) if os.path.exists(p)}
+        if not self.objects._s3:
+            return {k for k, p in zip(keys, paths) if fs.exists(p)}
         with ThreadPoolExecutor(max_workers=min(CONCURRENCY, max(1, len(keys)))) as pool:
             found = list(pool.map(fs.exists, paths))
         return {k for k, ok in zip(keys, found) if ok}

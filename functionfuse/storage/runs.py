@@ -40,7 +40,7 @@ FORMAT = "functionfuse-run"
 VERSION = 2
 SUFFIX = ".json"
 _ID = re.compile(r"\d{8}T\d{6}\.\d{6}Z-[A-Za-z0-9.-]{1,40}-\d+-[0-9a-f]{4,}")
-OUTCOMES = ("ok", "failed", "interrupted")
+OUTCOMES = ("ok", "failed", "interrupted", "removed")
 
 
 def _host() -> str:

@@ -74,9 +74,8 @@ from typing import Any
 
 from ..errors import StorageConfigError, StorageError
 from ..serializers.base import S3_PROTOCOL, S3Protocol
-from .base import SIDE_DATA
+from .factory import check_option
 from .fsstore import FsspecStorage
-from .names import encode_name
 
 __all__ = ["S3Storage", "parse_s3_path"]
 
@@ -209,7 +208,7 @@ class S3Storage(FsspecStorage):
     True
     """
 
-    def __init__(self, path: str, s3fs_options: dict | None = None) -> None:
+    def __init__(self, path: str, s3fs_options: dict | None = None, *, safe: bool = False) -> None:
         bucket, prefix = parse_s3_path(path)
         if s3fs_options is None:
             s3fs_options = {}
@@ -227,10 +226,14 @@ class S3Storage(FsspecStorage):
         self.s3fs_options = dict(s3fs_options)
         url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         super().__init__(url, {**DEFAULT_OPTIONS, **self.s3fs_options})
-        self._conditional = True
+        check_option("S3", "safe", safe)
+        self._safe = safe
 
     def _constructor_args(self) -> tuple[tuple, dict]:
-        return (self.url,), {"s3fs_options": self.s3fs_options}
+        kwargs: dict = {"s3fs_options": self.s3fs_options}
+        if self._safe:
+            kwargs["safe"] = True
+        return (self.url,), kwargs
 
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r})"
@@ -329,72 +332,6 @@ class S3Storage(FsspecStorage):
             )
         return None
 
-    # -- primitives that differ from the generic fsspec storage ------------------------
-    def _ensure_dir(self, path: str) -> None:
-        """Nothing to do: S3 has no folders (s3fs would try to create the bucket)."""
-
-    def _read(self, path: str) -> bytes:
-        # One GET.  (s3fs's default first asks for the size with a HEAD, to
-        # split large objects into concurrent range requests: a second round
-        # trip on every cache hit, while entries are small; large data goes to
-        # serializers' side data.)
-        with self._io("reading", path):
-            try:
-                return self.fs.cat_file(path, max_concurrency=1)
-            except FileNotFoundError as exc:
-                self._missing(exc, "reading", path)
-                raise
-
-    def _publish(self, folder: str, name: str, data: bytes, overwrite: bool = False) -> bool:
-        final = posixpath.join(folder, name)
-        with self._io("writing", final):
-            fs = self.fs
-            if overwrite:
-                fs.pipe_file(final, data)  # one PUT: an atomic replacement
-                return True
-            if self._conditional:
-                for attempt in range(4):
-                    try:
-                        fs.pipe_file(final, data, mode="create")  # If-None-Match: *
-                        return True
-                    except FileExistsError:
-                        return False  # 412: another writer published it first
-                    except OSError as exc:
-                        code = _error_code(exc)
-                        if code in ("PreconditionFailed", "412"):
-                            return False
-                        if code == "ConditionalRequestConflict" and attempt < 3:
-                            time.sleep(0.05 * (attempt + 1))
-                            continue
-                        if code in ("NotImplemented", "501") or exc.errno == errno.ENOSYS:
-                            logger.warning(
-                                "S3 endpoint %s does not support conditional writes (If-None-Match); "
-                                "publishing with last-writer-wins instead",
-                                self.endpoint,
-                            )
-                            self._conditional = False
-                            break
-                        raise
-            if fs.exists(final):
-                return False
-            fs.pipe_file(final, data)
-        return True
-
-    def _delete_tree(self, path: str) -> None:
-        with self._io("deleting", path):
-            fs = self.fs
-            try:
-                found = fs.find(path)
-            except FileNotFoundError as exc:
-                self._missing(exc, "deleting", path)
-                return
-            # Only keys below ``path/``: never a sibling sharing the prefix
-            # ("wf1" must not take "wf10" with it), never the bucket.
-            keys = [k for k in found if k.startswith(path + "/")]
-            if keys:
-                fs.rm(keys)
-
-    def protocols(self, workflow_name: str) -> dict:
-        """``{S3_PROTOCOL: S3Protocol}`` for the workflow's side-data prefix."""
-        side = self._join(encode_name(workflow_name), SIDE_DATA)
-        return {S3_PROTOCOL: S3Protocol(side, self.storage_options, self.fs)}
+    def _side_protocols(self, side: str) -> dict:
+        """``{S3_PROTOCOL: S3Protocol}`` for a side-data prefix (zarr arrays of dask results)."""
+        return {S3_PROTOCOL: S3Protocol(self._join(*side.split("/")), self.storage_options, self.fs)}

@@ -1,5 +1,6 @@
 import multiprocessing
 import os
+import pickle
 
 import pytest
 
@@ -12,16 +13,6 @@ class TestFileStorage(StorageContract):
     @pytest.fixture
     def storage(self, tmp_path):
         return FileStorage(tmp_path / "store")
-
-
-class TestFileStorageWithoutTmpfile(StorageContract):
-    """The fallback publish path (temporary name + rename)."""
-
-    @pytest.fixture
-    def storage(self, tmp_path):
-        s = FileStorage(tmp_path / "store")
-        s._tmpfile_ok = False
-        return s
 
 
 class TestMemoryStorage(StorageContract):
@@ -75,7 +66,7 @@ def _writer(path, value, barrier):
         s.save("wf", "n", "1" * 32, value, {})
 
 
-def test_concurrent_writers_leave_one_valid_entry(tmp_path):
+def test_concurrent_writers_leave_one_valid_result(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), v, barrier)) for v in ("A" * 5000, "B" * 5000)]
@@ -85,8 +76,9 @@ def test_concurrent_writers_leave_one_valid_entry(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     s = FileStorage(tmp_path)
-    assert s.read_task("wf", "n") in ("A" * 5000, "B" * 5000)
-    assert len(os.listdir(tmp_path / "wf")) == 1  # no temp files left behind
+    assert s.load("wf", "1" * 32) in ("A" * 5000, "B" * 5000)
+    assert os.listdir(tmp_path / "manifests" / "11") == ["1" * 32 + ".json"]
+    assert os.listdir(tmp_path / "tmp") == []  # no temporaries left behind
 
 
 def test_bad_path_type_names_the_option():
@@ -94,25 +86,19 @@ def test_bad_path_type_names_the_option():
         storage_factory({"kind": "file", "options": {"path": None}})
 
 
-def test_folder_removed_by_another_storage_object(tmp_path):
+def test_folders_removed_by_another_storage_object(tmp_path):
+    import shutil
+
     a = FileStorage(tmp_path / "s")
-    a.save("wf", "n", "0" * 32, 1, {})
-    FileStorage(tmp_path / "s").remove_workflow("wf")
-    a.save("wf", "m", "1" * 32, 2, {})  # recreates the folder
-    assert a.read_task("wf", "m") == 2
-    assert a._tmpfile_ok  # the fast path stays on
+    a.save("wf", "n", "0" * 32, b"x" * 100_000, {})
+    for folder in ("objects", "manifests", "tmp"):
+        shutil.rmtree(tmp_path / "s" / folder)
+    a.save("wf", "m", "1" * 32, b"y" * 100_000, {})  # recreates the folders
+    assert a.load("wf", "1" * 32) == b"y" * 100_000
 
 
-def test_partial_writes_are_completed(tmp_path, monkeypatch):
-    import functionfuse.storage.local as local
-
-    real_write = os.write
-    monkeypatch.setattr(local.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
-    for tmpfile_ok in (True, False):
-        s = FileStorage(tmp_path / f"store-{tmpfile_ok}")
-        s._tmpfile_ok = tmpfile_ok and s._tmpfile_ok
-        value = bytes(range(256)) * 40
-        name = s.save("wf", "big", "0" * 32, value, {})
-        monkeypatch.setattr(local.os, "write", real_write)
-        assert s.load("wf", name) == value
-        monkeypatch.setattr(local.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
+def test_safe_option_reaches_the_storage(tmp_path):
+    s = storage_factory({"kind": "file", "options": {"path": str(tmp_path), "safe": True}})
+    assert s.safe and pickle.loads(pickle.dumps(s)).safe
+    with pytest.raises(StorageConfigError, match="'safe'.*bool"):
+        storage_factory({"kind": "file", "options": {"path": str(tmp_path), "safe": "yes"}})
