@@ -17,3 +17,25 @@ def run_script(path, *args, check=True, timeout=120):
     if check and proc.returncode != 0:
         raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout if check else proc
+
+
+def store_files(root, *folders):
+    """Relative paths of the files under ``folders`` of a store (all but run records by default)."""
+    folders = folders or ("objects", "manifests", "side", "tmp")
+    out = []
+    for folder in folders:
+        top = os.path.join(str(root), folder)
+        for dirpath, _, files in os.walk(top):
+            out += [os.path.relpath(os.path.join(dirpath, f), str(root)) for f in files]
+    return sorted(out)
+
+
+def result_files(storage, workflow, node):
+    """``(manifest path, [object paths])`` of a node's current version in a local store."""
+    meta = storage.read_task_meta(workflow, node)
+    key = meta["key"]
+    manifest = os.path.join(storage.path, "manifests", key[:2], key + ".json")
+    objects = [
+        os.path.join(storage.path, "objects", p["object"][:2], p["object"][2:4], p["object"]) for p in meta["parts"]
+    ]
+    return manifest, objects

@@ -9,7 +9,7 @@ import pytest
 
 from functionfuse import CacheWarning, HashingError, NodeExecutionError, SerializationError, workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
-from helpers import run_script
+from helpers import result_files, run_script, store_files
 
 # Call counters are test state, not inputs of the nodes that update them.
 __functionfuse_ignore__ = {"CALLS", "LOADS", "COUNTS"}
@@ -146,8 +146,9 @@ def test_code_change_reason_and_comment_change_is_not_a_change(tmp_path, storage
     wf, r = run(build(v2), storage)
     assert r == 12
     assert actions(wf)["d"] == ("computed", "code changed: the function")
-    # the stale entry of the old code was replaced, not kept beside the new one
-    assert len([f for f in os.listdir(storage.path + "/wf") if f.startswith("d-")]) == 1
+    # the version of the old code is kept: going back to it is a hit
+    wf, r = run(build(v1), storage)
+    assert r == 8 and actions(wf)["d"] == ("read", "cached")
 
 
 def test_closure_values_are_inputs(storage):
@@ -183,19 +184,14 @@ def test_force_recomputes_matching_nodes_and_downstream(storage):
     assert actions(wf)["s1"] == ("skipped", "cached")
 
 
-def _entry_path(storage, name):
-    folder = os.path.join(storage.path, "wf")
-    [f] = [f for f in os.listdir(folder) if f.startswith(name + "-")]
-    return os.path.join(folder, f)
-
-
-@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "manifest"])
 def test_corrupt_entry_is_recomputed_with_warning(storage, damage):
     run(chain(), storage)
-    path = _entry_path(storage, "s2")
+    manifest, objects = result_files(storage, "wf", "s2")
+    path = manifest if damage == "manifest" else objects[0]
     with open(path, "rb") as fh:
         data = bytearray(fh.read())
-    if damage == "flip":
+    if damage in ("flip", "manifest"):
         data[-5] ^= 0x55
     elif damage == "truncate":
         data = data[: len(data) // 2]
@@ -238,13 +234,14 @@ def test_unpicklable_result_is_a_clear_error_and_loses_nothing(storage):
         return threading.Lock()
 
     run(chain(), storage)
-    before = sorted(os.listdir(os.path.join(storage.path, "wf")))
+    before = store_files(storage.path)
     leaf = make_lock(chain()).set_name("locker")
     wf = LocalWorkflow(leaf, workflow_name="wf")
     wf.set_storage(storage)
     with pytest.raises(SerializationError, match="node 'locker'.*_thread.lock.*register_persistent_serializers"):
         wf.run()
-    assert sorted(os.listdir(os.path.join(storage.path, "wf"))) == before
+    assert store_files(storage.path) == before
+    assert storage.list_tasks("wf") == ["s0", "s1", "s2", "source", "total"]
 
 
 def test_unhashable_argument_warns_and_always_recomputes(storage):
@@ -402,7 +399,7 @@ def test_kill_9_mid_run_resumes_from_stored_nodes(tmp_path):
     out = json.loads(run_script(script, store))
     assert out["result"] == [0, 1, 2, 3, 4, 5]
     assert [a for _, a in out["events"]] == ["skipped", "skipped", "read", "computed", "computed", "computed"]
-    assert not [f for f in os.listdir(store / "crash") if f.startswith(".")]
+    assert not os.path.exists(store / "tmp") or os.listdir(store / "tmp") == []
 
 
 def test_force_propagates_through_log_nodes(storage):
@@ -431,33 +428,61 @@ def test_shared_object_stored_once_and_identity_kept(storage):
     storage.register_persistent_serializers(DaskArraySerializer)
     x = da.ones(10, chunks=5)
     storage.save("wf", "n", "0" * 32, {"a": x, "b": x}, {})
-    assert len(os.listdir(os.path.join(storage.path, "wf", ".data"))) == 1
-    loaded = storage.read_task("wf", "n")
+    assert len(os.listdir(os.path.join(storage.path, "side", "wf"))) == 1
+    loaded = storage.load("wf", "0" * 32)
     assert loaded["a"] is loaded["b"]
 
 
-def test_missing_serializer_is_an_error_and_keeps_the_entry(storage):
-    import dask.array as da
+class Tagged:
+    def __init__(self, v):
+        self.v = v
 
+
+class TaggedSerializer:
+    name = "tagged"
+    serializer_class = Tagged
+
+    @staticmethod
+    def pickle(obj, protocols):
+        from functionfuse.serializers import FILE_PROTOCOL
+
+        with protocols[FILE_PROTOCOL].open(f"t-{obj.v}", "wb") as fh:
+            fh.write(str(obj.v).encode())
+        return f"t-{obj.v}"
+
+    @staticmethod
+    def unpickle(name, protocols):
+        from functionfuse.serializers import FILE_PROTOCOL
+
+        with protocols[FILE_PROTOCOL].open(name, "rb") as fh:
+            return Tagged(int(fh.read()))
+
+    @staticmethod
+    def remove(name, protocols):
+        from functionfuse.serializers import FILE_PROTOCOL
+
+        protocols[FILE_PROTOCOL].remove(name)
+
+
+def test_missing_serializer_is_an_error_and_keeps_the_entry(storage):
     from functionfuse import SerializerNotRegisteredError
-    from functionfuse.serializers.daskarray import DaskArraySerializer
     from functionfuse.storage import FileStorage
 
     @workflow
-    def arr():
-        return da.ones(4, chunks=2)
+    def tagged():
+        return Tagged(4)
 
-    storage.register_persistent_serializers(DaskArraySerializer)
-    wf = LocalWorkflow(arr().set_name("arr"), workflow_name="wf")
+    storage.register_persistent_serializers(TaggedSerializer)
+    wf = LocalWorkflow(tagged().set_name("arr"), workflow_name="wf")
     wf.set_storage(storage)
     wf.run()
-    before = sorted(os.listdir(os.path.join(storage.path, "wf", ".data")))
-    wf = LocalWorkflow(arr().set_name("arr"), workflow_name="wf")
+    before = store_files(storage.path)
+    wf = LocalWorkflow(tagged().set_name("arr"), workflow_name="wf")
     wf.set_storage(FileStorage(storage.path))  # serializer not registered here
-    with pytest.raises(SerializerNotRegisteredError, match="node 'arr'.*'DaskArraySerializer'.*register"):
+    with pytest.raises(SerializerNotRegisteredError, match="node 'arr'.*'tagged'.*register"):
         wf.run()
-    assert sorted(os.listdir(os.path.join(storage.path, "wf", ".data"))) == before
-    assert storage.read_task("wf", "arr").sum().compute() == 4
+    assert store_files(storage.path) == before
+    assert storage.read_task("wf", "arr").v == 4
 
 
 def test_keyword_order_does_not_change_the_key(storage):

@@ -330,7 +330,8 @@ class _Splitter:
         if self.persistence is not None:
             serializer = self.persistence.match(type(x))
             if serializer is not None:
-                info = {"serializer": serializer.name, "type": type_name(x), "side": self.persistence.side}
+                info = {"serializer": serializer.name, "type": type_name(x), "side": self.persistence.side,
+                        "version": str(getattr(serializer, "version", ""))}
                 return self.add_part(x, persistent.SERIALIZER, (serializer, x, self.persistence), info)
         found = formats.classify(x)
         if not isinstance(found, tuple):
@@ -377,8 +378,7 @@ class _Splitter:
                 if persistence is not None and persistence.matters:
                     data, pids, memo = persistent.dumps(self.pickled, persistence)
                     if pids:
-                        info["persistent"] = persistent.jsonable_pids(pids)
-                        info["side"] = persistence.side
+                        persistent.describe_pids(info, pids, persistence)
                 else:
                     data, memo = formats.dumps_pickle(self.pickled)
             except Exception as exc:  # noqa: BLE001
@@ -412,8 +412,7 @@ def _pickle_whole(value: Any, persistence: Any = None) -> tuple[dict, list[Part]
         if persistence is not None and persistence.matters:
             data, pids, _ = persistent.dumps(value, persistence)
             if pids:
-                info["persistent"] = persistent.jsonable_pids(pids)
-                info["side"] = persistence.side
+                persistent.describe_pids(info, pids, persistence)
         else:
             data, _ = formats.dumps_pickle(value)
     except Exception as exc:  # noqa: BLE001

@@ -187,12 +187,15 @@ def loads(f: IO[bytes], info: dict) -> Any:
     return _PersistentUnpickler(f, persistence, persistence.protocols(info.get("side"))).load()  # type: ignore[arg-type]
 
 
-def jsonable_pids(pids: list) -> list:
-    """``[[name, pid or None], ...]`` for a part's ``info["persistent"]``."""
+def describe_pids(info: dict, pids: list, persistence: Persistence) -> None:
+    """Record a pickle part's persistent ids in its ``info``: ``persistent``
+    (``[[name, pid or None], ...]``), ``side`` and ``versions`` (name -> serializer version)."""
     out = []
     for name, pid in pids:
         try:
             out.append([name, plain_json(pid)])
         except (TypeError, ValueError):
             out.append([name, None])
-    return out
+    info["persistent"] = out
+    info["side"] = persistence.side
+    info["versions"] = {name: str(getattr(persistence.by_name(name), "version", "")) for name, _ in pids}

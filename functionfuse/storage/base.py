@@ -364,7 +364,8 @@ class Storage(ABC):
             ) from exc
         persistent = _serializers_of(manifest)
         if persistent:
-            meta["persistent"] = persistent
+            meta["persistent"] = list(persistent)
+            meta["persistent_versions"] = persistent
         return key
 
     def load(self, workflow_name: str, key: str) -> Any:
@@ -387,7 +388,8 @@ class Storage(ABC):
         doc = self.results.read_manifest(key)
         persistent = _serializers_of(doc)
         if persistent:
-            doc["persistent"] = persistent
+            doc["persistent"] = list(persistent)
+            doc["persistent_versions"] = persistent
         return doc
 
     def record_run(
@@ -439,17 +441,18 @@ _FIX = (
 )
 
 
-def _serializers_of(manifest: dict) -> list[str]:
-    """Names of the persistent serializers a manifest's parts use."""
-    names = set()
+def _serializers_of(manifest: dict) -> dict[str, str]:
+    """Persistent serializers a manifest's parts use: name -> version."""
+    found: dict[str, str] = {}
     for part in manifest.get("parts", ()):
         info = part.get("info") or {}
         if part.get("format") == "serializer" and isinstance(info.get("serializer"), str):
-            names.add(info["serializer"])
+            found[info["serializer"]] = str(info.get("version", ""))
+        versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
         for entry in info.get("persistent") or ():
             if isinstance(entry, list) and entry and isinstance(entry[0], str):
-                names.add(entry[0])
-    return sorted(names)
+                found[entry[0]] = str(versions.get(entry[0], ""))
+    return dict(sorted(found.items()))
 
 
 def _check_workflow(workflow_name: Any) -> None:

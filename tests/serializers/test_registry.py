@@ -80,7 +80,7 @@ def test_nested_dispatch_side_data_and_removal(storage):
     assert meta["persistent"] == ["base", "child"]
     assert meta["persistent_versions"] == {"base": "7", "child": "7"}
     assert storage.read_task("wf", "p") == {"a": [("base", 1), (("child", 2),)], "plain": 3}
-    side = storage.path + "/wf/.data"
+    side = storage.path + "/side/wf"
     import os
 
     assert sorted(os.listdir(side)) == ["base-1.txt", "child-2.txt"]
@@ -97,4 +97,4 @@ def test_reading_with_unregistered_serializer_is_clear(storage, tmp_path):
 
     fresh = FileStorage(storage.path)
     with pytest.raises(SerializationError, match="serializer 'base'.*not registered.*register_persistent_serializers"):
-        fresh.read_task("wf", "n")
+        fresh.load("wf", "0" * 32)
