@@ -30,9 +30,10 @@ Rules
     probe ``skops.io.loads`` (default trust) must give back an object equal to
     the estimator: same types, attributes (key types and order of dicts
     included; skops turns ``{1: a, "1": b}`` into one key), float bits, array
-    dtypes, shapes and memory order, and shared sub-objects.  The zip's
-    timestamps are set to 1980-01-01 so that the same estimator gives the same
-    bytes.  ``info``: ``type``, ``class``, ``sklearn`` and ``skops`` versions.
+    dtypes, shapes and memory order, and shared sub-objects.  The bytes are
+    skops' own, which name arrays by object ids: the same estimator written
+    twice is not byte-identical.  ``info``: ``type``, ``class``, ``sklearn`` and
+    ``skops`` versions.
     Read with ``skops.io.loads`` and skops' default trusted types only.
 ``safetensors`` (PyTorch)
     A ``torch.Tensor`` or ``torch.nn.Parameter`` (exact types), or a state dict:
@@ -458,18 +459,6 @@ def _state_node(state: Any, what: str) -> Any:
 # helpers
 
 
-def _normalize_zip(data: bytes) -> bytes:
-    """The same zip with fixed timestamps (so the same content gives the same bytes)."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            info = zipfile.ZipInfo(item.filename, date_time=_ZIP_TIME)
-            info.compress_type = item.compress_type
-            info.external_attr = item.external_attr
-            dst.writestr(info, src.read(item))
-    return out.getvalue()
-
-
 def _zip_folder(folder: str) -> bytes:
     """The files under ``folder`` as one stored zip: sorted names, fixed timestamps."""
     names = []
@@ -517,7 +506,7 @@ def _classify_sklearn(x: Any) -> tuple[str, Any, dict] | str | None:
         return "skops is not installed (the skops format needs it)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        data = _normalize_zip(sio.dumps(x))
+        data = sio.dumps(x)
         untrusted = sio.get_untrusted_types(data=data)
         if untrusted:
             shown = ", ".join(untrusted[:4]) + (" ..." if len(untrusted) > 4 else "")

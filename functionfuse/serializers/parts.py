@@ -402,7 +402,9 @@ class _Splitter:
             try:
                 formats.dumps_pickle(x)
             except Exception as inner:  # noqa: BLE001
-                return SerializationError(f"{_fmt_path(path)} ({type_name(x)}) cannot be pickled: {inner}")
+                return SerializationError(
+                    f"{_fmt_path(path)} ({type_name(x)}) cannot be pickled: {type(inner).__name__}: {inner}"
+                )
         return SerializationError(f"the pickled parts of the result cannot be pickled: {exc}")
 
 

@@ -133,7 +133,8 @@ def test_resume_is_lazy_and_changes_recompute_downstream_only(backend, tmp_path)
     # Intermediate entries are never loaded on a resume: a corrupt one would warn.
     for name in ("a", "b", "c"):
         (entry,) = storage.list_tasks("wf", name)
-        path = tmp_path / "s" / "wf" / storage.entry_name(name, wf.last_report.by_node()[name].key)
+        key = wf.last_report.by_node()[name].key
+        path = tmp_path / "s" / "manifests" / key[:2] / f"{key}.json"
         assert path.exists(), entry
         path.write_bytes(path.read_bytes()[:-3])
     wf2 = backend(d)
@@ -268,7 +269,7 @@ def test_corrupt_entry_needed_by_a_running_node_is_recomputed(backend, tmp_path)
     wf.set_storage(storage)
     backend.run(wf)
     key_b = wf.last_report.by_node()["b"].key
-    path = tmp_path / "s" / "wf" / storage.entry_name("b", key_b)
+    path = tmp_path / "s" / "manifests" / key_b[:2] / f"{key_b}.json"
     path.write_bytes(path.read_bytes()[:-5])
     e = inc(d).set_name("e")
     f = add(b, 100).set_name("f")  # needs b's value

@@ -1,3 +1,4 @@
+from functionfuse.testing.stores import _save
 """Names as path components: distinct names never share a file (SPEC §3)."""
 
 from hypothesis import given, settings
@@ -30,7 +31,8 @@ def test_recomputing_one_node_keeps_the_other_whose_name_has_a_tilde(tmp_path):
     storage = FileStorage(tmp_path / "s")
     long_name = "n" * 300
     crafted = encode_name(long_name)
-    storage.save("wf", long_name, "a" * 32, 1, {"fingerprint": "f", "inputs": {}})
-    storage.save("wf", crafted, "b" * 32, 2, {"fingerprint": "f", "inputs": {}})
-    assert storage.read_task("wf", crafted) == 2
+    _save(storage, "wf", long_name, 1, "a" * 32)
+    _save(storage, "wf", crafted, 2, "b" * 32)
+    _save(storage, "wf", crafted, 3, "c" * 32)  # recomputing one never touches the other
+    assert storage.read_task("wf", crafted) == 3
     assert storage.read_task("wf", long_name) == 1
