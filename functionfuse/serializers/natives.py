@@ -114,7 +114,10 @@ Typed JSON (``info["state"]``, ``info["encoding"]``)
     name}``, ``{"np": dtype, "hex": bytes}`` (a numpy scalar), ``{"ndarray":
     dtype, "shape": [...], "fortran": bool, "b64": data}``, ``{"dtype": str}``,
     ``{"nptype": str}`` and ``{"object": name, "state": value}`` for the few
-    classes allowed (``LabelEncoder``).  An encoded state is decoded and
+    classes allowed (``LabelEncoder``).  A list, dict, array or object also
+    carries ``"n"``, its number in the order of writing; the same object
+    reached again is ``{"ref": n}``, so sharing inside the state is kept (a
+    value that contains itself is refused).  An encoded state is decoded and
     compared with the original before it is used.
 """
 
@@ -323,85 +326,151 @@ def _simple_dtype(np: Any, dt: Any) -> str:
     return text
 
 
-def _enc(v: Any, depth: int = 0) -> Any:
-    """``v`` as typed JSON (module docstring), or :class:`_Unencodable`."""
-    if depth > 64:
-        raise _Unencodable("values nested more than 64 deep")
-    t = type(v)
-    if v is None or t is bool or t is str:
-        return v
-    if t is int:
-        return v if _INT_MIN <= v <= _INT_MAX else {"int": hex(v)}
-    if t is float:
-        return v if math.isfinite(v) else {"float": f"{_float_bits(v):016x}"}
-    if t is bytes:
-        return {"bytes": base64.b64encode(v).decode("ascii")}
-    if t is list or t is tuple:
-        return {t.__name__: [_enc(x, depth + 1) for x in v]}
-    if t is dict or t is collections.OrderedDict or t is collections.defaultdict:
-        items = [[_enc(k, depth + 1), _enc(x, depth + 1)] for k, x in v.items()]
-        if t is dict:
-            return {"dict": items}
-        if t is collections.OrderedDict:
-            if getattr(v, "__dict__", None):
-                raise _Unencodable("an OrderedDict with attributes")
-            return {"odict": items}
-        names = [n for n, f in _FACTORIES.items() if f is v.default_factory]
-        if v.default_factory is not None and not names:
-            raise _Unencodable(f"a defaultdict of {v.default_factory!r}")
-        return {"ddict": items, "factory": names[0] if names else None}
-    np = sys.modules.get("numpy")
-    if np is not None:
-        if t is np.ndarray:
-            text = _simple_dtype(np, v.dtype)
-            fortran = bool(v.flags.f_contiguous and not v.flags.c_contiguous)
-            raw = v.tobytes(order="F" if fortran else "C")
-            return {"ndarray": text, "shape": list(v.shape), "fortran": fortran, "b64": base64.b64encode(raw).decode()}
-        if isinstance(v, np.generic) and t.__module__ == "numpy":
-            return {"np": _simple_dtype(np, v.dtype), "hex": v.tobytes().hex()}
-        if isinstance(v, np.dtype):
-            return {"dtype": _simple_dtype(np, v)}
-        if isinstance(v, type) and issubclass(v, np.generic) and v.__module__ == "numpy":
-            text = np.dtype(v).str
-            if np.dtype(text).type is not v:
-                raise _Unencodable(f"the numpy type {v!r}")
-            return {"nptype": text}
-    name = _type_name(v)
-    if name in _CLASSES:
-        state = v.__getstate__()
-        if type(state) is not dict:
-            raise _Unencodable(f"a {name} whose state is not a dict")
-        return {"object": name, "state": _enc(state, depth + 1)}
-    raise _Unencodable(f"a {name}")
+class _Encoder:
+    """Typed JSON of a value (module docstring).
 
+    A mutable object (list, dict, array, allowed object) gets the number ``"n"``
+    the first time it is written, in the order of writing; reaching it again
+    writes ``{"ref": n}``, so objects shared inside the value stay shared.  A
+    value that contains itself is refused.
+    """
 
-def _dec(node: Any) -> Any:
-    """The value of a typed-JSON node (module docstring)."""
-    t = type(node)
-    if node is None or t in (bool, str, int, float):
+    def __init__(self) -> None:
+        self.numbers: dict[int, int] = {}
+        self.active: set[int] = set()
+        self.keep: list[Any] = []
+
+    def __call__(self, v: Any, depth: int = 0) -> Any:
+        if depth > 64:
+            raise _Unencodable("values nested more than 64 deep")
+        t = type(v)
+        if v is None or t is bool or t is str:
+            return v
+        if t is int:
+            return v if _INT_MIN <= v <= _INT_MAX else {"int": hex(v)}
+        if t is float:
+            return v if math.isfinite(v) else {"float": f"{_float_bits(v):016x}"}
+        if t is bytes:
+            return {"bytes": base64.b64encode(v).decode("ascii")}
+        if t is tuple:
+            return {"tuple": [self(x, depth + 1) for x in v]}
+        key = id(v)
+        if key in self.numbers:
+            if key in self.active:
+                raise _Unencodable("a value that contains itself")
+            return {"ref": self.numbers[key]}
+        number = len(self.numbers)
+        self.numbers[key] = number
+        self.keep.append(v)
+        self.active.add(key)
+        try:
+            node = self.mutable(v, t, depth)
+        finally:
+            self.active.discard(key)
+        node["n"] = number
         return node
-    if t is not dict or not node:
+
+    def mutable(self, v: Any, t: type, depth: int) -> dict:
+        if t is list:
+            return {"list": [self(x, depth + 1) for x in v]}
+        if t is dict or t is collections.OrderedDict or t is collections.defaultdict:
+            items = [[self(k, depth + 1), self(x, depth + 1)] for k, x in v.items()]
+            if t is dict:
+                return {"dict": items}
+            if t is collections.OrderedDict:
+                if getattr(v, "__dict__", None):
+                    raise _Unencodable("an OrderedDict with attributes")
+                return {"odict": items}
+            names = [n for n, f in _FACTORIES.items() if f is v.default_factory]
+            if v.default_factory is not None and not names:
+                raise _Unencodable(f"a defaultdict of {v.default_factory!r}")
+            return {"ddict": items, "factory": names[0] if names else None}
+        np = sys.modules.get("numpy")
+        if np is not None:
+            if t is np.ndarray:
+                text = _simple_dtype(np, v.dtype)
+                fortran = bool(v.flags.f_contiguous and not v.flags.c_contiguous)
+                raw = v.tobytes(order="F" if fortran else "C")
+                return {
+                    "ndarray": text,
+                    "shape": list(v.shape),
+                    "fortran": fortran,
+                    "b64": base64.b64encode(raw).decode("ascii"),
+                }
+            if isinstance(v, np.generic) and t.__module__ == "numpy":
+                return {"np": _simple_dtype(np, v.dtype), "hex": v.tobytes().hex()}
+            if isinstance(v, np.dtype):
+                return {"dtype": _simple_dtype(np, v)}
+            if isinstance(v, type) and issubclass(v, np.generic) and v.__module__ == "numpy":
+                text = np.dtype(v).str
+                if np.dtype(text).type is not v:
+                    raise _Unencodable(f"the numpy type {v!r}")
+                return {"nptype": text}
+        name = _type_name(v)
+        if name in _CLASSES:
+            state = v.__getstate__()
+            if type(state) is not dict:
+                raise _Unencodable(f"a {name} whose state is not a dict")
+            return {"object": name, "state": self(state, depth + 1)}
+        raise _Unencodable(f"a {name}")
+
+
+def _enc(v: Any) -> Any:
+    """``v`` as typed JSON (module docstring), or :class:`_Unencodable`."""
+    return _Encoder()(v)
+
+
+class _Decoder:
+    """The value of a typed-JSON node; numbered objects are kept for ``{"ref": n}``."""
+
+    def __init__(self) -> None:
+        self.objects: dict[int, Any] = {}
+
+    def __call__(self, node: Any) -> Any:
+        t = type(node)
+        if node is None or t in (bool, str, int, float):
+            return node
+        if t is not dict or not node:
+            raise ValueError(f"bad typed-JSON node {node!r:.60}")
+        if "ref" in node:
+            return self.objects[node["ref"]]
+        value = self.value(node)
+        if "n" in node:
+            self.objects[node["n"]] = value
+        return value
+
+    def value(self, node: dict) -> Any:
+        if "list" in node:
+            return [self(x) for x in node["list"]]
+        if "tuple" in node:
+            return tuple(self(x) for x in node["tuple"])
+        for tag in ("dict", "odict", "ddict"):
+            if tag in node:
+                pairs = [(self(k), self(x)) for k, x in node[tag]]
+                if tag == "dict":
+                    return dict(pairs)
+                if tag == "odict":
+                    return collections.OrderedDict(pairs)
+                factory = node.get("factory")
+                return collections.defaultdict(_FACTORIES[factory] if factory is not None else None, pairs)
+        if "int" in node:
+            return int(node["int"], 16)
+        if "float" in node:
+            return struct.unpack("<d", struct.pack("<Q", int(node["float"], 16)))[0]
+        if "bytes" in node:
+            return base64.b64decode(node["bytes"], validate=True)
+        if "ndarray" in node or "np" in node or "dtype" in node or "nptype" in node:
+            return self.numpy(node)
+        if "object" in node:
+            module, attr = _CLASSES[node["object"]]
+            cls = getattr(importlib.import_module(module), attr)
+            obj = cls.__new__(cls)
+            _set_state(obj, self(node["state"]))
+            return obj
         raise ValueError(f"bad typed-JSON node {node!r:.60}")
-    if "list" in node:
-        return [_dec(x) for x in node["list"]]
-    if "tuple" in node:
-        return tuple(_dec(x) for x in node["tuple"])
-    if "dict" in node or "odict" in node or "ddict" in node:
-        tag = "dict" if "dict" in node else "odict" if "odict" in node else "ddict"
-        pairs = [(_dec(k), _dec(x)) for k, x in node[tag]]
-        if tag == "dict":
-            return dict(pairs)
-        if tag == "odict":
-            return collections.OrderedDict(pairs)
-        factory = node.get("factory")
-        return collections.defaultdict(_FACTORIES[factory] if factory is not None else None, pairs)
-    if "int" in node:
-        return int(node["int"], 16)
-    if "float" in node:
-        return struct.unpack("<d", struct.pack("<Q", int(node["float"], 16)))[0]
-    if "bytes" in node:
-        return base64.b64decode(node["bytes"], validate=True)
-    if "ndarray" in node or "np" in node or "dtype" in node or "nptype" in node:
+
+    @staticmethod
+    def numpy(node: dict) -> Any:
         import numpy as np
 
         if "dtype" in node:
@@ -420,13 +489,11 @@ def _dec(node: Any) -> Any:
             return np.zeros(shape, dtype=dt, order=order)
         raw = base64.b64decode(node["b64"], validate=True)
         return np.frombuffer(raw, dtype=dt).reshape(shape, order=order).copy(order=order)
-    if "object" in node:
-        module, attr = _CLASSES[node["object"]]
-        cls = getattr(importlib.import_module(module), attr)
-        obj = cls.__new__(cls)
-        _set_state(obj, _dec(node["state"]))
-        return obj
-    raise ValueError(f"bad typed-JSON node {node!r:.60}")
+
+
+def _dec(node: Any) -> Any:
+    """The value of a typed-JSON node (module docstring)."""
+    return _Decoder()(node)
 
 
 def _set_state(obj: Any, state: dict) -> None:
@@ -565,7 +632,7 @@ def _tensor_rules(torch: Any, t: Any) -> str | None:
         return "a quantized tensor"
     if t.is_conj() or t.is_neg():
         return "a tensor with a conjugate or negative bit"
-    if any(n is not None for n in t.names):
+    if any(n is not None for n in (getattr(t, "names", None) or ())):
         return "a named tensor"
     if not t.is_contiguous():
         return f"a non-contiguous tensor (strides {tuple(t.stride())})"
@@ -1100,15 +1167,17 @@ def _read_zarr_zip(f: IO[bytes], info: dict) -> Any:
 def _restore_xarray(xr: Any, loaded: Any, info: dict) -> Any:
     """Variable order, encodings, index frequencies; a DataArray out of its dataset."""
     coords = set(info.get("coords", ()))
+    freqs = info.get("freq") or {}
     ds = xr.Dataset(attrs=loaded.attrs)
     for name in info.get("variables", list(loaded.variables)):
+        if name in freqs:  # a datetime / timedelta index with a frequency, which zarr does not keep
+            index = loaded.indexes[name]
+            ds = ds.assign_coords({name: type(index)(index, freq=freqs[name], name=index.name)})
+            ds.variables[name].attrs.update(loaded.variables[name].attrs)
+            continue
         var = loaded.variables[name].copy(deep=False)
         var.encoding = {}
         ds = ds.assign_coords({name: var}) if name in coords else ds.assign({name: var})
-    for name, freq in (info.get("freq") or {}).items():
-        index = ds.indexes[name]
-        ds = ds.assign_coords({name: type(index)(index, freq=freq, name=index.name)})
-        ds.variables[name].attrs.update(loaded.variables[name].attrs)
     encoding = _dec(info["encoding"]) if "encoding" in info else {}
     for name, var in ds.variables.items():
         var.encoding = dict(encoding.get(name, {}))
@@ -1141,13 +1210,14 @@ def _xarray_diff(xr: Any, np: Any, a: Any, b: Any) -> str | None:
         vb = b.variables[name]
         if type(va) is not type(vb) or va.dims != vb.dims:
             return f"variable {name!r} changes type or dims"
-        if va.dtype != vb.dtype or repr(va.dtype) != repr(vb.dtype):
+        if va.dtype != vb.dtype or va.dtype.str != vb.dtype.str:  # zarr spells native order "<"
             return f"variable {name!r} of dtype {va.dtype} is read back as {vb.dtype}"
         if not _same(dict(va.attrs), dict(vb.attrs)):
             return f"the attrs of variable {name!r} change"
         if not _same(dict(va.encoding), dict(vb.encoding)):
             return f"the encoding of variable {name!r} changes"
-        if not _same(np.asarray(va.values), np.asarray(vb.values)):
+        xa, xb = np.asarray(va.values), np.asarray(vb.values)
+        if xa.shape != xb.shape or xa.tobytes() != xb.tobytes():
             return f"the values of variable {name!r} change"
     if list(a.xindexes) != list(b.xindexes):
         return "its indexes change"

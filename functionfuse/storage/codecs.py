@@ -901,8 +901,8 @@ def _hdf5plugin() -> Any:
 
 
 def _blosc_zstd_level(level: int) -> int:
-    """Blosc's clevel whose zstd level (2 * clevel - 1, 22 at 9) is nearest ``level`` from above."""
-    return min(9, (level + 1) // 2)
+    """The lowest Blosc clevel whose zstd level (``2 * clevel - 1``, 22 at 9) is at least ``level``."""
+    return min(9, (level + 2) // 2)
 
 
 def _lz4_blosc(level: int) -> tuple[str, int]:

@@ -20,6 +20,7 @@ constructor arguments.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from typing import Any
 
@@ -76,6 +77,15 @@ def _save(storage: Storage, wf: str, name: str, value: Any, key: str | None = No
 
 def _damage(storage: Storage, relative: str, change: Any) -> None:
     """Rewrite the stored file ``relative`` (to the root) with ``change(bytes)``."""
+    folder = getattr(storage, "path", None)
+    if isinstance(folder, str) and os.path.isdir(folder):  # a local folder (file and ray kinds)
+        path = os.path.join(folder, *relative.split("/"))
+        with open(path, "rb") as fh:
+            data = fh.read()
+        os.unlink(path)  # objects are hard links of one another's temporaries: never write in place
+        with open(path, "wb") as fh:
+            fh.write(change(bytearray(data)))
+        return
     fs, path = storage.fs, storage._join(*relative.split("/"))
     data = fs.cat_file(path)
     fs.rm_file(path)

@@ -26,7 +26,7 @@ from functionfuse.errors import (
 from functionfuse.serializers import FILE_PROTOCOL
 from functionfuse.serializers.base import generate_name
 from functionfuse.storage import RayStorage, storage_factory
-from functionfuse.testing.stores import StorageContract
+from functionfuse.testing.stores import StorageContract, _save
 from helpers import run_script
 
 # Classes and functions of this module travel to Ray workers by value.
@@ -138,7 +138,7 @@ def test_storage_path_that_is_a_file_fails_at_first_use(ray_storage, tmp_path):
 
 def test_io_runs_in_a_ray_worker_with_the_registered_serializers(ray_storage):
     ray_storage.register_persistent_serializers(PidSerializer)
-    ray_storage.save("wf", "n", "0" * 32, {"nested": PidBox("one")}, {})
+    _save(ray_storage, "wf", "n", {"nested": PidBox("one")}, "0" * 32)
     box = ray_storage.read_task("wf", "n")["nested"]
     assert isinstance(box, PidBox)
     assert box.writer != os.getpid() and box.reader != os.getpid()
@@ -159,19 +159,21 @@ def test_every_operation_is_one_task(ray_storage, monkeypatch):
         return real(self, method, request)
 
     monkeypatch.setattr(RayStorage, "_submit", spy)
-    name = ray_storage.save("wf", "a", "1" * 32, 1, {})
-    ray_storage.load("wf", name)
+    _save(ray_storage, "wf", "a", 1, "1" * 32)
+    ray_storage.load("wf", "1" * 32)
     ray_storage.read_task("wf", "a")
     ray_storage.list_tasks("wf")
     ray_storage.remove_task("wf", pattern="*")
     ray_storage.remove_workflow("wf")
-    assert calls == ["save", "load", "read_task", "list_tasks", "remove_task", "remove_workflow"]
+    assert calls == [
+        "save", "scan", "record_run", "load", "read_task", "list_tasks", "remove_task", "remove_workflow"
+    ]
 
 
 def test_values_come_back_as_file_storage_gives_them(ray_storage):
     np = pytest.importorskip("numpy")
     for size in (10, 1_000_000):  # inlined by Ray / in its object store
-        ray_storage.save("wf", f"a{size}", "0" * 32, np.arange(size), {})
+        _save(ray_storage, "wf", f"a{size}", np.arange(size), f"{len(str(size))}" * 32)
         arr = ray_storage.read_task("wf", f"a{size}")
         assert arr.flags.writeable  # not a read-only view of Ray's object store
         arr += 1
@@ -191,19 +193,20 @@ def test_save_updates_meta_like_every_storage(ray_storage):
 def test_list_read_remove_by_name_pattern_and_workflow(ray_cluster, tmp_path):
     s = storage_factory({"kind": "ray", "options": {"remoteArgs": DISK, "path": str(tmp_path)}})
     for i, name in enumerate(("fit_0000", "fit_0001", "score_0000")):
-        s.save("wf", name, f"{i}" * 32, {"name": name}, {})
-    s.save("other", "fit_0000", "9" * 32, "kept", {})
+        _save(s, "wf", name, {"name": name}, f"{i}" * 32)
+    _save(s, "other", "fit_0000", "kept", "9" * 32)
     assert s.list_tasks("wf", "*") == ["fit_0000", "fit_0001", "score_0000"]
     assert s.list_tasks("wf", "fit_*") == ["fit_0000", "fit_0001"]
     assert s.read_task("wf", "fit_0001") == {"name": "fit_0001"}
     assert s.remove_task("wf", pattern="fit_*") == ["fit_0000", "fit_0001"]
     assert s.list_tasks("wf") == ["score_0000"]
-    assert len(os.listdir(tmp_path / "wf")) == 1
+    manifests = [f for _, _, files in os.walk(tmp_path / "manifests") for f in files]
+    assert len(manifests) == 2  # score_0000 and other's fit_0000
     assert s.remove_task("wf", pattern="nothing*") == []
     with pytest.raises(FileNotFoundError):
         s.read_task("wf", "fit_0000")
     s.remove_workflow("wf")
-    assert not (tmp_path / "wf").exists()
+    assert not (tmp_path / "runs" / "wf").exists()
     assert s.list_tasks("wf") == []
     assert s.read_task("other", "fit_0000") == "kept"
     s.remove_workflow("never-existed")
@@ -236,8 +239,8 @@ def test_errors_keep_their_types(ray_cluster, ray_storage):
         ray_storage.save("wf", "locked", "0" * 32, {"x": threading.Lock()}, {})
 
     # corrupt entry detected in the task
-    name = ray_storage.save("wf", "n", "0" * 32, b"x" * 1000, {})
-    path = os.path.join(ray_storage.path, "wf", name)
+    _save(ray_storage, "wf", "n", b"x" * 1000, "0" * 32)
+    path = os.path.join(ray_storage.path, "manifests", "00", "0" * 32 + ".json")
     with open(path, "r+b") as f:
         f.seek(-1, os.SEEK_END)
         f.write(b"\0")
@@ -252,14 +255,15 @@ def test_storage_unpickled_inside_a_ray_task(ray_cluster, ray_storage):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray_storage.register_persistent_serializers(PidSerializer)
     ray_storage.always_read = True
-    ray_storage.save("wf", "n", "0" * 32, PidBox("two"), {})
+    _save(ray_storage, "wf", "n", PidBox("two"), "0" * 32)
 
     @ray.remote(num_cpus=0)
     def use(storage):
         from functionfuse.storage import raystore
+        from functionfuse.testing.stores import _save
 
         box = storage.read_task("wf", "n")
-        storage.save("wf", "m", "1" * 32, box.label + "!", {})
+        _save(storage, "wf", "m", box.label + "!", "1" * 32)
         return storage.always_read, os.getpid(), raystore._in_ray_worker(ray)
 
     # rayInitArgs are for a driver; in a worker Ray runs already and they are not reported
@@ -321,7 +325,7 @@ def test_starts_ray_with_ray_init_args_when_not_running(tmp_path):
             }}}})
             assert not ray.is_initialized()
             s.save("wf", "n", "0" * 32, [1, 2], {{}})
-            print(ray.is_initialized(), ray.cluster_resources()["own_disk"], s.read_task("wf", "n"))
+            print(ray.is_initialized(), ray.cluster_resources()["own_disk"], s.load("wf", "0" * 32))
             """
         )
     )
