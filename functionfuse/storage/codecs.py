@@ -525,12 +525,13 @@ def _corrupt(codec: str, name: str | None, problem: str) -> CorruptEntryError:
     return CorruptEntryError(f"{what} is not a valid {codec} stream: {problem}")
 
 
-def _decode_errors(module: Any) -> tuple[type[BaseException], ...]:
-    # lz4 reports damage as RuntimeError.
-    errors: list[type[BaseException]] = [zlib.error, _BadFrames, RuntimeError]
-    if getattr(module, "ZstdError", None) is not None:
-        errors.append(module.ZstdError)
-    return tuple(errors)
+def _decode_errors(codec: str, module: Any) -> tuple[type[BaseException], ...]:
+    """What the codec's decoder raises for damaged data (never what reading the source raises)."""
+    if codec == "zstd":
+        return (_BadFrames, module.ZstdError)
+    if codec == "lz4":
+        return (_BadFrames, RuntimeError)  # lz4.frame reports damage as RuntimeError
+    return (_BadFrames, zlib.error)
 
 
 def decompress(data: bytes | bytearray | memoryview, codec: str | None, *, name: str | None = None) -> bytes:
@@ -759,7 +760,7 @@ class _DecompressedRaw(io.RawIOBase):
     def __init__(self, src: Any, codec: str, module: Any, name: str | None) -> None:
         super().__init__()
         self._src, self._codec, self._module, self._name = src, codec, module, name
-        self._errors = _decode_errors(module)
+        self._errors = _decode_errors(codec, module)
         try:
             self._start = src.tell() if src.seekable() else None
         except (AttributeError, OSError, ValueError):

@@ -28,6 +28,7 @@ import pytest
 import xxhash
 import zarr
 import zstandard
+from helpers import ROOT
 
 from functionfuse.errors import CorruptEntryError, SerializationError, StorageConfigError
 from functionfuse.storage import codecs
@@ -44,8 +45,6 @@ from functionfuse.storage.codecs import (
     parquet_options,
     zarr_codecs,
 )
-
-from helpers import ROOT
 
 MiB = 1 << 20
 BIG = 20 * MiB  # many times the writer's block (codecs.BLOCK) and the reader's read size
@@ -205,7 +204,8 @@ def test_a_missing_codec_library_names_the_extra(monkeypatch):
         with pytest.raises(StorageConfigError, match="'compression'") as info:
             normalize({"codec": codec, "level": 3})
         assert extra in str(info.value)
-        for read in (lambda: decompress(b"data", codec, name=NAME), lambda: open_decompressed(io.BytesIO(), codec)):
+        for read in (lambda c=codec: decompress(b"data", c, name=NAME),
+                     lambda c=codec: open_decompressed(io.BytesIO(), c)):
             with pytest.raises(SerializationError) as info:
                 read()
             assert extra in str(info.value) and repr(codec) in str(info.value)
@@ -465,10 +465,9 @@ def test_writer_lifecycle(codec):
     # An exception in the block: no end of stream is written, so what was written
     # cannot pass for a complete object.
     broken = io.BytesIO()
-    with pytest.raises(KeyError):
-        with compressing_writer(broken, codec) as out:
-            out.write(mixed(3 * MiB))
-            raise KeyError("the serializer failed")
+    with pytest.raises(KeyError), compressing_writer(broken, codec) as out:
+        out.write(mixed(3 * MiB))
+        raise KeyError("the serializer failed")
     with pytest.raises(CorruptEntryError):
         decompress(broken.getvalue(), codec)
 
@@ -592,7 +591,7 @@ def test_hdf5_presets_write_files_that_plain_h5py_reads(tmp_path):
             assert pickle.loads(pickle.dumps(options)) == options  # plain values: travel to workers
             f.create_dataset(label, data=array, chunks=(100, 400), **options)
     out = subprocess.run([sys.executable, "-c", _H5_READER, str(path)], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["imported"] == []
@@ -629,7 +628,7 @@ def test_ensure_hdf5_filters_is_what_a_reader_needs(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("HDF5_PLUGIN_PATH", None)
     out = subprocess.run([sys.executable, "-c", _H5_WITHOUT_PLUGIN, str(path)], capture_output=True, text=True,
-                         timeout=120, env=env)
+                         timeout=120, env=env, check=False)
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.strip().splitlines()
     assert first.startswith("no filter:") and second == "after ensure_hdf5_filters: 1000.0"

@@ -12,7 +12,7 @@ from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.errors import EntryNotFoundError, StorageConfigError, StorageError
 from functionfuse.storage import S3Storage, storage_factory
-from functionfuse.testing.stores import ODD_NAMES, StorageContract
+from functionfuse.testing.stores import ODD_NAMES, StorageContract, _save
 
 
 def _fs(s3_endpoint):
@@ -40,7 +40,7 @@ def test_factory_accepts_both_path_forms(s3_endpoint, s3_url):
     a = storage_factory({"kind": "S3", "options": {"path": bucket_path, "s3fs": s3_endpoint.options}})
     b = storage_factory({"kind": "S3", "options": {"path": s3_url + "/", "s3fs": s3_endpoint.options}})
     assert isinstance(a, S3Storage) and a == b
-    a.save("wf", "n", "0" * 32, {"v": 1}, {})
+    _save(a, "wf", "n", {"v": 1})
     assert b.read_task("wf", "n") == {"v": 1}
     assert repr(a) == f"S3Storage({s3_url!r})"
     assert "secret" not in repr(a)
@@ -123,21 +123,25 @@ def test_unreachable_endpoint_at_first_use(s3_url):
 # -- layout and the storage methods ------------------------------------------------------
 
 
-def test_one_object_per_entry_with_safe_keys(s3_endpoint, s3_url):
+def test_small_results_are_one_manifest_each_and_names_never_become_keys(s3_endpoint, s3_url):
     storage = S3Storage(s3_url, s3_endpoint.options)
-    for name in ("a/b", "../up", "star*", "x" * 300):
-        storage.save("wf/../x", name, "1" * 32, name, {})
+    names = ("a/b", "../up", "star*", "x" * 300)
+    for name in names:
+        _save(storage, "wf/../x", name, name)
     keys = _objects(s3_endpoint, s3_url)
-    assert len(keys) == 4
-    assert all(k.count("/") == 1 and k.startswith("wf%2F..%2Fx/") and k.endswith(".ffr") for k in keys)
-    assert storage.list_tasks("wf/../x") == sorted(["a/b", "../up", "star*", "x" * 300])
+    manifests = [k for k in keys if k.startswith("manifests/")]
+    runs = [k for k in keys if k.startswith("runs/")]
+    assert len(manifests) == 4 and len(runs) == 4 and len(keys) == 8  # no object: small results are inline
+    assert all(k.count("/") == 2 and k.endswith(".json") for k in manifests)
+    assert all(k.startswith("runs/wf%2F..%2Fx/") and k.count("/") == 2 for k in runs)
+    assert storage.list_tasks("wf/../x") == sorted(names)
     assert _objects(s3_endpoint, s3_url.rsplit("/", 1)[0] + "/wf") == []  # nothing escaped
 
 
 def test_remove_workflow_leaves_siblings_sharing_a_prefix(s3_endpoint, s3_url):
     storage = S3Storage(s3_url, s3_endpoint.options)
-    storage.save("wf1", "a", "0" * 32, 1, {})
-    storage.save("wf10", "a", "0" * 32, 10, {})
+    _save(storage, "wf1", "a", 1)
+    _save(storage, "wf10", "a", 10)
     storage.remove_workflow("wf1")
     assert storage.list_tasks("wf1") == []
     assert storage.read_task("wf10", "a") == 10
@@ -147,7 +151,7 @@ def test_bucket_root_as_storage(s3_endpoint):
     fs = _fs(s3_endpoint)
     fs.mkdir("functionfuse-root-test")
     storage = S3Storage("s3://functionfuse-root-test", s3_endpoint.options)
-    storage.save("wf", "a", "0" * 32, 1, {})
+    _save(storage, "wf", "a", 1)
     assert storage.list_tasks("wf") == ["a"]
     storage.remove_workflow("wf")
     assert fs.exists("functionfuse-root-test")  # the bucket stays
@@ -159,7 +163,7 @@ def test_another_process_sees_entries_at_once(s3_endpoint, s3_url):
     a = S3Storage(s3_url, s3_endpoint.options)
     b = pickle.loads(pickle.dumps(a))
     assert b.list_tasks("wf") == []
-    a.save("wf", "n", "0" * 32, 1, {})
+    _save(a, "wf", "n", 1)
     assert b.list_tasks("wf") == ["n"]
     a.remove_task("wf", "n")
     assert b.list_tasks("wf") == []
@@ -218,7 +222,12 @@ def test_local_workflow_runs_and_resumes_on_s3(s3_endpoint, s3_url):
     assert wf.run() == 135
     assert CALLS == ["scale"]
     assert wf.last_report.by_node()["scale"].reason.startswith("input changed")
-    assert len(_objects(s3_endpoint, s3_url)) == 3  # the stale entry of 'scale' was replaced
+    # both versions of 'scale' are kept: going back to 2 reads the first one
+    assert len([k for k in _objects(s3_endpoint, s3_url) if k.startswith("manifests/")]) == 4
+    CALLS.clear()
+    wf = LocalWorkflow(_pipeline(2), workflow_name="pipe")
+    wf.set_storage(storage)
+    assert wf.run() == 90 and CALLS == []
 
 
 def test_forced_node_replaces_its_entry(s3_endpoint, s3_url):
@@ -230,7 +239,9 @@ def test_forced_node_replaces_its_entry(s3_endpoint, s3_url):
     CALLS.clear()
     assert wf.run(force="total") == 90
     assert CALLS == ["total", "scale"]
-    assert _objects(s3_endpoint, s3_url) == before  # same keys, replaced in place
+    after = _objects(s3_endpoint, s3_url)
+    assert [k for k in after if not k.startswith("runs/")] == [k for k in before if not k.startswith("runs/")]
+    assert len(after) == len(before) + 1  # same results replaced in place, one more run record
 
 
 def test_fresh_process_resumes_from_s3(s3_endpoint, s3_url, tmp_path):
@@ -327,24 +338,23 @@ def test_concurrent_writer_processes_leave_one_valid_entry(s3_endpoint, s3_url):
         p.join(120)
         assert p.exitcode == 0
     storage = S3Storage(s3_url, s3_endpoint.options)
-    assert storage.read_task("wf", "n") in ("A" * 5000, "B" * 5000)
-    assert len(_objects(s3_endpoint, s3_url)) == 1
+    assert storage.load("wf", "1" * 32) in ("A" * 5000, "B" * 5000)
+    assert _objects(s3_endpoint, s3_url) == ["manifests/11/" + "1" * 32 + ".json"]
 
 
-def test_second_publish_of_an_entry_is_a_no_op(s3_endpoint, s3_url):
+def test_second_publish_of_a_manifest_is_a_no_op(s3_endpoint, s3_url):
     storage = S3Storage(s3_url, s3_endpoint.options)
-    folder = storage._wf_dir("wf")
-    assert storage._publish(folder, "x-" + "0" * 32 + ".ffr", b"first") is True
-    assert storage._publish(folder, "x-" + "0" * 32 + ".ffr", b"second") is False  # 412 from the server
-    assert storage._read(folder + "/x-" + "0" * 32 + ".ffr") == b"first"
-    assert storage._publish(folder, "x-" + "0" * 32 + ".ffr", b"third", overwrite=True) is True
-    assert storage._read(folder + "/x-" + "0" * 32 + ".ffr") == b"third"
+    storage.save("wf", "x", "0" * 32, "first", {})
+    storage.save("wf", "x", "0" * 32, "second", {})  # 412 from the server: the first stays
+    assert storage.load("wf", "0" * 32) == "first"
+    storage.save("wf", "x", "0" * 32, "third", {}, overwrite=True)
+    assert storage.load("wf", "0" * 32) == "third"
 
 
 @pytest.mark.parametrize("name", ODD_NAMES[:4])
 def test_odd_workflow_names(s3_endpoint, s3_url, name):
     storage = S3Storage(s3_url, s3_endpoint.options)
-    storage.save(name, "n", "0" * 32, name, {})
+    _save(storage, name, "n", name)
     assert storage.read_task(name, "n") == name
     storage.remove_workflow(name)
     assert _objects(s3_endpoint, s3_url) == []
