@@ -32,11 +32,14 @@ import base64
 import contextvars
 import io
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator
 
 from ..errors import SerializationError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SERIALIZER", "Persistence", "active", "current", "encode", "decode", "default_serializer"]
 
@@ -67,6 +70,8 @@ class Persistence:
         self._protocols = protocols
         self.side = side
         self._made: dict[str, dict] = {}
+        #: ``(name, pid)`` of side data written through this object (see :meth:`undo`).
+        self.written: list[tuple[str, Any]] = []
 
     def protocols(self, side: str | None = None) -> dict:
         side = self.side if side is None else side
@@ -97,7 +102,18 @@ class Persistence:
         pid = serializer.pickle(obj, self.protocols())
         if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == serializer.name:
             pid = pid[1]
+        self.written.append((serializer.name, pid))
         return serializer.name, pid
+
+    def undo(self) -> None:
+        """Delete the side data written through this object (a save that failed or lost
+        the race to publish); failures are logged, never raised."""
+        written, self.written = self.written, []
+        for name, pid in written:
+            try:
+                self.remove(name, pid, self.side)
+            except Exception as exc:  # noqa: BLE001 - leftovers are only space
+                logger.warning("side data %r of serializer %r left in place: %s", pid, name, exc)
 
     def remove(self, name: str, pid: Any, side: str) -> None:
         self.by_name(name).remove(pid, self.protocols(side))
@@ -174,7 +190,10 @@ def dumps(obj: Any, persistence: Persistence) -> tuple[bytes, list, dict]:
 
     buf = io.BytesIO()
     pickler = _PersistentPickler(buf, persistence, persistence.protocols)  # type: ignore[arg-type]
-    pickler.dump(obj)
+    try:
+        pickler.dump(obj)
+    finally:
+        persistence.written.extend(pickler.pids)
     memo = {key: value[1] for key, value in pickler.memo.copy().items()}
     return buf.getvalue(), pickler.pids, memo
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -62,7 +63,7 @@ class ResultStore:
 
     @property
     def _local(self) -> bool:
-        return self.objects.local_path("0" * 64) is not None
+        return self.objects._local
 
     def _path(self, relative: str) -> str:
         return posixpath.join(self.objects.root, relative)
@@ -84,29 +85,45 @@ class ResultStore:
         from ..serializers import persistent
         from ..serializers.parts import split
 
-        with persistent.active(persistence):
-            tree, parts = split(value, safe=self.safe, persistence=persistence)
-            entries = []
-            for part in parts:
-                with self.objects.writer(replace=replace) as sink:
-                    part.write(sink)
-                entries.append({**part.entry(), **sink.ref.to_json(), "codec": None})
-        data = encode_manifest({**(meta or {}), "key": key, "result": tree, "parts": entries})
-        self._publish(manifest_path(key), data, replace=replace)
+        try:
+            with persistent.active(persistence):
+                tree, parts = split(value, safe=self.safe, persistence=persistence)
+                entries = []
+                for part in parts:
+                    with self.objects.writer(replace=replace) as sink:
+                        part.write(sink)
+                    entries.append({**part.entry(), **sink.ref.to_json(), "codec": None})
+            data = encode_manifest({**(meta or {}), "key": key, "result": tree, "parts": entries})
+            published = self._publish(manifest_path(key), data, replace=replace)
+        except BaseException:
+            if persistence is not None:
+                persistence.undo()  # nothing names the side data written so far
+            raise
+        if not published:
+            # Another writer published this key first (the same computation):
+            # its manifest names its own side data, not ours.
+            if persistence is not None:
+                persistence.undo()
+            return self.read_manifest(key)
         return decode_manifest(data, key, manifest_path(key))
 
-    def _publish(self, relative: str, data: bytes, *, replace: bool) -> None:
-        """Write a small document create-if-absent (``replace``: over a damaged one)."""
+    def _publish(self, relative: str, data: bytes, *, replace: bool) -> bool:
+        """Write a small document create-if-absent (``replace``: over a damaged one).
+
+        Returns False when another writer had published it first.
+        """
         final = self._path(relative)
         with self.objects._io("publishing", relative, final):
             if self._local:
-                self._publish_local(final, data, replace)
-            elif self.objects._s3:
-                self._publish_s3(final, data, replace)
-            elif replace or not self.objects.fs.exists(final):
+                return self._publish_local(final, data, replace)
+            if self.objects._s3:
+                return self._publish_s3(final, data, replace)
+            if replace or not self.objects.fs.exists(final):
                 self.objects.fs.pipe_file(final, data)
+                return True
+            return False
 
-    def _publish_local(self, final: str, data: bytes, replace: bool) -> None:
+    def _publish_local(self, final: str, data: bytes, replace: bool) -> bool:
         tmp = self._path(f"tmp/{uuid.uuid4().hex}-{os.getpid()}")
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         with open(tmp, "xb") as fh:
@@ -117,26 +134,41 @@ class ResultStore:
         try:
             if replace:
                 os.replace(tmp, final)
-                return
+                return True
             try:
                 os.link(tmp, final)
             except FileExistsError:
-                pass  # another writer published this key first: same computation
+                return False  # another writer published this key first: same computation
+            return True
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def _publish_s3(self, final: str, data: bytes, replace: bool) -> None:
+    def _publish_s3(self, final: str, data: bytes, replace: bool) -> bool:
         from .s3store import _error_code
 
-        bucket, key, _ = self.objects.fs.split_path(final)
+        fs = self.objects.fs
+        bucket, key, _ = fs.split_path(final)
+        if not replace and not self.objects._conditional and fs.exists(final):
+            return False  # an endpoint without conditional writes: look, then write
         condition = {} if replace or not self.objects._conditional else {"IfNoneMatch": "*"}
-        try:
-            self.objects.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
-        except Exception as exc:  # noqa: BLE001 - told apart below
-            if isinstance(exc, FileExistsError) or _error_code(exc) in ("PreconditionFailed", "412"):
-                return  # published by another writer first
-            raise
+        for attempt in range(4):
+            try:
+                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+                return True
+            except Exception as exc:  # noqa: BLE001 - told apart below
+                code = _error_code(exc)
+                if isinstance(exc, FileExistsError) or code in ("PreconditionFailed", "412"):
+                    return False  # published by another writer first
+                if code == "ConditionalRequestConflict" and attempt < 3:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                if condition and code in ("NotImplemented", "501"):
+                    logger.warning("storage %s: no conditional writes, publishing with HEAD then PUT", self.objects.url)
+                    self.objects._conditional = False
+                    return self._publish_s3(final, data, replace)
+                raise
+        return False  # pragma: no cover - the loop returns or raises
 
     def record_run(self, workflow: str, run_id: str, nodes: dict[str, dict[str, Any]], **fields: Any) -> str:
         """Write the record of one run (see :func:`~.runs.encode_record`); returns its path."""

@@ -128,9 +128,11 @@ def test_endpoint_down_mid_run_then_back(endpoint, flaky, s3_endpoint, s3_url, c
     assert elapsed < 30, "the configured retries bound the wait"
     assert CALLS == ["first", "middle"]
 
-    # Looking at the bucket through the other server: the entry of 'first' and nothing else.
+    # Looking at the bucket through the other server: the manifest of 'first' and nothing
+    # else (the run record could not be written either: the run is like a killed one).
     [only] = _objects(s3_endpoint, s3_url)
-    assert only.startswith("w/first-") and only.endswith(".ffr")
+    key = wf.last_report.by_node()["first"].key
+    assert only == f"manifests/{key[:2]}/{key}.json"
 
     # Still down: the next run fails at its first request, naming the endpoint.
     with pytest.raises(StorageError, match=f"S3 endpoint {endpoint.url} is unreachable while listing"):
@@ -175,9 +177,10 @@ def test_endpoint_down_while_writing_zarr_chunks(endpoint, flaky, s3_endpoint, s
     assert f"S3 endpoint {endpoint.url} is unreachable" in msg
     assert CALLS == ["first", "array"]
 
-    # The entry is the commit marker: no entry for 'array', only unreferenced chunks.
+    # The manifest is the commit marker: none for 'array', only unreferenced chunks.
     reader = S3Storage(s3_url, s3_endpoint.options)
-    assert reader.list_tasks("z") == ["first"]
+    keys = {e.node: e.key for e in wf.last_report.events}
+    assert reader.present(keys.values()) == {keys["first"]}
     assert "partial zarr array" in caplog.text  # could not be cleaned up while down: logged
 
     endpoint.start()
