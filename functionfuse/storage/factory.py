@@ -185,7 +185,7 @@ def check_options(opt: Any) -> tuple[str, dict[str, Any]]:
     ... except StorageConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
     unknown option 'pth' for storage kind 'file'; did you mean 'path'?
-    It takes path, durable (optional)
+    It takes path, durable (optional), safe (optional)
     """
     example = "{'kind': 'file', 'options': {'path': ...}}"
     if not isinstance(opt, dict):
