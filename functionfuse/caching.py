@@ -49,7 +49,7 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,7 @@ from .errors import (
     GraphError,
     HashingError,
     NodeExecutionError,
+    SchemaChangedError,
     SerializationError,
     SerializerNotRegisteredError,
     StorageError,
@@ -88,6 +89,7 @@ FORCED = "forced"
 UPSTREAM_FORCED = "upstream forced"
 CORRUPT = "corrupt entry"
 UNREADABLE = "unreadable entry"
+SCHEMA_CHANGED = "result schema changed"
 NO_STORAGE = "no storage"
 NOT_STORED = "not stored"
 REPLAY = "replay"
@@ -491,12 +493,12 @@ def make_plan(
     force: str | Iterable[str] | None = None,
     strict: bool = False,
     extra: dict[int, bytes] | None = None,
-    unusable: set[str] | frozenset = frozenset(),
+    unusable: Mapping[str, str] | set[str] | frozenset = frozenset(),
 ) -> Plan:
     """Key every node and decide what runs (see the module docstring).
 
     ``extra`` maps ``id(node)`` to bytes added to that node's key (see
-    :func:`compute_key`).  ``unusable`` holds entry file names found corrupt or
+    :func:`compute_key`).  ``unusable`` holds keys (with their reason, in a mapping) found corrupt or
     unreadable by an earlier attempt of the same run: those nodes are
     recomputed and their entries replaced.
     """
@@ -565,7 +567,8 @@ def make_plan(
             elif task.reason == UNHASHABLE:
                 task.run = True
             elif hit and key in unusable:
-                task.run, task.reason, task.overwrite = True, CORRUPT, True
+                why = unusable.get(key, CORRUPT) if isinstance(unusable, Mapping) else CORRUPT
+                task.run, task.reason, task.overwrite = True, why, True
             elif hit:
                 task.run, task.reason, task.entry = False, CACHED, key
             else:
@@ -814,9 +817,21 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)
 
 
+def unusable_reason(exc: BaseException) -> str:
+    """The reason a node whose stored result raised ``exc`` on load is recomputed."""
+    if isinstance(exc, SchemaChangedError):
+        return SCHEMA_CHANGED
+    return CORRUPT if isinstance(exc, CorruptEntryError) else UNREADABLE
+
+
 def entry_failed(task: Task, exc: Exception) -> None:
     """Record that a cached entry could not be used; it will be recomputed."""
-    reason = CORRUPT if isinstance(exc, CorruptEntryError) else UNREADABLE
+    reason = unusable_reason(exc)
+    if reason == SCHEMA_CHANGED:  # expected after editing a class: no warning
+        logger.info("node %r: %s; recomputing it", task.name, exc)
+        task.run, task.reason, task.overwrite = True, reason, True
+        task.entry = None
+        return
     warnings.warn(
         f"node {task.name!r}: stored entry {task.entry} is unusable ({exc}); recomputing it",
         CacheWarning,

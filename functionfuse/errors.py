@@ -17,6 +17,7 @@ __all__ = [
     "CorruptEntryError",
     "SerializationError",
     "SerializerNotRegisteredError",
+    "SchemaChangedError",
     "ExecutorError",
     "NodeExecutionError",
 ]
@@ -52,6 +53,14 @@ class CorruptEntryError(StorageError):
 
 class SerializationError(FunctionFuseError):
     """A result cannot be serialized or deserialized."""
+
+
+class SchemaChangedError(SerializationError):
+    """A stored result's class (dataclass, attrs, pydantic) has another schema now.
+
+    The result is not loaded into the wrong shape: the node is recomputed with
+    reason ``result schema changed``.
+    """
 
 
 class SerializerNotRegisteredError(SerializationError):

@@ -34,7 +34,9 @@ import cloudpickle
 
 from ..caching import (
     LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, finish_report, load_node, make_plan, record_run,
+    unusable_reason,
 )
+from ..caching import SCHEMA_CHANGED
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -135,8 +137,8 @@ class Engine(ABC):
 
 
 class _Retry(Exception):
-    def __init__(self, entries: set[str]) -> None:
-        self.entries = entries
+    def __init__(self, entries: dict[str, str]) -> None:
+        self.entries = entries  # key -> why it is unusable
 
 
 class DistributedWorkflow(BaseWorkflow):
@@ -221,7 +223,7 @@ class DistributedWorkflow(BaseWorkflow):
     ) -> Any:
         if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
             raise GraphError(f"max_pending_tasks must be an int >= 0, got {max_pending_tasks!r}")
-        unusable: set[str] = set()
+        unusable: dict[str, str] = {}
         start = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             engine = engine_factory()
@@ -238,7 +240,7 @@ class DistributedWorkflow(BaseWorkflow):
                 raise
             except _Retry as retry:
                 retrying = True
-                unusable |= retry.entries
+                unusable.update(retry.entries)
                 logger.info("retrying %r without unusable entries %s", self.workflow_name, sorted(retry.entries))
                 continue
             except BaseException as exc:
@@ -262,9 +264,9 @@ class DistributedWorkflow(BaseWorkflow):
         )
 
     def _explain_plan(self, force: Any) -> Plan:
-        return self._plan(force, False, set())[0]  # plugins' seeds count in keys
+        return self._plan(force, False, {})[0]  # plugins' seeds count in keys
 
-    def _plan(self, force: Any, strict: bool, unusable: set[str]) -> tuple[Plan, dict[int, Any]]:
+    def _plan(self, force: Any, strict: bool, unusable: dict[str, str]) -> tuple[Plan, dict[int, Any]]:
         named = self._named()
         extra, plugin_funcs = self._plugin_calls(named)
         plan = make_plan(
@@ -363,7 +365,7 @@ class DistributedWorkflow(BaseWorkflow):
     def _settle(self, engine: Engine, plan: Plan) -> None:
         first: tuple[Task, BaseException] | None = None
         fallback: tuple[Task, BaseException] | None = None  # consequences of another failure
-        unusable: set[str] = set()
+        unusable: dict[str, str] = {}
         by_name = {t.name: t for t in plan.tasks}
         for task, error, status in engine.settle():
             if error is None:
@@ -379,9 +381,12 @@ class DistributedWorkflow(BaseWorkflow):
             if isinstance(error, EntryUnusable):
                 if error.entry in unusable:
                     continue  # the same failure, passed on to a consumer
-                unusable.add(error.entry)
+                unusable[error.entry] = error.reason
                 by_name.get(error.node, task).entry = None
-                warnings.warn(f"{error}; recomputing it", CacheWarning, stacklevel=5)
+                if error.reason == SCHEMA_CHANGED:  # expected after editing a class: no warning
+                    logger.info("%s; recomputing it", error)
+                else:
+                    warnings.warn(f"{error}; recomputing it", CacheWarning, stacklevel=5)
                 continue
             # The node that failed is the one the error names; a consumer that
             # received its upstream's error never ran (finish_report says so).
@@ -426,12 +431,15 @@ class DistributedWorkflow(BaseWorkflow):
             except SerializerNotRegisteredError:
                 raise
             except LOAD_ERRORS as exc:
-                warnings.warn(
-                    f"node {task.name!r}: stored entry {task.entry} is unusable ({exc}); recomputing it",
-                    CacheWarning,
-                    stacklevel=5,
-                )
-                raise _Retry({task.entry or ""}) from None
+                if unusable_reason(exc) == SCHEMA_CHANGED:
+                    logger.info("node %r: %s; recomputing it", task.name, exc)
+                else:
+                    warnings.warn(
+                        f"node {task.name!r}: stored entry {task.entry} is unusable ({exc}); recomputing it",
+                        CacheWarning,
+                        stacklevel=5,
+                    )
+                raise _Retry({task.entry or "": unusable_reason(exc)}) from None
         return leaf.extract(value) if isinstance(leaf, NodeItem) else value
 
     def _options(self, task: Task, load: bool = False) -> dict:

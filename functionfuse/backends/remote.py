@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from ..caching import LOAD_ERRORS, Plan, Task, argument_summary, load_node, run_node
+from ..caching import LOAD_ERRORS, Plan, Task, argument_summary, load_node, run_node, unusable_reason
 from ..errors import (
     CorruptEntryError,
     ExecutorError,
@@ -53,16 +53,16 @@ logger = logging.getLogger(__name__)
 
 
 class EntryUnusable(FunctionFuseError):
-    """A worker found a cached entry corrupt or unreadable (the driver recomputes it)."""
+    """A worker found a cached result unusable (the driver recomputes it, with ``reason``)."""
 
-    def __init__(self, message: str, node: str, entry: str, corrupt: bool) -> None:
+    def __init__(self, message: str, node: str, entry: str, reason: str) -> None:
         super().__init__(message)
         self.node = node
         self.entry = entry
-        self.corrupt = corrupt
+        self.reason = reason
 
     def __reduce__(self):
-        return (type(self), (self.args[0], self.node, self.entry, self.corrupt))
+        return (type(self), (self.args[0], self.node, self.entry, self.reason))
 
 
 class _Slot:
@@ -334,7 +334,7 @@ def load_task(blob: bytes) -> tuple[Any, tuple[str, float, int]]:
             f"node {task.name!r}: stored entry {task.entry} is unusable ({exc})",
             task.name,
             task.entry or "",
-            isinstance(exc, CorruptEntryError),
+            unusable_reason(exc),
         ) from None
     return value, _status(task)
 

@@ -79,7 +79,7 @@ import pickle
 import sys
 from typing import IO, Any, Callable
 
-from ..errors import SerializationError
+from ..errors import SchemaChangedError, SerializationError
 from . import natives, persistent
 
 __all__ = [
@@ -582,6 +582,13 @@ def _decode_json(f: IO[bytes], info: dict) -> Any:
 
 
 def _decode_pickle(f: IO[bytes], info: dict) -> Any:
+    records = info.get("schemas")
+    if records:  # checked before anything is unpickled: never the wrong shape
+        from .schemas import changed_schema
+
+        change = changed_schema(records)
+        if change is not None:
+            raise SchemaChangedError(change)
     if info.get("persistent"):
         return persistent.loads(f, info)
     return pickle.load(f)

@@ -93,7 +93,7 @@ import sys
 from typing import IO, Any, Mapping, Sequence
 
 from ..errors import SerializationError, StorageError
-from . import formats, persistent
+from . import formats, persistent, schemas
 from .formats import JSON, MMAP_THRESHOLD, NPY, PARQUET, PICKLE, Source, type_name
 
 __all__ = [
@@ -391,6 +391,9 @@ class _Splitter:
                 ]
                 raise _Whole(f"a pickled leaf refers to objects also stored in the tree ({', '.join(where)})")
             index = len(self.parts)
+            records = schemas.schemas_of(self.pickled)
+            if records:
+                info["schemas"] = records
             self.parts.append(Part(PICKLE, info, data))
             for node in self.pickled_nodes:
                 node["part"] = index
@@ -419,6 +422,9 @@ def _pickle_whole(value: Any, persistence: Any = None) -> tuple[dict, list[Part]
             data, _ = formats.dumps_pickle(value)
     except Exception as exc:  # noqa: BLE001
         raise SerializationError(f"result ({type_name(value)}) cannot be pickled: {exc}") from exc
+    records = schemas.schemas_of([value])
+    if records:
+        info["schemas"] = records
     return {"part": 0}, [Part(PICKLE, info, data)]
 
 

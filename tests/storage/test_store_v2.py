@@ -1,0 +1,315 @@
+"""Store v2 through workflows, on file and S3 storage: native formats, kept versions,
+content addressing, safe mode, result schemas, 0.1.0 leftovers, memory maps."""
+
+import dataclasses
+import importlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.errors import SerializationError
+from functionfuse.storage import FileStorage, S3Storage
+
+# Call counters are test state, not inputs of the nodes that update them.
+__functionfuse_ignore__ = {"CALLS"}
+CALLS = []
+
+
+@pytest.fixture(params=["file", "s3"])
+def any_storage(request, tmp_path):
+    if request.param == "file":
+        return FileStorage(tmp_path / "store")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Storage(request.getfixturevalue("s3_url"), endpoint.options)
+
+
+def _run(storage, leaf, name="wf", **kwargs):
+    wf = LocalWorkflow(leaf, workflow_name=name)
+    wf.set_storage(storage)
+    result = wf.run(**kwargs)
+    return wf, result
+
+
+def _actions(wf):
+    return {e.node: (e.action, e.reason) for e in wf.last_report.events}
+
+
+def _object_bytes(storage, hash):
+    path = f"objects/{hash[:2]}/{hash[2:4]}/{hash}"
+    if isinstance(storage, FileStorage):
+        with open(os.path.join(storage.path, path), "rb") as fh:
+            return fh.read()
+    return storage.fs.cat_file(storage._join(path))
+
+
+def _object_sizes(storage):
+    """Bytes of every stored object, by hash."""
+    top = storage._join("objects")
+    try:
+        found = storage.fs.find(top, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {os.path.basename(p): info["size"] for p, info in found.items()}
+
+
+@workflow
+def tables(n):
+    CALLS.append("tables")
+    rng = np.random.default_rng(n)
+    frame = pd.DataFrame({"x": rng.normal(size=n), "label": [f"r{i}" for i in range(n)]})
+    return {"weights": rng.normal(size=(n, 3)), "frame": frame, "n": n, "name": "tables"}
+
+
+def test_native_formats_part_by_part_open_without_functionfuse(any_storage, tmp_path):
+    _, value = _run(any_storage, tables(1000).set_name("t"))
+    meta = any_storage.read_task_meta("wf", "t")
+    formats = sorted(p["format"] for p in meta["parts"])
+    assert formats == ["npy", "parquet"]
+    assert meta["result"]["t"] == "dict"  # n and name are inline JSON
+    back = any_storage.read_task("wf", "t")
+    np.testing.assert_array_equal(back["weights"], value["weights"])
+    pd.testing.assert_frame_equal(back["frame"], value["frame"])
+    assert back["n"] == 1000 and back["name"] == "tables"
+    # Each part is a plain file of its format: numpy and pandas open it, functionfuse unneeded.
+    paths = {}
+    for part in meta["parts"]:
+        path = tmp_path / f"part.{part['format']}"
+        path.write_bytes(_object_bytes(any_storage, part["object"]))
+        paths[part["format"]] = str(path)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["functionfuse"] = None  # importing it would fail
+        import numpy, pandas
+        a = numpy.load({paths["npy"]!r}, allow_pickle=False)
+        f = pandas.read_parquet({paths["parquet"]!r})
+        print(a.shape, len(f), list(f.columns))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(1000, 3) 1000 ['x', 'label']"
+
+
+@workflow
+def fit(alpha):
+    CALLS.append(f"fit {alpha}")
+    return {"alpha": alpha, "coef": np.full(1000, alpha)}
+
+
+def test_a_b_a_hits_and_every_version_is_kept(any_storage):
+    CALLS.clear()
+    for alpha in (150, 200, 150, 200):
+        _, result = _run(any_storage, fit(alpha).set_name("fit"))
+        assert result["alpha"] == alpha
+        assert any_storage.read_task("wf", "fit")["alpha"] == alpha  # the latest run's version
+    assert CALLS == ["fit 150", "fit 200"]
+
+
+@workflow
+def big(seed):
+    CALLS.append("big")
+    return np.random.default_rng(0).normal(size=1 << 20)  # 8 MiB, the same for any seed
+
+
+def test_same_bytes_are_stored_once_in_bytes_on_disk(any_storage):
+    CALLS.clear()
+    _run(any_storage, big(1).set_name("a"), name="wf1")
+    one = sum(_object_sizes(any_storage).values())
+    _run(any_storage, big(2).set_name("b"), name="wf1")  # another key, the same bytes
+    _run(any_storage, big(3).set_name("c"), name="wf2")  # another workflow too
+    assert CALLS == ["big"] * 3
+    sizes = _object_sizes(any_storage)
+    assert len(sizes) == 1 and sum(sizes.values()) == one
+    assert 8 << 20 <= one < (8 << 20) + 4096
+
+
+def test_a_key_stored_by_another_workflow_is_a_hit_without_a_copy(any_storage):
+    CALLS.clear()
+    _run(any_storage, fit(3).set_name("fit"), name="first")
+    files = sorted(_object_sizes(any_storage))
+    wf, result = _run(any_storage, fit(3).set_name("fit"), name="second")
+    assert CALLS == ["fit 3"] and result["alpha"] == 3
+    assert _actions(wf)["fit"] == ("read", "cached")
+    assert sorted(_object_sizes(any_storage)) == files
+    assert any_storage.read_task("second", "fit")["alpha"] == 3
+
+
+# -- safe mode and crafted pickles ---------------------------------------------------------
+
+
+class Payload:
+    """Unpickling it runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@workflow
+def plain(x):
+    CALLS.append("plain")
+    return {"x": x}
+
+
+def _plant_pickle(storage, key, marker):
+    """Replace the manifest of ``key`` by one whose result is a malicious pickle part."""
+    from functionfuse.storage.manifests import encode_manifest, manifest_path
+
+    doc = storage.read_meta("wf", key)
+    ref = storage.results.objects.put_bytes(pickle.dumps(Payload(marker)))
+    doc["result"] = {"part": 0}
+    doc["parts"] = [{"format": "pickle", "info": {"type": "Payload"}, "codec": None, **ref.to_json()}]
+    doc.pop("persistent", None)
+    storage.results._publish(manifest_path(key), encode_manifest(doc), replace=True)
+
+
+def test_a_crafted_pickle_never_runs_in_metadata_operations_nor_in_safe_mode(any_storage, tmp_path):
+    CALLS.clear()
+    marker = tmp_path / "pwned"
+    _run(any_storage, plain(1).set_name("p"))
+    key = any_storage.read_task_meta("wf", "p")["key"]
+    _plant_pickle(any_storage, key, str(marker))
+    # Every metadata operation reads JSON only.
+    assert any_storage.list_tasks("wf") == ["p"]
+    assert any_storage.read_task_meta("wf", "p")["parts"][0]["format"] == "pickle"
+    wf = LocalWorkflow(plain(1).set_name("p"), workflow_name="wf")
+    wf.set_storage(any_storage)
+    assert wf.explain().by_node()["p"].action == "read"
+    assert not marker.exists()
+    # Safe mode refuses the pickle by node name and recomputes the node.
+    args, kwargs = any_storage._constructor_args()
+    safe = type(any_storage)(*args, **{**kwargs, "safe": True})
+    with pytest.warns(Warning, match="node 'p'.*pickle.*safe mode"):
+        wf, result = _run(safe, plain(1).set_name("p"))
+    assert result == {"x": 1} and _actions(wf)["p"] == ("computed", "unreadable entry")
+    assert not marker.exists()
+    assert safe.read_task("wf", "p") == {"x": 1}  # replaced by a safe (JSON) result
+    any_storage.remove_task("wf", "p")
+    assert not marker.exists()
+
+
+@workflow
+def opaque():
+    return Payload("never-used")
+
+
+def test_safe_mode_refuses_results_only_pickle_can_hold(tmp_path):
+    safe = FileStorage(tmp_path / "store", safe=True)
+    with pytest.raises(SerializationError) as info:
+        _run(safe, opaque().set_name("op"))
+    msg = str(info.value)
+    assert "node 'op'" in msg and "Payload" in msg and "safe mode" in msg
+    assert "register_persistent_serializers" in msg and "log_nodes" in msg
+
+
+# -- result schemas ------------------------------------------------------------------------
+
+
+SHAPES_V1 = """
+import dataclasses
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+"""
+
+SHAPES_V2 = """
+import dataclasses
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+    z: int = 0
+"""
+
+
+def test_a_changed_result_schema_recomputes_the_node(any_storage, tmp_path, monkeypatch):
+    (tmp_path / "shapes_v2mod.py").write_text(SHAPES_V1)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shapes = importlib.import_module("shapes_v2mod")
+
+    @workflow(version="1")  # the key stays the same whatever the class becomes
+    def point():
+        return shapes.Point(1, 2)
+
+    _run(any_storage, point().set_name("pt"))
+    meta = any_storage.read_task_meta("wf", "pt")
+    [record] = meta["parts"][0]["info"]["schemas"]
+    assert record["class"] == "shapes_v2mod.Point" and record["fields"] == [["x", "int"], ["y", "int"]]
+    wf, _ = _run(any_storage, point().set_name("pt"))
+    assert _actions(wf)["pt"] == ("read", "cached")
+    (tmp_path / "shapes_v2mod.py").write_text(SHAPES_V2)
+    shapes = importlib.reload(shapes)
+    wf, result = _run(any_storage, point().set_name("pt"))
+    assert _actions(wf)["pt"] == ("computed", "result schema changed")
+    assert dataclasses.asdict(result) == {"x": 1, "y": 2, "z": 0}
+    sys.modules.pop("shapes_v2mod", None)
+
+
+# -- what 0.1.0 left, memory maps --------------------------------------------------------
+
+
+def test_entries_of_0_1_0_are_ignored(tmp_path):
+    root = tmp_path / "store"
+    (root / "wf" / ".data").mkdir(parents=True)
+    (root / "wf" / f"p-{'a' * 32}.ffr").write_bytes(b"FFR1" + os.urandom(200))
+    (root / "objects").mkdir()
+    (root / "objects" / f"x-{'b' * 32}.ffr").write_bytes(b"FFR1")  # a 0.1.0 workflow named "objects"
+    storage = FileStorage(root)
+    CALLS.clear()
+    wf, result = _run(storage, plain(2).set_name("p"))
+    assert result == {"x": 2} and CALLS == ["plain"]
+    wf, _ = _run(storage, plain(2).set_name("p"))
+    assert _actions(wf)["p"] == ("read", "cached")
+    assert (root / "wf" / f"p-{'a' * 32}.ffr").exists()  # left alone
+
+
+@workflow
+def large():
+    return np.arange(9 << 20, dtype=np.float64)  # 72 MiB
+
+
+def test_large_arrays_load_as_copy_on_write_memory_maps(tmp_path):
+    storage = FileStorage(tmp_path / "store")
+    _run(storage, large().set_name("big"))
+    [part] = storage.read_task_meta("wf", "big")["parts"]
+    path = os.path.join(storage.path, "objects", part["object"][:2], part["object"][2:4], part["object"])
+    before = os.stat(path).st_mtime_ns
+    arr = storage.read_task("wf", "big")
+    assert isinstance(arr, np.memmap) and arr.flags.writeable
+    assert arr[12345] == 12345.0
+    arr[:10] = -1  # copy-on-write: the stored file never changes
+    again = storage.read_task("wf", "big")
+    assert again[0] == 0.0 and os.stat(path).st_mtime_ns == before
+    small = storage.results  # below 64 MiB: loaded eagerly
+    ref = small.save("c" * 32, np.arange(1000.0))
+    assert not isinstance(small.load("c" * 32), np.memmap) and ref["parts"][0]["format"] == "npy"
+
+
+def test_run_records_are_one_small_sealed_document_per_run(tmp_path):
+    storage = FileStorage(tmp_path / "store")
+    for x in (1, 2):
+        _run(storage, plain(x).set_name("p"))
+    folder = tmp_path / "store" / "runs" / "wf"
+    records = sorted(os.listdir(folder))
+    assert len(records) == 2 and all(r.endswith(".json") for r in records)
+    data = (folder / records[-1]).read_bytes()
+    doc = json.loads(data)
+    assert doc["outcome"] == "ok" and doc["executor"] == "local"
+    assert doc["nodes"]["p"]["action"] == "computed" and len(doc["nodes"]["p"]["key"]) == 32
+    assert len(data) < 2048
