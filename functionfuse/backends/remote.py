@@ -29,7 +29,6 @@ from typing import Any
 
 from ..caching import LOAD_ERRORS, Plan, Task, argument_summary, load_node, run_node, unusable_reason
 from ..errors import (
-    CorruptEntryError,
     ExecutorError,
     FunctionFuseError,
     NodeExecutionError,

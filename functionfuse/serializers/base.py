@@ -81,6 +81,10 @@ class FileProtocol:
         The folder (created on first write).
     """
 
+    #: The storage's compression setting (``functionfuse.storage.codecs.Compression`` or
+    #: None), for serializers whose formats compress inside the file (HDF5, zarr).
+    compression: Any = None
+
     def __init__(self, fs: Any, path: str) -> None:
         self.fs = fs
         self.path = path

@@ -129,8 +129,14 @@ class DaskArraySerializer:
             with h5:
                 # fletcher32: a checksum per chunk, so damaged side data raises
                 # when read instead of silently giving wrong numbers.
+                filters = {}
+                if chunks is not None and getattr(handle, "compression", None) is not None:
+                    from ..storage.codecs import hdf5_options
+
+                    filters = hdf5_options(handle.compression)  # the storage's "compression" option
                 dset = h5.create_dataset(
-                    _DATASET, shape=obj.shape, dtype=obj.dtype, chunks=chunks, fletcher32=chunks is not None
+                    _DATASET, shape=obj.shape, dtype=obj.dtype, chunks=chunks, fletcher32=chunks is not None,
+                    **filters,
                 )
                 if obj.size:
                     # The local threaded scheduler: an h5py file cannot travel to the
@@ -148,7 +154,9 @@ class DaskArraySerializer:
     @classmethod
     def _store_zarr(cls, obj: Array, handle: Any) -> dict:
         zarr = _zarr()
-        from zarr.codecs import Crc32cCodec, ZstdCodec
+        from zarr.codecs import Crc32cCodec
+
+        from ..storage.codecs import zarr_codecs
 
         filename = generate_name() + ".zarr"
         # zarr chunks form a regular grid; dask chunks may not.  Writing
@@ -166,7 +174,7 @@ class DaskArraySerializer:
                 shape=obj.shape,
                 dtype=obj.dtype,
                 chunks=chunks,
-                compressors=[ZstdCodec(), Crc32cCodec()],
+                compressors=[*zarr_codecs(getattr(handle, "compression", None)), Crc32cCodec()],
                 zarr_format=3,
                 # Every chunk is written, even one holding only the fill
                 # value: a missing chunk is then damage, not "all zeros".
@@ -196,6 +204,9 @@ class DaskArraySerializer:
         handle = protocols[FILE_PROTOCOL]
         filename = pid["file"]
         path = handle.local_path(filename)
+        from ..storage.codecs import ensure_hdf5_filters
+
+        ensure_hdf5_filters()  # datasets written with zstd / lz4 / Blosc filters
         try:
             h5 = h5py.File(path if path is not None else handle.open(filename, "rb"), "r")
         except (FileNotFoundError, OSError) as exc:

@@ -410,20 +410,28 @@ class _WriteOnly(io.RawIOBase):
         return memoryview(data).nbytes
 
 
-def _write_frame(frame: Any, f: Any) -> None:
-    import pyarrow as pa
+def _write_table(table: Any, f: Any, compression: Any) -> None:
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=None)
-    pq.write_table(table, f)
+    from ..storage.codecs import parquet_options
+
+    pq.write_table(table, f, **parquet_options(compression, table.schema))
 
 
-def encode(fmt: str, payload: Any, f: IO[bytes]) -> None:
+def _write_frame(frame: Any, f: Any, compression: Any = None) -> None:
+    import pyarrow as pa
+
+    _write_table(pa.Table.from_pandas(frame, preserve_index=None), f, compression)
+
+
+def encode(fmt: str, payload: Any, f: IO[bytes], compression: Any = None) -> None:
     """Write ``payload`` in format ``fmt`` to ``f`` (only ``f.write`` is used).
 
     ``payload`` is the array / frame / table for ``npy`` and ``parquet``, and
     the encoded bytes for ``json`` and ``pickle`` (made when the value was
-    split, so that errors surface there).
+    split, so that errors surface there).  ``compression`` (the storage's
+    setting) is applied by formats that compress inside the file (parquet);
+    the storage compresses other formats as a whole.
     """
     if fmt == NPY:
         np = sys.modules["numpy"]
@@ -433,11 +441,9 @@ def encode(fmt: str, payload: Any, f: IO[bytes]) -> None:
         target = f if isinstance(f, io.IOBase) else _WriteOnly(f)
         pd = sys.modules.get("pandas")
         if pd is not None and type(payload) is pd.DataFrame:
-            _write_frame(payload, target)
+            _write_frame(payload, target, compression)
         else:
-            import pyarrow.parquet as pq
-
-            pq.write_table(payload, target)
+            _write_table(payload, target, compression)
     elif fmt in (JSON, PICKLE):
         f.write(payload)
     elif fmt == persistent.SERIALIZER:

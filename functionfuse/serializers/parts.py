@@ -135,9 +135,12 @@ class Part:
         self.info = info
         self._payload = payload
 
-    def write(self, f: IO[bytes]) -> None:
-        """Stream the part's bytes into ``f``; only ``f.write`` is called."""
-        formats.encode(self.format, self._payload, f)
+    def write(self, f: IO[bytes], compression: Any = None) -> None:
+        """Stream the part's bytes into ``f``; only ``f.write`` is called.
+
+        ``compression`` reaches formats that compress inside the file (parquet).
+        """
+        formats.encode(self.format, self._payload, f, compression)
 
     def to_bytes(self) -> bytes:
         """The part's bytes (what :meth:`write` writes)."""

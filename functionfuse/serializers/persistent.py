@@ -33,9 +33,12 @@ import contextvars
 import io
 import json
 import logging
+import pickle
 import sys
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterator
+
+import cloudpickle
 
 from ..errors import SerializationError
 
@@ -65,10 +68,13 @@ class Persistence:
     folder new side data goes to.
     """
 
-    def __init__(self, registry: Any, protocols: Callable[[str], dict], side: str) -> None:
+    def __init__(self, registry: Any, protocols: Callable[[str], dict], side: str, compression: Any = None) -> None:
         self.registry = registry
         self._protocols = protocols
         self.side = side
+        #: The storage's compression (:class:`~functionfuse.storage.codecs.Compression` or None),
+        #: offered to serializers as the ``compression`` attribute of every protocol handle.
+        self.compression = compression
         self._made: dict[str, dict] = {}
         #: ``(name, pid)`` of side data written through this object (see :meth:`undo`).
         self.written: list[tuple[str, Any]] = []
@@ -78,6 +84,8 @@ class Persistence:
         handles = self._made.get(side)
         if handles is None:
             handles = self._made[side] = self._protocols(side)
+            for handle in handles.values():
+                handle.compression = self.compression
         return handles
 
     def match(self, cls: type) -> Any | None:
@@ -181,15 +189,58 @@ def decode(f: IO[bytes], info: dict) -> Any:
     return persistence.by_name(name).unpickle(pid, persistence.protocols(info.get("side")))
 
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, handing each object a serializer takes to it (its persistent id)."""
+
+    def __init__(self, file: Any, persistence: Persistence) -> None:
+        super().__init__(file, protocol=5)
+        self._persistence = persistence
+        self.pids: list[tuple[str, Any]] = []
+        # persistent_id runs before pickle's memo: one object shared inside a
+        # result is stored once.
+        self._done: dict[int, tuple[Any, Any]] = {}
+
+    def persistent_id(self, obj: Any) -> Any:  # noqa: D401 - pickle hook
+        serializer = self._persistence.match(type(obj))
+        if serializer is None:
+            return None
+        done = self._done.get(id(obj))
+        if done is not None:
+            return done[1]
+        pid = serializer.pickle(obj, self._persistence.protocols())
+        if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == serializer.name):
+            pid = (serializer.name, pid)
+        self.pids.append(pid)
+        self._done[id(obj)] = (obj, pid)
+        return pid
+
+
+class _Unpickler(pickle.Unpickler):
+    """Rebuilds objects of persistent serializers from their ids (each id once)."""
+
+    def __init__(self, file: Any, persistence: Persistence, protocols: dict) -> None:
+        super().__init__(file)
+        self._persistence = persistence
+        self._protocols = protocols
+        self._loaded: dict[bytes, Any] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        ident = pickle.dumps(pid, protocol=5)
+        if ident in self._loaded:
+            return self._loaded[ident]
+        name, payload = pid
+        obj = self._persistence.by_name(name).unpickle(payload, self._protocols)
+        self._loaded[ident] = obj
+        return obj
+
+
 def dumps(obj: Any, persistence: Persistence) -> tuple[bytes, list, dict]:
     """Pickle ``obj``, handing objects a serializer takes to it.
 
     Returns the pickle, the ``(name, pid)`` written, and the pickler's memo (id -> object).
     """
-    from .pickling import _PersistentPickler
-
     buf = io.BytesIO()
-    pickler = _PersistentPickler(buf, persistence, persistence.protocols)  # type: ignore[arg-type]
+    pickler = _Pickler(buf, persistence)
     try:
         pickler.dump(obj)
     finally:
@@ -200,10 +251,8 @@ def dumps(obj: Any, persistence: Persistence) -> tuple[bytes, list, dict]:
 
 def loads(f: IO[bytes], info: dict) -> Any:
     """Unpickle a pickle part whose ``info`` lists persistent ids."""
-    from .pickling import _PersistentUnpickler
-
     persistence = _required("a pickled result holding objects of persistent serializers")
-    return _PersistentUnpickler(f, persistence, persistence.protocols(info.get("side"))).load()  # type: ignore[arg-type]
+    return _Unpickler(f, persistence, persistence.protocols(info.get("side"))).load()
 
 
 def describe_pids(info: dict, pids: list, persistence: Persistence) -> None:

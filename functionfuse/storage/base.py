@@ -155,6 +155,7 @@ class Storage(ABC):
         self.registry = SerializerRegistry()
         self._always_read = False
         self._safe = False
+        self._compression: Any = None  # the option as given (see :mod:`.codecs`)
         self._results: Any = None
         self._results_pid = 0
 
@@ -221,7 +222,7 @@ class Storage(ABC):
         if self._results is None or self._results_pid != os.getpid():
             from .results import ResultStore
 
-            self._results = ResultStore(self._object_store(), safe=self._safe)
+            self._results = ResultStore(self._object_store(), safe=self._safe, compression=self._compression)
             self._results_pid = os.getpid()
         return self._results
 
@@ -240,6 +241,30 @@ class Storage(ABC):
     def safe(self) -> bool:
         """Safe mode: nothing is ever unpickled, nothing needing pickle is stored."""
         return self._safe
+
+    @property
+    def compression(self) -> Any:
+        """The ``compression`` option (None, ``"zstd"``, ``"gzip"``, ``"lz4"`` or a preset dict)."""
+        return self._compression
+
+    def _set_options(self, kind: str, safe: bool, compression: Any) -> None:
+        """Check and keep the options every storage kind takes."""
+        from .codecs import normalize
+        from .factory import check_option
+
+        check_option(kind, "safe", safe)  # only True/False: "no" is truthy
+        normalize(compression)  # a clear error now rather than at the first save
+        self._safe = safe
+        self._compression = compression
+
+    def _option_kwargs(self) -> dict:
+        """``safe`` and ``compression`` for :meth:`_constructor_args`, when not the defaults."""
+        kwargs: dict = {}
+        if self._safe:
+            kwargs["safe"] = True
+        if self._compression is not None:
+            kwargs["compression"] = self._compression
+        return kwargs
 
     def register_persistent_serializers(self, *serializers: Any) -> None:
         """Register serializers for types found anywhere inside results."""
@@ -409,7 +434,9 @@ class Storage(ABC):
     def _persistence(self, workflow_name: str) -> Any:
         from ..serializers.persistent import Persistence
 
-        return Persistence(self.registry, self._side_protocols, f"{SIDE}/{encode_name(workflow_name)}")
+        return Persistence(
+            self.registry, self._side_protocols, f"{SIDE}/{encode_name(workflow_name)}", self.results.compression
+        )
 
     # -- helpers ---------------------------------------------------------------
     def _current_key(self, workflow_name: str, task_name: str) -> str:

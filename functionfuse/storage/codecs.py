@@ -576,8 +576,10 @@ def open_decompressed(fileobj: BinaryIO, codec: str | None, *, name: str | None 
     what was asked for; :data:`READ_SIZE` compressed bytes are read at a time).  The
     stream can ``tell``, and ``seek`` forward (by reading) and backward (within its
     buffer, or by starting again when ``fileobj`` can seek), so ``numpy.load`` and
-    ``pickle.load`` read from it.  Errors as for :func:`decompress`, raised by the
-    read that meets them: a truncated stream fails at its end, never returns short.
+    ``pickle.load`` read from it.  It cannot seek from the end: formats that start
+    reading there (zip files: skops, ``.npz``) go through :func:`decompress` and
+    :class:`io.BytesIO`.  Errors as for :func:`decompress`, raised by the read that
+    meets them: a truncated stream fails at its end, never returns short.
     """
     if codec is None:
         return fileobj

@@ -40,12 +40,15 @@ class Option:
 _PATH = Option((str, os.PathLike), "a str or os.PathLike folder path", "'/data/cache'", required=True)
 _DURABLE = Option((bool,), "a bool (True or False)", "True")
 _SAFE = Option((bool,), "a bool (True or False)", "True")
+_COMPRESSION = Option(
+    (str, dict), "None, 'zstd', 'gzip', 'lz4' or a preset dict", "{'codec': 'zstd', 'level': 3}", none_ok=True
+)
 
 #: kind -> (description, {option: Option}), options in the order they are listed.
 OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
     "file": (
         "a folder on a disk every process can reach",
-        {"path": _PATH, "durable": _DURABLE, "safe": _SAFE},
+        {"path": _PATH, "durable": _DURABLE, "safe": _SAFE, "compression": _COMPRESSION},
     ),
     "S3": (
         "an S3 bucket/prefix through s3fs",
@@ -64,6 +67,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
                 none_ok=True,
             ),
             "safe": _SAFE,
+            "compression": _COMPRESSION,
         },
     ),
     "ray": (
@@ -82,6 +86,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
             "durable": _DURABLE,
             "timeout": Option((int, float), "a number of seconds", "30", none_ok=True),
             "safe": _SAFE,
+            "compression": _COMPRESSION,
         },
     ),
 }
@@ -147,6 +152,10 @@ def check_option(kind: str, name: str, value: Any) -> None:
     if value is None and spec.none_ok:
         return
     if isinstance(value, spec.types) and (bool in spec.types or not isinstance(value, bool)):
+        if name == "compression":  # the values too: a codec that exists, a level in its range
+            from .codecs import normalize
+
+            normalize(value)
         return
     expected = spec.expected + (" or None" if spec.none_ok else "")
     fix = f"e.g. {{{name!r}: {spec.example}}}"
@@ -185,7 +194,7 @@ def check_options(opt: Any) -> tuple[str, dict[str, Any]]:
     ... except StorageConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
     unknown option 'pth' for storage kind 'file'; did you mean 'path'?
-    It takes path, durable (optional), safe (optional)
+    It takes path, durable (optional), safe (optional), compression (optional)
     """
     example = "{'kind': 'file', 'options': {'path': ...}}"
     if not isinstance(opt, dict):
@@ -275,7 +284,9 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
     if kind == "S3":
         from .s3store import S3Storage
 
-        return S3Storage(options["path"], options["s3fs"], safe=options.get("safe", False))
+        return S3Storage(
+            options["path"], options["s3fs"], safe=options.get("safe", False), compression=options.get("compression")
+        )
     if kind == "ray":
         from .raystore import RayStorage
 
@@ -286,7 +297,13 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
             durable=options.get("durable", False),
             timeout=options.get("timeout"),
             safe=options.get("safe", False),
+            compression=options.get("compression"),
         )
     from .local import FileStorage
 
-    return FileStorage(options["path"], durable=options.get("durable", False), safe=options.get("safe", False))
+    return FileStorage(
+        options["path"],
+        durable=options.get("durable", False),
+        safe=options.get("safe", False),
+        compression=options.get("compression"),
+    )

@@ -35,9 +35,16 @@ class FileStorage(Storage):
     safe : bool
         Safe mode: nothing is ever unpickled; results that only pickle can
         store are refused, naming the node.
+    compression : None, str or dict
+        ``None``, ``"zstd"``, ``"gzip"``, ``"lz4"`` or a preset such as
+        ``{"codec": "zstd", "level": 3, "shuffle": "byte"}`` (see
+        docs/storage.md).  Never part of a key: results written under one
+        setting read under any other.
     """
 
-    def __init__(self, path: str | os.PathLike, *, durable: bool = False, safe: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, durable: bool = False, safe: bool = False, compression: Any = None
+    ) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise StorageConfigError(
@@ -45,9 +52,8 @@ class FileStorage(Storage):
             )
         self.path = os.path.abspath(os.fspath(path))
         check_option("file", "durable", durable)  # only True/False: "no" is truthy
-        check_option("file", "safe", safe)
+        self._set_options("file", safe, compression)
         self.durable = durable
-        self._safe = safe
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StorageConfigError(
                 f"storage path {self.path!r} exists and is not a folder; give the path of a "
@@ -60,10 +66,7 @@ class FileStorage(Storage):
         self._fs: Any = None
 
     def _constructor_args(self) -> tuple[tuple, dict]:
-        kwargs: dict = {"durable": self.durable}
-        if self._safe:
-            kwargs["safe"] = True
-        return (self.path,), kwargs
+        return (self.path,), {"durable": self.durable, **self._option_kwargs()}
 
     def __repr__(self) -> str:
         return f"FileStorage({self.path!r})"

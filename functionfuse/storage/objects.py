@@ -63,7 +63,7 @@ import blake3
 import xxhash
 
 from ..errors import (
-    CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageConfigError, StorageError,
+    CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError,
 )
 
 __all__ = ["ObjectRef", "ObjectStore", "ObjectWriter", "object_path"]

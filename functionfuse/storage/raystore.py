@@ -93,7 +93,7 @@ def _storage_task(request: bytes) -> bytes:
     """Body of every Ray task: open the file storage here and call one method.
 
     ``request`` is the cloudpickle of ``(target, method, args, kwargs)``, where
-    ``target`` is ``(path, durable, safe, serializers, always_read)``, the state a
+    ``target`` is ``(path, durable, options, serializers, always_read)``, the state a
     ``FileStorage`` pickles as.  The result goes back cloudpickled too, so both
     directions use the pickler (and the ``register_pickle_by_value`` choices)
     of functionfuse rather than Ray's own copy of cloudpickle, and values come
@@ -105,8 +105,8 @@ def _storage_task(request: bytes) -> bytes:
     from .local import FileStorage
 
     target, method, args, kwargs = cloudpickle.loads(request)
-    path, durable, safe, serializers, always_read = target
-    inner = FileStorage(path, durable=durable, safe=safe)
+    path, durable, options, serializers, always_read = target
+    inner = FileStorage(path, durable=durable, **options)
     if serializers:
         inner.register_persistent_serializers(*serializers)
     inner.always_read = always_read
@@ -206,6 +206,8 @@ class RayStorage(Storage):
         ``fsync`` each result before publishing it (see ``FileStorage``).
     safe : bool
         Safe mode (see ``FileStorage``).
+    compression : None, str or dict
+        Compression (see ``FileStorage``).
     timeout : float, optional
         Seconds to wait for one storage operation; ``None`` (default) waits
         as long as it takes.  An operation that times out is cancelled and
@@ -243,6 +245,7 @@ class RayStorage(Storage):
         durable: bool = False,
         timeout: float | None = None,
         safe: bool = False,
+        compression: Any = None,
     ) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -258,8 +261,7 @@ class RayStorage(Storage):
         for name, value in self.ray_init_args.get(_ENVIRONMENT, {}).items():
             os.environ.setdefault(name, value)
         self.durable = durable
-        check_option("ray", "safe", safe)
-        self._safe = safe
+        self._set_options("ray", safe, compression)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):
@@ -287,7 +289,7 @@ class RayStorage(Storage):
             "ray_init_args": _joining(self.ray_init_args),
             "durable": self.durable,
             "timeout": self.timeout,
-            **({"safe": True} if self._safe else {}),
+            **self._option_kwargs(),
         }
 
     def __repr__(self) -> str:
@@ -340,7 +342,10 @@ class RayStorage(Storage):
         _feasible.add(key)
 
     def _target(self) -> tuple:
-        return (self.path, self.durable, self._safe, tuple(self.registry.serializers.values()), self._always_read)
+        return (
+            self.path, self.durable, self._option_kwargs(), tuple(self.registry.serializers.values()),
+            self._always_read,
+        )
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``FileStorage.<method>(*args, **kwargs)`` in one Ray task and return its result."""

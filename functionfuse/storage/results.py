@@ -48,15 +48,18 @@ CONCURRENCY = 32
 class ResultStore:
     """Results by cache key, objects by content and run records, under one root."""
 
-    def __init__(self, objects: ObjectStore, *, safe: bool = False) -> None:
+    def __init__(self, objects: ObjectStore, *, safe: bool = False, compression: Any = None) -> None:
+        from .codecs import normalize
+
         self.objects = objects
         self.safe = safe
+        self.compression = normalize(compression)
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict | None = None, *, safe: bool = False,
-                 **kwargs: Any) -> ResultStore:
+                 compression: Any = None, **kwargs: Any) -> ResultStore:
         """The store at ``url`` (a folder, ``file://...``, ``s3://bucket/prefix``)."""
-        return cls(ObjectStore.from_url(url, storage_options, **kwargs), safe=safe)
+        return cls(ObjectStore.from_url(url, storage_options, **kwargs), safe=safe, compression=compression)
 
     def __repr__(self) -> str:
         return f"ResultStore({self.objects.url!r})"
@@ -84,15 +87,23 @@ class ResultStore:
         """
         from ..serializers import persistent
         from ..serializers.parts import split
+        from .codecs import compressing_writer, object_codec
 
         try:
             with persistent.active(persistence):
                 tree, parts = split(value, safe=self.safe, persistence=persistence)
                 entries = []
+                compression = self.compression
                 for part in parts:
+                    # A serializer part is a small JSON id: kept readable as it is.
+                    codec = None if part.format == "serializer" else object_codec(compression, part.format)
                     with self.objects.writer(replace=replace) as sink:
-                        part.write(sink)
-                    entries.append({**part.entry(), **sink.ref.to_json(), "codec": None})
+                        if codec is None:
+                            part.write(sink, compression)
+                        else:
+                            with compressing_writer(sink, compression) as out:
+                                part.write(out, compression)
+                    entries.append({**part.entry(), **sink.ref.to_json(), "codec": codec})
             data = encode_manifest({**(meta or {}), "key": key, "result": tree, "parts": entries})
             published = self._publish(manifest_path(key), data, replace=replace)
         except BaseException:
@@ -319,12 +330,18 @@ class ResultStore:
                 ref = ObjectRef.from_json(part)
             except (ValueError, TypeError, KeyError) as exc:
                 raise CorruptEntryError(f"manifest of key {key}: part {i} names no valid object ({exc})") from None
+            codec = part.get("codec")
             local = self.objects.local_path(ref)
-            if local is not None and part["format"] == "npy" and ref.size >= MMAP_THRESHOLD:
+            if local is not None and codec is None and part["format"] == "npy" and ref.size >= MMAP_THRESHOLD:
                 if os.path.getsize(local) != ref.size:
                     raise CorruptEntryError(f"object {ref.hash} of key {key}: size differs from its manifest")
                 return local  # memory-mapped; its XXH3 is checked by verify (docs/format.md)
-            return self.objects.get_bytes(ref)
+            data = self.objects.get_bytes(ref)
+            if codec is not None:
+                from .codecs import decompress
+
+                return decompress(data, codec, name=ref.hash)
+            return data
 
         readers = _Readers(reader, len(parts))
         try:

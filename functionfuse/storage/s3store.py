@@ -63,18 +63,14 @@ Pickling
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import posixpath
 import sys
-import time
 from typing import Any
 
 from ..errors import StorageConfigError, StorageError
 from ..serializers.base import S3_PROTOCOL, S3Protocol
-from .factory import check_option
 from .fsstore import FsspecStorage
 
 __all__ = ["S3Storage", "parse_s3_path"]
@@ -208,7 +204,9 @@ class S3Storage(FsspecStorage):
     True
     """
 
-    def __init__(self, path: str, s3fs_options: dict | None = None, *, safe: bool = False) -> None:
+    def __init__(
+        self, path: str, s3fs_options: dict | None = None, *, safe: bool = False, compression: Any = None
+    ) -> None:
         bucket, prefix = parse_s3_path(path)
         if s3fs_options is None:
             s3fs_options = {}
@@ -226,14 +224,10 @@ class S3Storage(FsspecStorage):
         self.s3fs_options = dict(s3fs_options)
         url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         super().__init__(url, {**DEFAULT_OPTIONS, **self.s3fs_options})
-        check_option("S3", "safe", safe)
-        self._safe = safe
+        self._set_options("S3", safe, compression)
 
     def _constructor_args(self) -> tuple[tuple, dict]:
-        kwargs: dict = {"s3fs_options": self.s3fs_options}
-        if self._safe:
-            kwargs["safe"] = True
-        return (self.url,), kwargs
+        return (self.url,), {"s3fs_options": self.s3fs_options, **self._option_kwargs()}
 
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r})"

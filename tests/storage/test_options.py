@@ -152,11 +152,17 @@ def test_misspelt_option_gets_did_you_mean(constructed, kind, options, wrong, ri
 
 @pytest.mark.parametrize("kind", ["file", "S3", "ray"])
 def test_unknown_option_with_nothing_close_lists_valid_options(constructed, kind):
-    msg = config_error({"kind": kind, "options": {**VALID[kind], "compression": "zstd"}}, constructed)
+    msg = config_error({"kind": kind, "options": {**VALID[kind], "encryption": "aes"}}, constructed)
     assert "did you mean" not in msg
     required, optional = [[n for n, o in OPTIONS[kind][1].items() if o.required == r] for r in (True, False)]
     expected = ", ".join(required + [o + " (optional)" for o in optional])
-    assert msg == f"unknown option 'compression' for storage kind {kind!r}; it takes {expected}"
+    assert msg == f"unknown option 'encryption' for storage kind {kind!r}; it takes {expected}"
+
+
+@pytest.mark.parametrize("kind", ["file", "S3", "ray"])
+def test_bad_compression_names_the_option_and_the_fix(constructed, kind):
+    msg = config_error({"kind": kind, "options": {**VALID[kind], "compression": "zstandard"}}, constructed)
+    assert "'compression'" in msg and "'zstandard'" in msg and "'zstd'" in msg
 
 
 def test_misspelling_of_an_option_already_given_is_not_suggested(constructed):

@@ -313,3 +313,65 @@ def test_run_records_are_one_small_sealed_document_per_run(tmp_path):
     assert doc["outcome"] == "ok" and doc["executor"] == "local"
     assert doc["nodes"]["p"]["action"] == "computed" and len(doc["nodes"]["p"]["key"]) == 32
     assert len(data) < 2048
+
+
+# -- compression ---------------------------------------------------------------------------
+
+
+def _with(storage, **options):
+    args, kwargs = storage._constructor_args()
+    return type(storage)(*args, **{**kwargs, **options})
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "lz4", {"codec": "zstd", "level": 9, "shuffle": "byte"}])
+def test_compression_never_changes_a_key_and_reads_under_any_setting(any_storage, codec):
+    CALLS.clear()
+    packed = _with(any_storage, compression=codec)
+    _, value = _run(packed, tables(5000).set_name("t"))
+    meta = packed.read_task_meta("wf", "t")
+    name = codec if isinstance(codec, str) else codec["codec"]
+    assert {p["format"]: p["codec"] for p in meta["parts"]} == {"npy": name, "parquet": None}
+    for setting in (None, "gzip", "lz4"):  # switched: nothing recomputed
+        wf, back = _run(_with(any_storage, compression=setting), tables(5000).set_name("t"))
+        assert _actions(wf)["t"] == ("read", "cached")
+        np.testing.assert_array_equal(back["weights"], value["weights"])
+        pd.testing.assert_frame_equal(back["frame"], value["frame"])
+    assert CALLS == ["tables"]
+
+
+def test_parquet_parts_carry_their_codec_inside_the_file(tmp_path):
+    import pyarrow.parquet as pq
+
+    storage = FileStorage(tmp_path / "store", compression="zstd")
+    _run(storage, tables(1000).set_name("t"))
+    [part] = [p for p in storage.read_task_meta("wf", "t")["parts"] if p["format"] == "parquet"]
+    path = tmp_path / "store" / "objects" / part["object"][:2] / part["object"][2:4] / part["object"]
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+@workflow
+def lazy_array(n):
+    import dask.array as da
+
+    return da.arange(n, chunks=n // 4, dtype="float64")
+
+
+def test_dask_arrays_take_the_compression_preset(any_storage):
+    packed = _with(any_storage, compression={"codec": "zstd", "level": 5, "shuffle": "byte"})
+    _run(packed, lazy_array(4000).set_name("a"))
+    back = _with(any_storage).read_task("wf", "a")  # read without the option
+    np.testing.assert_array_equal(back.compute(), np.arange(4000.0))
+    [part] = packed.read_task_meta("wf", "a")["parts"]
+    assert part["format"] == "serializer" and part["info"]["serializer"] == "DaskArraySerializer"
+    pid = json.loads(_object_bytes(packed, part["object"]))["pid"]
+    if isinstance(packed, FileStorage):
+        import h5py
+        import hdf5plugin  # noqa: F401 - the zstd filter
+
+        with h5py.File(os.path.join(packed.path, part["info"]["side"], pid["file"]), "r") as h5:
+            filters = h5[pid["dataset"]]._filters
+        assert "shuffle" in filters and "32015" in filters  # byte shuffle, then hdf5plugin's zstd
+    else:
+        meta = json.loads(packed.fs.cat_file(packed._join(part["info"]["side"], pid["file"], "zarr.json")))
+        [codec] = [c for c in meta["codecs"] if c["name"] == "blosc"]
+        assert codec["configuration"]["cname"] == "zstd" and codec["configuration"]["shuffle"] == "shuffle"
