@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Concurrent existence checks of manifests on S3.
 CONCURRENCY = 32
+#: The file that marks a store's root, and its content.
+MARKER = "FFSTORE.json"
+MARKER_BYTES = b'{"format":"functionfuse-store","version":2}\n'
 
 
 class ResultStore:
@@ -54,6 +57,7 @@ class ResultStore:
         self.objects = objects
         self.safe = safe
         self.compression = normalize(compression)
+        self._marked = False
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict | None = None, *, safe: bool = False,
@@ -89,6 +93,7 @@ class ResultStore:
         from ..serializers.parts import split
         from .codecs import compressing_writer, object_codec
 
+        self._mark()
         try:
             with persistent.active(persistence):
                 tree, parts = split(value, safe=self.safe, persistence=persistence)
@@ -117,6 +122,12 @@ class ResultStore:
                 persistence.undo()
             return self.read_manifest(key)
         return decode_manifest(data, key, manifest_path(key))
+
+    def _mark(self) -> None:
+        """Write ``FFSTORE.json`` (format and version) once, create-if-absent."""
+        if not self._marked:
+            self._publish(MARKER, MARKER_BYTES, replace=False)
+            self._marked = True
 
     def _publish(self, relative: str, data: bytes, *, replace: bool) -> bool:
         """Write a small document create-if-absent (``replace``: over a damaged one).
@@ -184,6 +195,7 @@ class ResultStore:
     def record_run(self, workflow: str, run_id: str, nodes: dict[str, dict[str, Any]], **fields: Any) -> str:
         """Write the record of one run (see :func:`~.runs.encode_record`); returns its path."""
         relative = run_path(workflow, run_id)
+        self._mark()
         self._publish(relative, encode_record(workflow, run_id, nodes, **fields), replace=False)
         return relative
 

@@ -161,7 +161,7 @@ def test_remove_task_and_workflow_delete_zarr(s3storage, fs):
     assert len(_zarrs(fs, s3storage)) == 1
     assert int(s3storage.read_task("wf", "b")["x"].sum().compute()) == 45
     s3storage.remove_workflow("wf")
-    assert fs.find(f"{s3storage.bucket}/{s3storage.prefix}") == []
+    assert fs.find(f"{s3storage.bucket}/{s3storage.prefix}") == [f"{s3storage.bucket}/{s3storage.prefix}/FFSTORE.json"]
 
 
 def test_every_version_keeps_its_side_data(s3storage, fs):
@@ -226,7 +226,7 @@ def test_failed_save_leaves_no_side_data(s3storage, fs):
 
     with pytest.raises(SerializationError, match="node 'n'.*RuntimeError: no"):
         s3storage.save("wf", "n", "0" * 32, [da.ones(4, chunks=2), Bad()], {})
-    assert fs.find(f"{s3storage.bucket}/{s3storage.prefix}") == []
+    assert fs.find(f"{s3storage.bucket}/{s3storage.prefix}") == [f"{s3storage.bucket}/{s3storage.prefix}/FFSTORE.json"]
 
 
 def test_missing_side_data_is_a_serialization_error(s3storage, fs):

@@ -21,9 +21,16 @@ def _fs(s3_endpoint):
 
 
 def _objects(s3_endpoint, url):
-    """Every object under ``url`` (keys relative to it)."""
+    """Every object under ``url`` (keys relative to it), but the store's marker ``FFSTORE.json``."""
     root = url[len("s3://") :]
-    return sorted(k[len(root) + 1 :] for k in _fs(s3_endpoint).find(root))
+    return sorted(k[len(root) + 1 :] for k in _fs(s3_endpoint).find(root) if not k.endswith("/FFSTORE.json"))
+
+
+def test_the_store_root_is_marked(s3_endpoint, s3_url):
+    storage = S3Storage(s3_url, s3_endpoint.options)
+    _save(storage, "wf", "n", 1)
+    marker = json.loads(_fs(s3_endpoint).cat_file(s3_url[len("s3://") :] + "/FFSTORE.json"))
+    assert marker == {"format": "functionfuse-store", "version": 2}
 
 
 class TestS3Storage(StorageContract):
@@ -155,7 +162,7 @@ def test_bucket_root_as_storage(s3_endpoint):
     assert storage.list_tasks("wf") == ["a"]
     storage.remove_workflow("wf")
     assert fs.exists("functionfuse-root-test")  # the bucket stays
-    assert fs.find("functionfuse-root-test") == []
+    assert fs.find("functionfuse-root-test") == ["functionfuse-root-test/FFSTORE.json"]  # the store stays
 
 
 def test_another_process_sees_entries_at_once(s3_endpoint, s3_url):
