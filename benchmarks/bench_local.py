@@ -412,7 +412,9 @@ def fig5(scratch: Scratch, reps: int, small_mb: int = 1, large_mb: int = 64, len
             timings[mb] = med(measure([("ours", ours, None)], reps)["ours"])
             rep = state["report"]
             assert len(rep.read) == 1 and len(rep.computed) == 0, f"figure 5: {rep.summary()}"
-            stored = sum(e.stat().st_size for e in os.scandir(os.path.join(folder, name)) if e.is_file())
+            stored = sum(  # every object, manifest and run record of the store
+                os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files
+            )
             info(f"{mb:3d} MB intermediates: first run {fmt_t(first).strip()}, {stored / 2**20:.0f} MiB stored, "
                  f"resume {fmt_t(timings[mb]).strip()} ({rep.summary().split(': ', 1)[1]})")
     finally:

@@ -243,6 +243,7 @@ class Task:
     code: dict | None = None  # parts of the fingerprint (function, refs), for reports
     arguments: dict | None = None  # JSON summary of the literal arguments (metadata)
     entry: str | None = None  # the key of a stored result to load (a cache hit)
+    tree: Any = None  # the result's tree when small enough for the run record
     store = False
     overwrite = False
     stale: list = []  # the key of the node's current stored version, when it differs
@@ -722,6 +723,7 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
         task.action = "failed"
         raise
     task.entry = filename
+    task.tree = meta.get("inline")
     if storage.always_read or (instance is not None and value is instance):
         # A method returning ``self`` hands children the object as it was
         # then, as a later run reading the entry would; later calls on the
@@ -750,13 +752,35 @@ def load_node(plan: Plan, task: Task) -> Any:
     and the entry is kept.
     """
     start = time.perf_counter()
+    listing = plan.listing
     try:
-        value = plan.storage.load(plan.workflow, task.entry)
+        if listing is None:  # on a worker: the driver records the run
+            value = plan.storage.load(plan.workflow, task.entry)
+        else:
+            tree = listing.values.get(task.entry)
+            value = _inline_value(tree) if tree is not None else _NOTHING
+            if value is _NOTHING:
+                value, task.tree = plan.storage.load(plan.workflow, task.entry, with_tree=True)
+            else:
+                task.tree = tree
     except SerializerNotRegisteredError as exc:
         raise SerializerNotRegisteredError(f"node {task.name!r}: {exc}") from None
     task.seconds = time.perf_counter() - start
     task.action = "read"
     return value
+
+
+_NOTHING = object()
+
+
+def _inline_value(tree: Any) -> Any:
+    """A small result from the run record's copy of its tree (``_NOTHING`` if unusable)."""
+    from .serializers.parts import join
+
+    try:
+        return join(tree, (), ())
+    except Exception:  # noqa: BLE001 - a sealed record with a bad tree: read the manifest instead
+        return _NOTHING
 
 
 INTERRUPTED = "interrupted"
@@ -792,17 +816,29 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     storage = plan.storage
     if storage is None or plan.listing is None:
         return
-    from .storage.base import utc_now_iso
+    from .storage.base import INLINE_COUNT, STORED_ACTIONS, utc_now_iso
     from .storage.runs import new_run_id
 
     nodes: dict[str, dict] = {}
+    # Small results travel with the record, so a cached rerun reads them from it:
+    # those this run computed or read, and those the previous record held.
+    carried = plan.listing.values
+    values: dict[str, Any] = {}
     for task in plan.tasks:
         if not task.store:
             continue
         entry: dict = {"key": task.key, "action": task.action, "reason": task.reason}
         if task.seconds:
-            entry["seconds"] = round(task.seconds, 6)
+            entry["seconds"] = task.seconds
         nodes[task.name] = entry
+        tree = task.tree if task.tree is not None else carried.get(task.key)
+        if tree is not None and task.action in STORED_ACTIONS:
+            values[task.key] = tree
+    for name, key in plan.listing.view.items():
+        if key not in values and key in carried and name not in nodes:
+            values[key] = carried[key]
+    if len(values) > INLINE_COUNT:  # a bounded record: the rest is read from manifests
+        values = dict(list(values.items())[:INLINE_COUNT])
     if error is None:
         outcome = "ok"
     else:
@@ -811,7 +847,7 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     try:
         storage.record_run(
             plan.workflow, new_run_id(plan.started), nodes, listing=plan.listing,
-            started=started, finished=utc_now_iso(), outcome=outcome, executor=executor,
+            started=started, finished=utc_now_iso(), outcome=outcome, executor=executor, values=values,
         )
     except Exception as exc:  # noqa: BLE001 - the results are stored; only the record is lost
         logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)

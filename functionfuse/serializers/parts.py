@@ -500,6 +500,8 @@ def _numpy_value(node: dict) -> Any:
 
 
 class _Joiner:
+    copy = True  # copy JSON lists out of the tree (off when the tree is used once)
+
     def __init__(self, parts: Sequence[Any], readers: Any, safe: bool, mmap_threshold: int | None) -> None:
         self.parts = parts
         self.readers = readers
@@ -534,7 +536,7 @@ class _Joiner:
         if "numpy" in n:
             return _numpy_value(n)
         if "json" in n:
-            return _copy_json(n["json"])
+            return _copy_json(n["json"]) if self.copy else n["json"]
         if "float" in n:
             return _float_value(n)
         if "int" in n:
@@ -581,6 +583,7 @@ def join(
     *,
     safe: bool = False,
     mmap_threshold: int | None = MMAP_THRESHOLD,
+    copy: bool = True,
 ) -> Any:
     """Rebuild a value from its ``result`` tree.
 
@@ -593,6 +596,9 @@ def join(
     as a path of ``mmap_threshold`` bytes or more is memory-mapped
     copy-on-write (``None`` never maps).  With ``safe=True`` a pickle part
     raises :class:`~functionfuse.errors.SerializationError` instead of running
-    ``pickle.load``.
+    ``pickle.load``.  ``copy=False`` hands out the tree's JSON lists themselves
+    (for a tree parsed for this call only).
     """
-    return _Joiner(parts, readers, safe, mmap_threshold).node(tree, None)
+    joiner = _Joiner(parts, readers, safe, mmap_threshold)
+    joiner.copy = copy
+    return joiner.node(tree, None)

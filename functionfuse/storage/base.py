@@ -44,7 +44,7 @@ from ..serializers.base import FILE_PROTOCOL, FileProtocol
 from ..serializers.registry import SerializerRegistry
 from .names import encode_name
 
-__all__ = ["Storage", "Listing", "library_versions", "STORED_ACTIONS"]
+__all__ = ["Storage", "Listing", "library_versions", "STORED_ACTIONS", "INLINE_LIMIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ SIDE = "side"
 
 #: Run-record actions after which the node's key is stored.
 STORED_ACTIONS = frozenset({"computed", "read", "skipped", "replayed"})
+#: A result whose whole manifest tree (no parts) encodes to at most this many bytes is
+#: also kept in the run records (``values``), so a cached rerun reads it from there.
+INLINE_LIMIT = 512
+#: At most this many such values per run record (at most 1 MiB of them).
+INLINE_COUNT = (1 << 20) // INLINE_LIMIT
 
 _TRACKED = ("numpy", "pandas", "pyarrow", "polars", "dask", "h5py", "zarr", "sklearn", "torch")
 _VERSIONS: dict[tuple[str, ...], dict[str, str]] = {}
@@ -140,6 +145,9 @@ class Listing:
         self.record = record
         self.view = current_view(record)
         self.known = frozenset(self.view.values())
+        values = record.get("values") if record else None
+        #: key -> result tree of small results, as the record holds them (sealed with it)
+        self.values: dict[str, Any] = values if isinstance(values, dict) else {}
 
     def previous(self, node_name: str) -> str | None:
         """The key of the node's current stored version, if any."""
@@ -158,6 +166,7 @@ class Storage(ABC):
         self._compression: Any = None  # the option as given (see :mod:`.codecs`)
         self._results: Any = None
         self._results_pid = 0
+        self._readers: dict[str, Any] = {}  # workflow -> Persistence used to load
 
     # -- what subclasses provide ------------------------------------------------
     @property
@@ -391,15 +400,31 @@ class Storage(ABC):
         if persistent:
             meta["persistent"] = list(persistent)
             meta["persistent_versions"] = persistent
+        tree = small_tree(manifest)
+        if tree is not None:
+            meta["inline"] = tree  # for the run record (see Listing.values)
         return key
 
-    def load(self, workflow_name: str, key: str) -> Any:
+    def load(self, workflow_name: str, key: str, *, with_tree: bool = False) -> Any:
         """Load and verify the result stored for ``key``.
+
+        With ``with_tree``, returns ``(value, tree)`` where ``tree`` is the
+        manifest's result tree when the result is small enough to be kept in
+        run records (see :data:`INLINE_LIMIT`), else None.
 
         Raises EntryNotFoundError, CorruptEntryError or SerializationError.
         """
+        persistence = self._readers.get(workflow_name)
+        if persistence is None:
+            persistence = self._readers[workflow_name] = self._persistence(workflow_name)
         try:
-            return self.results.load(key, persistence=self._persistence(workflow_name))
+            if with_tree:
+                manifest = self.results.read_manifest(key)
+                tree = small_tree(manifest)
+                if tree is not None:  # handed out copied: the tree stays intact for the record
+                    return self.results.load(key, manifest, persistence=persistence), tree
+                return self.results.load(key, manifest, persistence=persistence, fresh=True), None
+            return self.results.load(key, persistence=persistence)
         except (StorageError, SerializationError):
             raise
         except Exception as exc:  # side data read by a serializer
@@ -429,6 +454,9 @@ class Storage(ABC):
         }
         extra = dict(fields.pop("extra", None) or {})
         extra["others"] = others
+        values = fields.pop("values", None)
+        if values:
+            extra["values"] = values
         return self.results.record_run(workflow_name, run_id, nodes, extra=extra, **fields)
 
     def _persistence(self, workflow_name: str) -> Any:
@@ -480,6 +508,21 @@ def _serializers_of(manifest: dict) -> dict[str, str]:
             if isinstance(entry, list) and entry and isinstance(entry[0], str):
                 found[entry[0]] = str(versions.get(entry[0], ""))
     return dict(sorted(found.items()))
+
+
+def small_tree(manifest: dict) -> Any:
+    """The result tree of a manifest without parts whose JSON is at most
+    :data:`INLINE_LIMIT` bytes, else None."""
+    if manifest.get("parts"):
+        return None
+    tree = manifest.get("result")
+    try:
+        import orjson
+
+        size = len(orjson.dumps(tree))
+    except TypeError:  # integers beyond 64 bits: not worth a record's space
+        return None
+    return tree if size <= INLINE_LIMIT else None
 
 
 def _check_workflow(workflow_name: Any) -> None:

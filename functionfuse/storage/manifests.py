@@ -17,7 +17,11 @@ naming where it was read from, and the node is recomputed.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+import blake3
+import orjson
 
 from ..errors import CorruptEntryError
 
@@ -44,6 +48,7 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
     "parts": list,
 }
 _PART_REQUIRED: dict[str, type | tuple[type, ...]] = {"format": str, "object": str, "size": int, "xxh3": str}
+_KEY = re.compile(r"[0-9a-f]{3,}")
 
 
 def manifest_path(key: str) -> str:
@@ -52,7 +57,7 @@ def manifest_path(key: str) -> str:
     >>> manifest_path("3f9a0c1d2e3f40516273849aabbccdde")
     'manifests/3f/3f9a0c1d2e3f40516273849aabbccdde.json'
     """
-    if len(key) < 3 or not all(c in "0123456789abcdef" for c in key):
+    if not _KEY.fullmatch(key):
         raise ValueError(f"a cache key is lowercase hex, got {key!r}")
     return f"manifests/{key[:2]}/{key}.json"
 
@@ -64,6 +69,15 @@ def canonical_json(doc: dict) -> bytes:
     b'{"a":[1.5,"\\xc3\\xa9"],"b":1}'
     """
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def fast_canonical_json(doc: dict) -> bytes:
+    """:func:`canonical_json` with orjson, for documents whose floats are known finite
+    (run records): orjson would write a NaN as ``null`` instead of refusing it."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what only json writes: integers beyond 64 bits
+        return canonical_json(doc)
 
 
 _PREFIX = b'{"checksum":"'
@@ -79,8 +93,6 @@ def seal(body: bytes) -> bytes:
     the 64 hex characters after the prefix, and hash ``{`` plus everything
     after the comma that follows them.
     """
-    import blake3
-
     if not body.startswith(b"{") or body == b"{}":
         raise ValueError("seal() takes a non-empty JSON object")
     digest = blake3.blake3(body).hexdigest().encode()
@@ -89,16 +101,30 @@ def seal(body: bytes) -> bytes:
 
 def unseal(data: bytes | memoryview, what: str) -> bytes:
     """The body of sealed bytes (see :func:`seal`), after checking its checksum."""
-    import blake3
+    check(data, what)
+    return b"{" + bytes(data[_BODY_AT:])
 
-    data = bytes(data)
-    if not data.startswith(_PREFIX) or data[_BODY_AT - 2 : _BODY_AT] != b'",':
-        raise CorruptEntryError(f"{what} does not start with its checksum")
-    body = b"{" + data[_BODY_AT:]
-    stored = data[len(_PREFIX) : _BODY_AT - 2]
-    if blake3.blake3(body).hexdigest().encode() != stored:
-        raise CorruptEntryError(f"{what}: checksum mismatch (damaged or truncated)")
-    return body
+
+def _seal_problem(data: bytes | bytearray | memoryview) -> str | None:
+    """What is wrong with the seal of ``data`` (see :func:`seal`), or None."""
+    view = memoryview(data)
+    if view[: len(_PREFIX)] != _PREFIX or view[_BODY_AT - 2 : _BODY_AT] != b'",':
+        return " does not start with its checksum"
+    hasher = blake3.blake3(b"{")
+    hasher.update(view[_BODY_AT:])
+    if hasher.hexdigest().encode() != view[len(_PREFIX) : _BODY_AT - 2]:
+        return ": checksum mismatch (damaged or truncated)"
+    return None
+
+
+def check(data: bytes | bytearray | memoryview, what: str) -> None:
+    """Check the checksum of sealed bytes (see :func:`seal`) without copying them.
+
+    The sealed bytes are themselves a JSON object (with the ``checksum`` member).
+    """
+    problem = _seal_problem(data)
+    if problem is not None:
+        raise CorruptEntryError(f"{what}{problem}")
 
 
 def encode_manifest(fields: dict[str, Any]) -> bytes:
@@ -118,31 +144,71 @@ def encode_manifest(fields: dict[str, Any]) -> bytes:
     return seal(canonical_json(doc))
 
 
-def decode_manifest(data: bytes | memoryview, key: str, where: str) -> dict[str, Any]:
-    """Parse and verify a manifest read from ``where`` for cache key ``key``."""
-    body = unseal(data, f"manifest {where}")
+def parse_json(data: bytes | bytearray | memoryview, what: str) -> Any:
+    """Parse JSON bytes (orjson; Python's json for what orjson refuses, such as integers
+    beyond 64 bits); :class:`CorruptEntryError` naming ``what`` when it is not JSON."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptEntryError(f"manifest {where} is not JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise CorruptEntryError(f"manifest {where} is not a JSON object")
-    for name, kind in REQUIRED.items():
-        if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool):
-            raise CorruptEntryError(f"manifest {where}: member {name!r} is missing or not a {_kind(kind)}")
-    if doc["format"] != FORMAT or doc["version"] != VERSION:
-        raise CorruptEntryError(
-            f"manifest {where} is {doc['format']!r} version {doc['version']}, not {FORMAT!r} version {VERSION}"
-        )
-    if doc["key"] != key:
-        raise CorruptEntryError(f"manifest {where} is for key {doc['key']!r}, not {key!r}")
-    for i, part in enumerate(doc["parts"]):
-        if not isinstance(part, dict):
-            raise CorruptEntryError(f"manifest {where}: part {i} is not an object")
-        for name, kind in _PART_REQUIRED.items():
-            if not isinstance(part.get(name), kind) or isinstance(part.get(name), bool):
-                raise CorruptEntryError(f"manifest {where}: part {i} member {name!r} is missing or not a {_kind(kind)}")
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+        raise CorruptEntryError(f"{what} is not JSON ({exc})") from None
+
+
+def manifest_doc(fields: dict[str, Any]) -> dict[str, Any]:
+    """The document :func:`decode_manifest` returns for what :func:`encode_manifest` wrote
+    from ``fields`` (without decoding the bytes again)."""
+    doc = dict(fields)
+    doc["format"], doc["version"] = FORMAT, VERSION
+    doc.pop("checksum", None)
     return doc
+
+
+def decode_manifest(data: bytes | bytearray | memoryview, key: str, where: Any) -> dict[str, Any]:
+    """Parse and verify a manifest read from ``where`` for cache key ``key``.
+
+    ``where`` (a string, or a callable returning one: built only for an error
+    message) says where the bytes were read.
+    """
+    problem = _seal_problem(data)
+    if problem is None:
+        try:
+            doc = orjson.loads(data)  # the sealed bytes are JSON too: no copy of the body
+        except orjson.JSONDecodeError:
+            doc = parse_json(data, f"manifest {_text(where)}")
+        problem = _doc_problem(doc, key)
+        if problem is None:
+            del doc["checksum"]
+            return doc
+    raise CorruptEntryError(f"manifest {_text(where)}{problem}")
+
+
+def _text(where: Any) -> str:
+    return where() if callable(where) else str(where)
+
+
+def _doc_problem(doc: Any, key: str) -> str | None:
+    """What makes ``doc`` not a manifest of ``key``, or None."""
+    if type(doc) is not dict:
+        return " is not a JSON object"
+    for name, kind in REQUIRED.items():
+        value = doc.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f": member {name!r} is missing or not a {_kind(kind)}"
+    if doc["format"] != FORMAT or doc["version"] != VERSION:
+        return f" is {doc['format']!r} version {doc['version']}, not {FORMAT!r} version {VERSION}"
+    if doc["key"] != key:
+        return f" is for key {doc['key']!r}, not {key!r}"
+    for i, part in enumerate(doc["parts"]):
+        if type(part) is not dict:
+            return f": part {i} is not an object"
+        for name, kind in _PART_REQUIRED.items():
+            value = part.get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                return f": part {i} member {name!r} is missing or not a {_kind(kind)}"
+    return None
 
 
 def _kind(kind: type | tuple[type, ...]) -> str:

@@ -458,8 +458,10 @@ class RayStorage(Storage):
         meta.update(stored_meta)
         return name
 
-    def load(self, workflow_name: str, key: str) -> Any:
+    def load(self, workflow_name: str, key: str, *, with_tree: bool = False) -> Any:
         """Load and verify one result (EntryNotFoundError, CorruptEntryError, SerializationError)."""
+        if with_tree:
+            return self._call("load", workflow_name, key, with_tree=True)
         return self._call("load", workflow_name, key)
 
     def read_meta(self, workflow_name: str, key: str) -> dict:

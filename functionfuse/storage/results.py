@@ -33,7 +33,10 @@ from contextlib import suppress
 from typing import Any, Iterable, Iterator
 
 from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
-from .manifests import decode_manifest, encode_manifest, manifest_path
+from ..serializers import persistent
+from ..serializers.formats import MMAP_THRESHOLD
+from ..serializers.parts import join, split
+from .manifests import decode_manifest, encode_manifest, manifest_doc, manifest_path
 from .objects import ObjectRef, ObjectStore
 from .runs import decode_record, encode_record, latest_run_id, run_folder, run_path
 
@@ -43,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 #: Concurrent existence checks of manifests on S3.
 CONCURRENCY = 32
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
 #: The file that marks a store's root, and its content.
 MARKER = "FFSTORE.json"
 MARKER_BYTES = b'{"format":"functionfuse-store","version":2}\n'
@@ -89,8 +93,6 @@ class ResultStore:
         (:class:`~functionfuse.serializers.persistent.Persistence`) hands
         objects of persistent serializers to them.
         """
-        from ..serializers import persistent
-        from ..serializers.parts import split
         from .codecs import compressing_writer, object_codec
 
         self._mark()
@@ -109,7 +111,8 @@ class ResultStore:
                             with compressing_writer(sink, compression) as out:
                                 part.write(out, compression)
                     entries.append({**part.entry(), **sink.ref.to_json(), "codec": codec})
-            data = encode_manifest({**(meta or {}), "key": key, "result": tree, "parts": entries})
+            fields = {**(meta or {}), "key": key, "result": tree, "parts": entries}
+            data = encode_manifest(fields)
             published = self._publish(manifest_path(key), data, replace=replace)
         except BaseException:
             if persistence is not None:
@@ -121,7 +124,7 @@ class ResultStore:
             if persistence is not None:
                 persistence.undo()
             return self.read_manifest(key)
-        return decode_manifest(data, key, manifest_path(key))
+        return manifest_doc(fields)
 
     def _mark(self) -> None:
         """Write ``FFSTORE.json`` (format and version) once, create-if-absent."""
@@ -146,6 +149,29 @@ class ResultStore:
             return False
 
     def _publish_local(self, final: str, data: bytes, replace: bool) -> bool:
+        if _O_TMPFILE and not replace and not self.objects.durable:
+            # An anonymous file in the target folder, linked to its name: no temporary
+            # name to create and remove, and link() fails when the name exists.
+            folder = os.path.dirname(final)
+            try:
+                fd = os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(folder, _O_TMPFILE | os.O_WRONLY, 0o644)
+            except OSError:
+                fd = -1  # the filesystem has no O_TMPFILE: the temporary-name path below
+            if fd >= 0:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    try:
+                        os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=fd, follow_symlinks=True)
+                    except FileExistsError:
+                        return False  # another writer published this key first: same computation
+                    return True
+                finally:
+                    os.close(fd)
         tmp = self._path(f"tmp/{uuid.uuid4().hex}-{os.getpid()}")
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         with open(tmp, "xb") as fh:
@@ -318,6 +344,14 @@ class ResultStore:
         """The checked manifest of ``key`` (EntryNotFoundError / CorruptEntryError)."""
         relative = manifest_path(key)
         final = self._path(relative)
+        if self._local:  # the cache-hit hot path: one open and one read, no fsspec
+            try:
+                data = _read_local(final)
+            except FileNotFoundError:
+                raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}") from None
+            except OSError as exc:
+                raise StorageError(f"reading {final} of storage {self.objects.url} failed: {exc}") from exc
+            return decode_manifest(data, key, lambda: f"{relative} of storage {self.objects.url}")
         try:
             with self.objects._io("reading", relative, final):
                 data = self.objects.fs.cat_file(final)
@@ -327,14 +361,26 @@ class ResultStore:
             raise
         return decode_manifest(data, key, f"{relative} of storage {self.objects.url}")
 
-    def load(self, key: str, manifest: dict[str, Any] | None = None, *, persistence: Any = None) -> Any:
-        """The value stored for ``key``, every part checked before it is decoded."""
-        from ..serializers import persistent
-        from ..serializers.formats import MMAP_THRESHOLD
-        from ..serializers.parts import join
+    def load(
+        self, key: str, manifest: dict[str, Any] | None = None, *, persistence: Any = None,
+        fresh: bool | None = None,
+    ) -> Any:
+        """The value stored for ``key``, every part checked before it is decoded.
 
+        ``fresh`` says the manifest was parsed for this load only, so its JSON
+        lists may become part of the value (default: when it is read here).
+        """
+        if fresh is None:
+            fresh = manifest is None
         doc = manifest if manifest is not None else self.read_manifest(key)
         parts = doc["parts"]
+        if not parts:  # a small result: the tree holds it all
+            try:
+                return join(doc["result"], parts, (), safe=self.safe, copy=not fresh)
+            except (FunctionFuseError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - a checked manifest whose tree lies
+                raise CorruptEntryError(f"result of key {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
         def reader(i: int) -> Any:
             part = parts[i]
@@ -358,7 +404,7 @@ class ResultStore:
         readers = _Readers(reader, len(parts))
         try:
             with persistent.active(persistence):
-                return join(doc["result"], parts, readers, safe=self.safe)
+                return join(doc["result"], parts, readers, safe=self.safe, copy=not fresh)
         except (FunctionFuseError, MemoryError):
             raise
         except Exception as exc:  # a decoder failing on checked bytes: the manifest lies
@@ -397,6 +443,23 @@ class ResultStore:
         if record.get("workflow") != workflow:  # a long name shortened like another's
             return None
         return record
+
+
+def _read_local(path: str) -> bytes:
+    """A small file's bytes: one read of up to 64 KiB, more only when it is larger."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 1 << 16)
+        if len(data) < 1 << 16:
+            return data
+        chunks = [data]
+        while True:
+            more = os.read(fd, 1 << 20)
+            if not more:
+                return b"".join(chunks)
+            chunks.append(more)
+    finally:
+        os.close(fd)
 
 
 class _Readers:

@@ -176,16 +176,21 @@ def _plant_pickle(storage, key, marker):
     storage.results._publish(manifest_path(key), encode_manifest(doc), replace=True)
 
 
+@workflow
+def padded(x):
+    return {"x": x, "pad": "p" * 600}  # too large to travel in run records: read from its manifest
+
+
 def test_a_crafted_pickle_never_runs_in_metadata_operations_nor_in_safe_mode(any_storage, tmp_path):
     CALLS.clear()
     marker = tmp_path / "pwned"
-    _run(any_storage, plain(1).set_name("p"))
+    _run(any_storage, padded(1).set_name("p"))
     key = any_storage.read_task_meta("wf", "p")["key"]
     _plant_pickle(any_storage, key, str(marker))
     # Every metadata operation reads JSON only.
     assert any_storage.list_tasks("wf") == ["p"]
     assert any_storage.read_task_meta("wf", "p")["parts"][0]["format"] == "pickle"
-    wf = LocalWorkflow(plain(1).set_name("p"), workflow_name="wf")
+    wf = LocalWorkflow(padded(1).set_name("p"), workflow_name="wf")
     wf.set_storage(any_storage)
     assert wf.explain().by_node()["p"].action == "read"
     assert not marker.exists()
@@ -193,10 +198,10 @@ def test_a_crafted_pickle_never_runs_in_metadata_operations_nor_in_safe_mode(any
     args, kwargs = any_storage._constructor_args()
     safe = type(any_storage)(*args, **{**kwargs, "safe": True})
     with pytest.warns(Warning, match="node 'p'.*pickle.*safe mode"):
-        wf, result = _run(safe, plain(1).set_name("p"))
-    assert result == {"x": 1} and _actions(wf)["p"] == ("computed", "unreadable entry")
+        wf, result = _run(safe, padded(1).set_name("p"))
+    assert result["x"] == 1 and _actions(wf)["p"] == ("computed", "unreadable entry")
     assert not marker.exists()
-    assert safe.read_task("wf", "p") == {"x": 1}  # replaced by a safe (JSON) result
+    assert safe.read_task("wf", "p")["x"] == 1  # replaced by a safe (JSON) result
     any_storage.remove_task("wf", "p")
     assert not marker.exists()
 
@@ -375,3 +380,37 @@ def test_dask_arrays_take_the_compression_preset(any_storage):
         meta = json.loads(packed.fs.cat_file(packed._join(part["info"]["side"], pid["file"], "zarr.json")))
         [codec] = [c for c in meta["codecs"] if c["name"] == "blosc"]
         assert codec["configuration"]["cname"] == "zstd" and codec["configuration"]["shuffle"] == "shuffle"
+
+
+def test_small_results_travel_in_the_run_record(tmp_path, monkeypatch):
+    storage = FileStorage(tmp_path / "store")
+    CALLS.clear()
+    _run(storage, plain(7).set_name("p"))
+    [name] = os.listdir(tmp_path / "store" / "runs" / "wf")
+    record = json.loads((tmp_path / "store" / "runs" / "wf" / name).read_bytes())
+    key = record["nodes"]["p"]["key"]
+    assert record["values"] == {key: {"t": "dict", "items": [["x", {"json": 7}]]}}
+    # A cached rerun takes the value from the (sealed) record: no manifest is opened.
+    opened = []
+    real = storage.results.read_manifest
+    monkeypatch.setattr(storage.results, "read_manifest", lambda k: opened.append(k) or real(k))
+    wf, result = _run(storage, plain(7).set_name("p"))
+    assert result == {"x": 7} and _actions(wf)["p"] == ("read", "cached") and opened == []
+    result["x"] = 8  # the value handed out is a copy: the next run still gets 7
+    wf, result = _run(storage, plain(7).set_name("p"))
+    assert result == {"x": 7} and CALLS == ["plain"]
+
+
+def test_a_damaged_run_record_is_planned_without(tmp_path, caplog):
+    storage = FileStorage(tmp_path / "store")
+    _run(storage, plain(3).set_name("p"))
+    folder = tmp_path / "store" / "runs" / "wf"
+    [name] = os.listdir(folder)
+    data = bytearray((folder / name).read_bytes())
+    data[-5] ^= 0x20
+    (folder / name).write_bytes(bytes(data))
+    CALLS.clear()
+    with caplog.at_level("WARNING"):
+        wf, result = _run(storage, plain(3).set_name("p"))
+    assert result == {"x": 3} and CALLS == [] and _actions(wf)["p"] == ("read", "cached")
+    assert "run record" in caplog.text
