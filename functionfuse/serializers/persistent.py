@@ -76,6 +76,8 @@ class Persistence:
         #: offered to serializers as the ``compression`` attribute of every protocol handle.
         self.compression = compression
         self._made: dict[str, dict] = {}
+        #: Safe mode: a persistent id that only pickle could hold is neither written nor read.
+        self.safe = False
         #: ``(name, pid)`` of side data written through this object (see :meth:`undo`).
         self.written: list[tuple[str, Any]] = []
 
@@ -160,8 +162,12 @@ def encode(payload: tuple[Any, Any, Persistence], f: IO[bytes]) -> None:
     try:
         doc: dict = {"serializer": name, "pid": plain_json(pid)}
     except (TypeError, ValueError):
-        import cloudpickle
-
+        if persistence.safe:
+            persistence.remove(name, pid, persistence.side)
+            raise SerializationError(
+                f"serializer {name!r} returned a persistent id that is not plain JSON ({type(pid).__name__}); "
+                "safe mode stores no pickle: make the serializer return JSON data"
+            ) from None
         doc = {"serializer": name, "pickled_pid": base64.b64encode(cloudpickle.dumps(pid, protocol=5)).decode()}
     f.write(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode())
 
@@ -185,7 +191,7 @@ def read_pid(data: bytes, *, safe: bool) -> tuple[str, Any]:
 def decode(f: IO[bytes], info: dict) -> Any:
     """Read a ``serializer`` part: the serializer rebuilds the object from its side data."""
     persistence = _required(f"a result stored with serializer {info.get('serializer')!r}")
-    name, pid = read_pid(f.read(), safe=False)
+    name, pid = read_pid(f.read(), safe=persistence.safe)
     return persistence.by_name(name).unpickle(pid, persistence.protocols(info.get("side")))
 
 

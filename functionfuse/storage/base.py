@@ -462,9 +462,11 @@ class Storage(ABC):
     def _persistence(self, workflow_name: str) -> Any:
         from ..serializers.persistent import Persistence
 
-        return Persistence(
+        persistence = Persistence(
             self.registry, self._side_protocols, f"{SIDE}/{encode_name(workflow_name)}", self.results.compression
         )
+        persistence.safe = self._safe
+        return persistence
 
     # -- helpers ---------------------------------------------------------------
     def _current_key(self, workflow_name: str, task_name: str) -> str:

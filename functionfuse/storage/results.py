@@ -28,7 +28,6 @@ import os
 import posixpath
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, Iterable, Iterator
 
@@ -44,8 +43,8 @@ __all__ = ["ResultStore"]
 
 logger = logging.getLogger(__name__)
 
-#: Concurrent existence checks of manifests on S3.
-CONCURRENCY = 32
+#: Run records tried, newest first, when the latest is damaged.
+RECORD_FALLBACK = 3
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
 #: The file that marks a store's root, and its content.
 MARKER = "FFSTORE.json"
@@ -127,10 +126,19 @@ class ResultStore:
         return manifest_doc(fields)
 
     def _mark(self) -> None:
-        """Write ``FFSTORE.json`` (format and version) once, create-if-absent."""
+        """Once per process and store, before its first write: write ``FFSTORE.json``
+        (format and version) create-if-absent, and remove temporaries (and, on S3,
+        multipart uploads) that crashed writers left more than an hour ago."""
         if not self._marked:
-            self._publish(MARKER, MARKER_BYTES, replace=False)
             self._marked = True
+            self._publish(MARKER, MARKER_BYTES, replace=False)
+            try:
+                removed = self.objects.remove_stale_temporaries()
+            except StorageError as exc:  # never fails a run: the next one tries again
+                logger.warning("temporaries of crashed writers left in place: %s", exc)
+            else:
+                if removed:
+                    logger.info("removed %d temporaries left by crashed writers in %s", removed, self.objects.url)
 
     def _publish(self, relative: str, data: bytes, *, replace: bool) -> bool:
         """Write a small document create-if-absent (``replace``: over a damaged one).
@@ -266,7 +274,7 @@ class ResultStore:
             relative = f"runs/{name}/{run_id}.json"
             try:
                 with self.objects._io("reading", relative, self._path(relative)):
-                    record = decode_record(fs.cat_file(self._path(relative)), relative)
+                    record = decode_record(self._get(self._path(relative)), relative)
             except (CorruptEntryError, EntryNotFoundError):
                 continue
             used.update(current_view(record).values())
@@ -354,7 +362,7 @@ class ResultStore:
             return decode_manifest(data, key, lambda: f"{relative} of storage {self.objects.url}")
         try:
             with self.objects._io("reading", relative, final):
-                data = self.objects.fs.cat_file(final)
+                data = self._get(final)
         except StorageError as exc:
             if isinstance(exc.__cause__, FileNotFoundError):
                 raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}") from None
@@ -420,12 +428,21 @@ class ResultStore:
             return {k for k, p in zip(keys, paths) if os.path.exists(p)}
         if not self.objects._s3:
             return {k for k, p in zip(keys, paths) if fs.exists(p)}
-        with ThreadPoolExecutor(max_workers=min(CONCURRENCY, max(1, len(keys)))) as pool:
-            found = list(pool.map(fs.exists, paths))
-        return {k for k, ok in zip(keys, found) if ok}
+        from fsspec.asyn import sync
+
+        # Concurrent HEADs (no LIST after a miss, as fs.exists would add).
+        found = sync(fs.loop, self.objects._heads, paths) if paths else []
+        for path, got in zip(paths, found):
+            if isinstance(got, BaseException):
+                raise self.objects._error(got, "checking", path.rsplit("/", 1)[-1], path) from got
+        return {k for k, got in zip(keys, found) if got is not None}
 
     def latest_run(self, workflow: str) -> dict[str, Any] | None:
-        """The latest run record of ``workflow`` (None before its first run)."""
+        """The latest readable run record of ``workflow`` (None before its first run).
+
+        A damaged latest record is reported and the one before it is used (up
+        to :data:`RECORD_FALLBACK` records back).
+        """
         folder = self._path(run_folder(workflow))
         fs = self.objects.fs
         with self.objects._io("listing", run_folder(workflow), folder):
@@ -433,16 +450,35 @@ class ResultStore:
                 names = fs.ls(folder, detail=False)
             except FileNotFoundError:
                 return None
-        run_id = latest_run_id(names)
-        if run_id is None:
-            return None
-        relative = run_path(workflow, run_id)
-        with self.objects._io("reading", relative, self._path(relative)):
-            data = fs.cat_file(self._path(relative))
-        record = decode_record(data, f"{relative} of storage {self.objects.url}")
-        if record.get("workflow") != workflow:  # a long name shortened like another's
-            return None
-        return record
+        damaged: CorruptEntryError | None = None
+        for _ in range(RECORD_FALLBACK):
+            run_id = latest_run_id(names)
+            if run_id is None:
+                break
+            names = [n for n in names if run_id not in n]
+            relative = run_path(workflow, run_id)
+            with self.objects._io("reading", relative, self._path(relative)):
+                data = self._get(self._path(relative))
+            try:
+                record = decode_record(data, f"{relative} of storage {self.objects.url}")
+            except CorruptEntryError as exc:
+                logger.warning("workflow %r: %s; using the run record before it", workflow, exc)
+                damaged = damaged or exc
+                continue
+            if record.get("workflow") != workflow:  # a long name shortened like another's
+                return None
+            return record
+        if damaged is not None:
+            raise damaged
+        return None
+
+    def _get(self, path: str) -> bytes:
+        """A small file's bytes: one read locally, one GET on S3 (no HEAD first)."""
+        if self._local:
+            return _read_local(path)
+        if self.objects._s3:
+            return self.objects.fs.cat_file(path, max_concurrency=1)
+        return self.objects.fs.cat_file(path)
 
 
 def _read_local(path: str) -> bytes:

@@ -414,3 +414,29 @@ def test_a_damaged_run_record_is_planned_without(tmp_path, caplog):
         wf, result = _run(storage, plain(3).set_name("p"))
     assert result == {"x": 3} and CALLS == [] and _actions(wf)["p"] == ("read", "cached")
     assert "run record" in caplog.text
+
+
+def test_safe_mode_never_unpickles_a_persistent_id(tmp_path):
+    import base64
+
+    import cloudpickle
+
+    from functionfuse.storage.manifests import encode_manifest, manifest_path
+
+    storage = FileStorage(tmp_path / "store")
+    _run(storage, padded(2).set_name("p"))
+    key = storage.read_task_meta("wf", "p")["key"]
+    marker = tmp_path / "pwned"
+    planted = {"serializer": "DaskArraySerializer",
+               "pickled_pid": base64.b64encode(cloudpickle.dumps(Payload(str(marker)))).decode()}
+    ref = storage.results.objects.put_bytes(json.dumps(planted).encode())
+    doc = storage.read_meta("wf", key)
+    doc.pop("persistent", None)
+    doc["result"] = {"part": 0}
+    doc["parts"] = [{"format": "serializer", "info": {"serializer": "DaskArraySerializer", "side": "side/wf"},
+                     "codec": None, **ref.to_json()}]
+    storage.results._publish(manifest_path(key), encode_manifest(doc), replace=True)
+    safe = FileStorage(tmp_path / "store", safe=True)
+    with pytest.raises(SerializationError, match="pickled; safe mode does not unpickle"):
+        safe.read_task("wf", "p")
+    assert not marker.exists()
