@@ -20,12 +20,14 @@ A node's key is a Merkle hash::
 
 Plan
 ----
-At the start of a run the driver lists the workflow's entries once (one
-listing, not one lookup per node), keys every node and decides what must run:
+At the start of a run the driver reads the workflow's latest run record
+(``storage.scan``: its keys are taken as stored), keys every node, looks up
+the keys the record does not name in one batch (``storage.present``), and
+decides what must run:
 
-* a node whose entry is missing runs (reason ``new``, ``code changed`` or
-  ``input changed``, told apart from the metadata of the node's previous
-  entry);
+* a node whose key has no stored result runs (reason ``new``, ``code
+  changed`` or ``input changed``, told apart from the manifest of the node's
+  version in the latest run);
 * a forced node runs (``forced``) and so does everything downstream of it
   (``upstream forced``);
 * nodes kept out of storage (``log_nodes``) always run;
@@ -33,8 +35,11 @@ listing, not one lookup per node), keys every node and decides what must run:
   every earlier call is replayed so its state is right (``replay``).
 
 Everything else is *lazy*: a cached node is loaded only when a node that runs
-needs its value, or when its result is returned.  A corrupt entry found while
-loading is reported with a warning and recomputed.
+needs its value, or when its result is returned; small results come from the
+run record itself (its ``values``).  A damaged result found while loading is
+reported with a warning and recomputed; a result whose class changed its
+schema is recomputed quietly.  At the end of every run, :func:`record_run`
+writes its record (one small write).
 
 ``run_node`` (compute, store, optionally re-read) and ``load_node`` are the
 only two operations a backend performs on a node.

@@ -9,10 +9,11 @@ array is computed.
 
 Under :data:`~functionfuse.serializers.S3_PROTOCOL` (the S3 storage) the array
 is written as a zarr (format 3) array under the workflow's side-data prefix,
-``<prefix>/<workflow>/.data/<uuid>.zarr/``, again with ``dask.array.store``:
+``<prefix>/side/<workflow>/<uuid>.zarr/``, again with ``dask.array.store``:
 each chunk is computed and uploaded as its own object, never the whole array.
-Chunks are zstd-compressed and carry a CRC-32C, so a damaged chunk raises when
-read.  Loading opens the zarr array and returns a lazy ``dask.array``
+Chunks are compressed (zstd, or the storage's ``compression`` preset) and
+carry a CRC-32C, so a damaged chunk raises when read.  HDF5 files get the
+storage's preset as HDF5 filters (``hdf5plugin`` for zstd, lz4 and Blosc).  Loading opens the zarr array and returns a lazy ``dask.array``
 (``dask.array.from_zarr``) with the original chunks; only the small
 ``zarr.json`` is read until it is computed.  The zarr store is opened from the
 storage's ``s3fs`` options, so a loaded array pickles (to a Dask or Ray

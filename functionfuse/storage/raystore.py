@@ -1,7 +1,7 @@
 """Ray storage: a file storage whose I/O runs in Ray tasks.
 
-:class:`RayStorage` stores entries exactly like
-:class:`~functionfuse.storage.local.FileStorage` (same layout, same entry
+:class:`RayStorage` stores results exactly like
+:class:`~functionfuse.storage.local.FileStorage` (same layout, same
 format, same guarantees), but every storage operation runs as **one Ray task**
 submitted with the user's ``remote_args`` (``storage_factory``'s
 ``remoteArgs``), for example ``{"resources": {"disk": 0.01}}`` to pin the I/O to

@@ -1,4 +1,4 @@
-"""Results by cache key on store v2: the layer a storage will delegate to (docs/format.md).
+"""Results by cache key on store v2: the layer every storage delegates to (docs/format.md).
 
 :class:`ResultStore` puts the building blocks together on one root (a local
 folder or ``s3://bucket/prefix``):
@@ -16,9 +16,11 @@ folder or ``s3://bucket/prefix``):
 * :meth:`~ResultStore.record_run` / :meth:`~ResultStore.latest_run` write and
   read the run records that say which key each node had in a workflow's runs.
 
-Not wired into :class:`~functionfuse.storage.base.Storage` yet: the storages
-still write the 0.1.0 layout.  With ``safe=True`` nothing is ever unpickled
-and nothing needing pickle is stored.
+:class:`~functionfuse.storage.base.Storage` adds the policy on top (node
+names, workflows, run records' current state, side data of persistent
+serializers).  With ``safe=True`` nothing is ever unpickled and nothing
+needing pickle is stored; ``compression`` (see :mod:`.codecs`) applies to the
+parts written, never to keys.
 """
 
 from __future__ import annotations

@@ -1,42 +1,36 @@
-"""S3 storage: the fsspec storage on ``s3fs``, with atomic, create-if-absent publishing.
+"""S3 storage: store v2 (docs/format.md) under a prefix of a bucket, through ``s3fs``.
 
 :class:`S3Storage` is :class:`~functionfuse.storage.fsstore.FsspecStorage` on
-an ``s3fs.S3FileSystem``: same layout, same entry format, same policy
-(:mod:`.base`).  It overrides only what S3 needs:
+an ``s3fs.S3FileSystem``: the layout and policy of every storage
+(:mod:`.base`).  What S3 needs is in :mod:`.objects` and :mod:`.results`:
 
 Publishing
-    An entry is one object, and S3 never shows a partial object: a single
-    ``PutObject`` is atomic, and a multipart upload (s3fs uses one above
-    100 MB) appears only at ``CompleteMultipartUpload``.  So an entry is
-    written directly to its final key.  There is no temporary object and no
-    move (a move on S3 is a copy plus a delete: two more requests, and the
-    copy of a large entry is slow).  Serializers' side data (zarr chunks of a
-    dask array) is written before the entry by
-    :meth:`~functionfuse.storage.base.Storage.save`, so the entry is the commit
-    marker: whoever sees an entry sees its side data complete.
+    S3 never shows a partial object: a single ``PutObject`` is atomic, and a
+    multipart upload appears only at ``CompleteMultipartUpload``.  Objects,
+    manifests and run records are written directly to their final keys; no
+    temporary object and no move.  The manifest is written after every object
+    it names, so whoever sees a manifest sees its parts complete.
 
 Create-if-absent
-    The ``PUT`` carries ``If-None-Match: *`` (S3 conditional writes, supported
-    by AWS S3, MinIO, Cloudflare R2 and moto).  A ``412 Precondition Failed``
-    means another writer published the same entry first: we keep theirs and
-    delete our side data, as the file storage does when ``linkat`` finds the
-    name taken.  A ``409 ConditionalRequestConflict`` (two conditional writes
-    racing on AWS) is retried.  An S3-compatible server that rejects the
-    header as not implemented makes the storage fall back (logged once) to
-    "look, then ``PUT``": two writers racing then both write, the last one
-    wins, and what stays is still one complete, valid entry, because both
-    wrote the result of the same computation under the same key.  The loser's
-    side data is then unreferenced (wasted space, never a dangling reference).
-    A server that ignores the header behaves the same way.
+    Objects and manifests are uploaded with ``If-None-Match: *`` (S3
+    conditional writes: AWS S3, MinIO, Cloudflare R2, moto).  ``412`` means
+    another writer published the same bytes or the same key first: theirs is
+    kept, and side data we wrote for it is removed.  ``409
+    ConditionalRequestConflict`` is retried.  An endpoint that rejects the
+    header as not implemented gets "HEAD, then PUT" (logged once): racing
+    writers then both write the same computation's result.
 
-Forced and corrupt entries (``overwrite``)
-    A plain ``PUT`` replaces the object atomically.
+Forced and damaged results
+    A plain ``PUT`` replaces a manifest or object atomically.
 
-Lookups
-    A run lists a workflow's prefix once (one ``ListObjectsV2`` per 1,000
-    entries), never a ``HEAD`` per node; a cache hit is one ``GET``.  Listing
-    caches of s3fs are off by default (``use_listings_cache=False``), so
-    another process's entries are seen at once.
+Round trips
+    A plan reads the workflow's latest run record (one LIST of its run folder,
+    one GET) and HEADs, concurrently, only the keys that record does not name.
+    A load is one GET of the manifest and one GET per part (small results come
+    from the run record: no GET at all).  A save is a HEAD and at most one PUT
+    per part, and one PUT of the manifest; a run ends with one PUT of its
+    record.  Listing caches of s3fs are off (``use_listings_cache=False``), so
+    another process's results are seen at once.
 
 Errors
     The first operation in a process checks the bucket with one
