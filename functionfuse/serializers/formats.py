@@ -396,32 +396,48 @@ def _has_dictionary(pa: Any, t: Any) -> bool:
 # encoding
 
 
-class _WriteOnly(io.RawIOBase):
-    """Gives any object with ``write`` the file interface pyarrow asks for."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._f.write(data)
-        return memoryview(data).nbytes
-
-
 def _write_table(table: Any, f: Any, compression: Any) -> None:
+    """Parquet into an Arrow buffer, then one write: pyarrow writing through a Python
+    file object pays a Python call per page; the buffer holds the (compressed) file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ..storage.codecs import parquet_options
 
-    pq.write_table(table, f, **parquet_options(compression, table.schema))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **parquet_options(compression, table.schema))
+    f.write(memoryview(sink.getvalue()))
 
 
 def _write_frame(frame: Any, f: Any, compression: Any = None) -> None:
     import pyarrow as pa
 
     _write_table(pa.Table.from_pandas(frame, preserve_index=None), f, compression)
+
+
+def _write_npy(payload: tuple[Any, tuple[int, int] | None], f: Any) -> None:
+    """An ``.npy`` file: the header, then the array's memory as it is when contiguous.
+
+    ``numpy.lib.format.write_array`` copies a file-like target's data twice
+    (buffered iteration, then ``tobytes``); a contiguous array is handed to
+    ``f.write`` without a copy, in its memory order (which the header's
+    ``fortran_order`` states).
+    """
+    np = sys.modules["numpy"]
+    fmt = np.lib.format
+    array, version = payload
+    data = None
+    if version in (None, (1, 0), (2, 0)) and array.size:
+        if array.flags.c_contiguous:
+            data = array
+        elif array.flags.f_contiguous:
+            data = array.T  # C-contiguous: the same bytes in the same (Fortran) order
+    if data is None:
+        fmt.write_array(f, array, version=version, allow_pickle=False)
+        return
+    header = fmt.header_data_from_array_1_0(array)
+    (fmt.write_array_header_2_0 if version == (2, 0) else fmt.write_array_header_1_0)(f, header)
+    f.write(memoryview(data.reshape(-1).view(np.uint8)))
 
 
 def encode(fmt: str, payload: Any, f: IO[bytes], compression: Any = None) -> None:
@@ -434,16 +450,13 @@ def encode(fmt: str, payload: Any, f: IO[bytes], compression: Any = None) -> Non
     the storage compresses other formats as a whole.
     """
     if fmt == NPY:
-        np = sys.modules["numpy"]
-        array, version = payload
-        np.lib.format.write_array(f, array, version=version, allow_pickle=False)
+        _write_npy(payload, f)
     elif fmt == PARQUET:
-        target = f if isinstance(f, io.IOBase) else _WriteOnly(f)
         pd = sys.modules.get("pandas")
         if pd is not None and type(payload) is pd.DataFrame:
-            _write_frame(payload, target, compression)
+            _write_frame(payload, f, compression)
         else:
-            _write_table(payload, target, compression)
+            _write_table(payload, f, compression)
     elif fmt in (JSON, PICKLE):
         f.write(payload)
     elif fmt == persistent.SERIALIZER:

@@ -123,7 +123,7 @@ class ObjectRef:
 
 class _Hasher:
     def __init__(self) -> None:
-        self.b3, self.x3, self.size = blake3.blake3(max_threads=blake3.blake3.AUTO), xxhash.xxh3_128(), 0
+        self.b3, self.x3, self.size = blake3.blake3(), xxhash.xxh3_128(), 0
 
     def update(self, view: Any) -> None:
         self.b3.update(view)
@@ -185,7 +185,8 @@ class ObjectWriter(io.BufferedIOBase):
         view = _view(data)
         if len(view) >= CHUNK:
             self._drain()
-            self._emit(view)
+            for start in range(0, len(view), CHUNK):  # chunk by chunk: each stays in cache
+                self._emit(view[start : start + CHUNK])  # for the hash and the write
         else:
             self._pending += view
             if len(self._pending) >= CHUNK:
