@@ -1,12 +1,13 @@
 """Store v2 (``ResultStore``, docs/format.md) against raw numpy and parquet, side by side.
 
-The targets of issue 9, measured on the building block before it is wired into
-the storages (so they can be checked while it is):
+The targets of issue 9 (figures 1 and 2 through a workflow and its storage, 3-5 on
+``ResultStore``, the layer every storage delegates to):
 
-1. a large float64 array: save with ``ResultStore.save`` vs ``np.save`` to a new file
-   (ours / baseline; target <= 1.25, i.e. >= 0.8x the throughput);
-2. the same array: load and ``.sum()`` vs ``np.load`` + ``.sum()`` (target <= 1.25),
-   with the load alone reported (memory-mapped: O(1));
+1. a large float64 array: the first run of a one-node workflow (``np.full``) on a
+   ``FileStorage`` vs ``np.full`` + ``np.save`` to a new file (ours / baseline; target
+   <= 1.25, i.e. >= 0.8x the throughput);
+2. the cached rerun returning that array, then ``.sum()``, vs ``np.load`` + ``.sum()``
+   (target <= 1.25), and the rerun alone (memory-mapped: O(1), target < 50 ms);
 3. a 2M-row mixed-type DataFrame: save vs ``df.to_parquet`` (target <= 1.2), and bytes
    on disk (target: no more than parquet's);
 4. the same frame: load vs ``pd.read_parquet`` (target <= 1.2);
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +42,9 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import RESULTS, info, med, report  # noqa: E402
 
+from functionfuse import workflow  # noqa: E402
+from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
+from functionfuse.storage import FileStorage  # noqa: E402
 from functionfuse.storage.results import ResultStore  # noqa: E402
 
 
@@ -99,6 +104,11 @@ def key() -> str:
     return uuid.uuid4().hex
 
 
+@workflow
+def full(n):
+    return np.full(n, 1.5)
+
+
 def run(scratch: str, nbytes: int, rows: int, reps: int) -> None:
     arr = np.full(nbytes // 8, 1.5)
     state = {"n": 0}
@@ -117,34 +127,47 @@ def run(scratch: str, nbytes: int, rows: int, reps: int) -> None:
             if name.endswith((".npy", ".parquet")):
                 os.unlink(os.path.join(scratch, name))
 
-    def ours_save() -> None:
+    def workflow_run(folder: str) -> tuple[Any, Any]:
+        wf = LocalWorkflow(full(nbytes // 8).set_name("full"), workflow_name="bench")
+        wf.set_storage(FileStorage(folder))
+        return wf.run(), wf.last_report
+
+    def ours_save() -> None:  # a first run: the node computes np.full, the storage stores it
         cleanup()
-        fresh_store().save(key(), arr)
+        state["n"] += 1
+        _, rep = workflow_run(os.path.join(scratch, f"s{state['n']}"))
+        assert rep.computed == ["full"], rep.summary()
 
     def base_save() -> None:
         cleanup()
-        np.save(raw_path(), arr)
+        np.save(raw_path(), np.full(nbytes // 8, 1.5))
 
     o, b = alternate(ours_save, base_save, reps)
-    report("1 array save      ", o, b, o / b, "x", "<= 1.25", o / b <= 1.25,
-           f"{nbytes >> 20} MiB float64; {nbytes / o / 1e9:.2f} vs {nbytes / b / 1e9:.2f} GB/s")
+    report("1 array first run ", o, b, o / b, "x", "<= 1.25", o / b <= 1.25,
+           f"{nbytes >> 20} MiB float64 node (np.full) run and stored vs np.full + np.save; "
+           f"{nbytes / o / 1e9:.2f} vs {nbytes / b / 1e9:.2f} GB/s")
 
     cleanup()
-    store, k = fresh_store(), key()
-    store.save(k, arr)
+    folder = os.path.join(scratch, "cached")
+    workflow_run(folder)
     raw = raw_path()
     np.save(raw, arr)
     load_alone = []
 
-    def ours_load() -> None:
+    def ours_load() -> None:  # a cached rerun returning the array, then its sum
         t = time.perf_counter()
-        value = store.load(k)
+        value, rep = workflow_run(folder)
         load_alone.append(time.perf_counter() - t)
+        assert rep.read == ["full"], rep.summary()
         value.sum()
 
     o, b = alternate(ours_load, lambda: np.load(raw).sum(), reps)
-    report("2 array load+sum  ", o, b, o / b, "x", "<= 1.25", o / b <= 1.25,
-           f"load alone {med(load_alone) * 1e3:.2f} ms (memory-mapped; target < 50 ms)")
+    report("2 cached rerun+sum", o, b, o / b, "x", "<= 1.25", o / b <= 1.25,
+           f"the rerun alone {med(load_alone) * 1e3:.2f} ms (memory-mapped; target < 50 ms); "
+           "baseline np.load + sum")
+    RESULTS.append(med(load_alone) < 0.05)
+    cleanup()
+    k = key()
 
     t_first = timed(lambda: fresh_store().save(key(), arr))
     dedup = fresh_store()
