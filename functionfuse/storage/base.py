@@ -167,6 +167,7 @@ class Storage(ABC):
         self._results: Any = None
         self._results_pid = 0
         self._readers: dict[str, Any] = {}  # workflow -> Persistence used to load
+        self._sides: dict[str, str] = {}  # workflow -> its side-data folder
 
     # -- what subclasses provide ------------------------------------------------
     @property
@@ -462,9 +463,10 @@ class Storage(ABC):
     def _persistence(self, workflow_name: str) -> Any:
         from ..serializers.persistent import Persistence
 
-        persistence = Persistence(
-            self.registry, self._side_protocols, f"{SIDE}/{encode_name(workflow_name)}", self.results.compression
-        )
+        side = self._sides.get(workflow_name)
+        if side is None:
+            side = self._sides[workflow_name] = f"{SIDE}/{encode_name(workflow_name)}"
+        persistence = Persistence(self.registry, self._side_protocols, side, self.results.compression)
         persistence.safe = self._safe
         return persistence
 

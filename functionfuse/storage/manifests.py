@@ -76,8 +76,11 @@ def fast_canonical_json(doc: dict) -> bytes:
     (run records): orjson would write a NaN as ``null`` instead of refusing it."""
     try:
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # what only json writes: integers beyond 64 bits
-        return canonical_json(doc)
+    except TypeError as exc:  # what only json writes: integers beyond 64 bits
+        try:
+            return canonical_json(doc)
+        except ValueError:
+            raise TypeError(str(exc)) from None
 
 
 _PREFIX = b'{"checksum":"'
@@ -132,8 +135,11 @@ def encode_manifest(fields: dict[str, Any]) -> bytes:
     ``parts`` at least); ``format`` and ``version`` are added, and the bytes
     are sealed with their checksum (:func:`seal`).
 
-    Raises ValueError for fields that are not plain JSON (NaN included): a
-    manifest is read by programs in any language.
+    Raises TypeError for fields that are not plain JSON: a manifest is read by
+    programs in any language.  Floats must be finite: the result tree tags
+    NaN and infinities (``{"float": "nan"}``), argument summaries tag them as
+    strings, and durations are finite (a NaN given here would be written as
+    ``null``).
     """
     doc = dict(fields)
     doc["format"], doc["version"] = FORMAT, VERSION
@@ -141,7 +147,7 @@ def encode_manifest(fields: dict[str, Any]) -> bytes:
     missing = [k for k in ("key", "result", "parts") if k not in doc]
     if missing:
         raise ValueError(f"a manifest needs {', '.join(missing)}")
-    return seal(canonical_json(doc))
+    return seal(fast_canonical_json(doc))
 
 
 def parse_json(data: bytes | bytearray | memoryview, what: str) -> Any:

@@ -602,8 +602,9 @@ class ObjectStore:
         cutoff, removed, tmp = time.time() - older_than_s, 0, posixpath.join(self.root, "tmp")
         with self._io("removing temporaries in", "the temporaries", tmp):
             found = {}
-            with suppress(FileNotFoundError):
-                found = self.fs.find(tmp, detail=True)
+            if not self._s3:  # S3 writers spool locally: nothing of theirs is under tmp/
+                with suppress(FileNotFoundError):
+                    found = self.fs.find(tmp, detail=True)
             for p, info in found.items():
                 if _mtime(info) < cutoff:
                     with suppress(FileNotFoundError):

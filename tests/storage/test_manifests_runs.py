@@ -79,8 +79,20 @@ def test_truncation_wrong_key_wrong_format_missing_members():
 
 
 def test_not_json_values_are_refused_when_writing():
-    with pytest.raises(ValueError):
-        manifest(arguments={"alpha": float("nan")})
+    with pytest.raises(TypeError):
+        manifest(arguments={"alpha": {1, 2}})
+    with pytest.raises(TypeError):
+        manifest(arguments={"alpha": object()})
+
+
+def test_what_the_tree_and_summaries_tag_never_reaches_json_raw():
+    from functionfuse.arguments import summarize_arguments
+    from functionfuse.serializers.parts import split
+
+    tree, _ = split({"nan": float("nan"), "inf": float("-inf"), "big": 10**30})
+    args = summarize_arguments(lambda a, b: None, (float("nan"), 10**30), {}, str)
+    data = encode_manifest({"key": "a" * 32, "result": tree, "parts": [], "arguments": args})
+    assert b"NaN" not in data and b"null" not in data and b"Infinity" not in data
 
 
 def test_run_ids_sort_by_time_and_latest_is_found():
