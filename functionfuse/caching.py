@@ -762,7 +762,10 @@ def load_node(plan: Plan, task: Task) -> Any:
         if listing is None:  # on a worker: the driver records the run
             value = plan.storage.load(plan.workflow, task.entry)
         else:
-            tree = listing.values.get(task.entry)
+            # The record's small results are one object: worth reading once several
+            # nodes are loaded; the first few read their own manifests.
+            listing.loads += 1
+            tree = listing.values.get(task.entry) if listing.loads > FEW_LOADS else None
             value = _inline_value(tree) if tree is not None else _NOTHING
             if value is _NOTHING:
                 value, task.tree = plan.storage.load(plan.workflow, task.entry, with_tree=True)
@@ -776,6 +779,8 @@ def load_node(plan: Plan, task: Task) -> Any:
 
 
 _NOTHING = object()
+#: Loads of a run that read their manifests before the record's small results are read.
+FEW_LOADS = 8
 
 
 def _inline_value(tree: Any) -> Any:

@@ -522,10 +522,15 @@ class _Joiner:
                 return tuple(self.node(c, (path, i)) for i, c in enumerate(items))
             if t == "dict":
                 out = {}
+                copy = self.copy
                 for k, c in items:
-                    if _valid_key(k) is not None:
+                    if type(k) is not str and _valid_key(k) is not None:
                         raise SerializationError(f"{_fmt_path(path)}: bad dict key {k!r:.60}")
-                    out[k] = self.node(c, (path, k))
+                    if type(c) is dict and len(c) == 1 and "json" in c:  # a plain leaf: the common case
+                        v = c["json"]
+                        out[k] = _copy_json(v) if copy and type(v) is list else v
+                    else:
+                        out[k] = self.node(c, (path, k))
                 return out
             raise SerializationError(f"{_fmt_path(path)}: unknown container {t!r}")
         if "part" in n:

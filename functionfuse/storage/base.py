@@ -145,9 +145,31 @@ class Listing:
         self.record = record
         self.view = current_view(record)
         self.known = frozenset(self.view.values())
-        values = record.get("values") if record else None
-        #: key -> result tree of small results, as the record holds them (sealed with it)
-        self.values: dict[str, Any] = values if isinstance(values, dict) else {}
+        ref = record.get("values") if record else None
+        self._values_ref: dict | None = ref if isinstance(ref, dict) else None
+        self._values: dict[str, Any] | None = None if self._values_ref else {}
+        self._fetch: Any = None  # set by the storage that made the listing (not pickled)
+        self.loads = 0  # results loaded by the run planned from this listing
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fetch"] = None
+        return state
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """key -> result tree of the small results the latest record names, read on first use
+        (one object, checked by its size and XXH3); empty when it cannot be read."""
+        if self._values is None:
+            values: Any = {}
+            if self._fetch is not None:
+                try:
+                    values = self._fetch(self._values_ref)
+                except (StorageError, ValueError, TypeError, KeyError) as exc:
+                    logger.warning("the small results of the latest run record are unusable (%s); "
+                                   "reading their manifests instead", exc)
+            self._values = values if isinstance(values, dict) else {}
+        return self._values
 
     def previous(self, node_name: str) -> str | None:
         """The key of the node's current stored version, if any."""
@@ -353,7 +375,16 @@ class Storage(ABC):
         except CorruptEntryError as exc:
             logger.warning("workflow %r: latest run record unusable (%s); planning without it", workflow_name, exc)
             record = None
-        return Listing(record)
+        listing = Listing(record)
+        listing._fetch = self._fetch_values
+        return listing
+
+    def _fetch_values(self, ref: dict) -> Any:
+        """The small results a run record names (see :class:`Listing`)."""
+        from .manifests import parse_json
+        from .objects import ObjectRef
+
+        return parse_json(self.results.objects.get_bytes(ObjectRef.from_json(ref)), "the small results object")
 
     def present(self, keys: Iterable[str]) -> set[str]:
         """The keys among ``keys`` whose result is stored (one ``stat`` or ``HEAD`` each, batched)."""
@@ -457,7 +488,11 @@ class Storage(ABC):
         extra["others"] = others
         values = fields.pop("values", None)
         if values:
-            extra["values"] = values
+            # One content-addressed JSON object: the same values as the last run's are
+            # not written again (a hash and a stat).
+            from .manifests import fast_canonical_json
+
+            extra["values"] = self.results.objects.put_bytes(fast_canonical_json(values)).to_json()
         return self.results.record_run(workflow_name, run_id, nodes, extra=extra, **fields)
 
     def _persistence(self, workflow_name: str) -> Any:

@@ -133,7 +133,8 @@ class ResultStore:
         multipart uploads) that crashed writers left more than an hour ago."""
         if not self._marked:
             self._marked = True
-            self._publish(MARKER, MARKER_BYTES, replace=False)
+            if not (self._local and os.path.exists(self._path(MARKER))):
+                self._publish(MARKER, MARKER_BYTES, replace=False)
             try:
                 removed = self.objects.remove_stale_temporaries()
             except StorageError as exc:  # never fails a run: the next one tries again
@@ -446,10 +447,9 @@ class ResultStore:
         to :data:`RECORD_FALLBACK` records back).
         """
         folder = self._path(run_folder(workflow))
-        fs = self.objects.fs
         with self.objects._io("listing", run_folder(workflow), folder):
             try:
-                names = fs.ls(folder, detail=False)
+                names = os.listdir(folder) if self._local else self.objects.fs.ls(folder, detail=False)
             except FileNotFoundError:
                 return None
         damaged: CorruptEntryError | None = None

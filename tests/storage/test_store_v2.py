@@ -389,16 +389,30 @@ def test_small_results_travel_in_the_run_record(tmp_path, monkeypatch):
     [name] = os.listdir(tmp_path / "store" / "runs" / "wf")
     record = json.loads((tmp_path / "store" / "runs" / "wf" / name).read_bytes())
     key = record["nodes"]["p"]["key"]
-    assert record["values"] == {key: {"t": "dict", "items": [["x", {"json": 7}]]}}
-    # A cached rerun takes the value from the (sealed) record: no manifest is opened.
+    ref = record["values"]  # one object holding every small result the record names
+    values = json.loads(_object_bytes(storage, ref["object"]))
+    assert values == {key: {"t": "dict", "items": [["x", {"json": 7}]]}}
+    objects = set(_object_sizes(storage))
+    _run(storage, plain(7).set_name("p"))  # the same values: no new object
+    assert set(_object_sizes(storage)) == objects
+    result = _run(storage, plain(7).set_name("p"))[1]
+    result["x"] = 8  # the value handed out is a copy: the next run still gets 7
+    assert _run(storage, plain(7).set_name("p"))[1] == {"x": 7} and CALLS == ["plain"]
+    # A cached rerun of many small results reads the record's object once, past the
+    # first few loads (each of which opens its manifest).
+    from functionfuse.caching import FEW_LOADS
+
+    leaves = [plain(i).set_name(f"p{i}") for i in range(20)]
+    wf = LocalWorkflow(*leaves, workflow_name="many")
+    wf.set_storage(storage)
+    wf.run()
     opened = []
     real = storage.results.read_manifest
     monkeypatch.setattr(storage.results, "read_manifest", lambda k: opened.append(k) or real(k))
-    wf, result = _run(storage, plain(7).set_name("p"))
-    assert result == {"x": 7} and _actions(wf)["p"] == ("read", "cached") and opened == []
-    result["x"] = 8  # the value handed out is a copy: the next run still gets 7
-    wf, result = _run(storage, plain(7).set_name("p"))
-    assert result == {"x": 7} and CALLS == ["plain"]
+    wf = LocalWorkflow(*[plain(i).set_name(f"p{i}") for i in range(20)], workflow_name="many")
+    wf.set_storage(storage)
+    assert wf.run() == [{"x": i} for i in range(20)]
+    assert len(opened) == FEW_LOADS and wf.last_report.read == [f"p{i}" for i in range(20)]
 
 
 def test_a_damaged_run_record_is_planned_without(tmp_path, caplog):
