@@ -12,7 +12,8 @@ The targets of issue 9 (figures 1 and 2 through a workflow and its storage, 3-5 
    on disk (target: no more than parquet's);
 4. the same frame: load vs ``pd.read_parquet`` (target <= 1.2);
 5. content addressing: saving the same array again under another key (stored once:
-   hash + stat, no write) vs the first save (informational).
+   hash + stat, no write) vs the first save (informational); and figure 1 against the same
+   run without hashing (1c: what naming objects by content costs, target <= 1.10).
 
 Usage::
 
@@ -146,6 +147,37 @@ def run(scratch: str, nbytes: int, rows: int, reps: int) -> None:
     report("1 array first run ", o, b, o / b, "x", "<= 1.25", o / b <= 1.25,
            f"{nbytes >> 20} MiB float64 node (np.full) run and stored vs np.full + np.save; "
            f"{nbytes / o / 1e9:.2f} vs {nbytes / b / 1e9:.2f} GB/s")
+
+    # Content addressing: the same first run with the two hashes replaced by a counter
+    # (each object then gets a random name), to see what naming objects by content costs.
+    from functionfuse.storage import objects as objects_module
+
+    class _Null:
+        def update(self, view: Any) -> None:
+            pass
+
+    class _NoHash:
+        def __init__(self) -> None:
+            self.size = 0
+            self.b3 = self.x3 = _Null()  # the writer's overlapped path: it counts the size itself
+
+        def update(self, view: Any) -> None:
+            self.size += len(memoryview(view).cast("B"))
+
+        def ref(self) -> Any:
+            return objects_module.ObjectRef(uuid.uuid4().hex * 2, self.size, "0" * 32)
+
+    real_hasher = objects_module._Hasher
+    without = []
+    for _ in range(reps):
+        objects_module._Hasher = _NoHash
+        try:
+            without.append(timed(ours_save))
+        finally:
+            objects_module._Hasher = real_hasher
+    w = med(without)
+    report("1c hashing's share", o, w, o / w, "x", "<= 1.10", o / w <= 1.10,
+           "figure 1 with BLAKE3 + XXH3 vs the same run with both replaced by a byte counter")
 
     cleanup()
     folder = os.path.join(scratch, "cached")
