@@ -550,6 +550,15 @@ def decode(fmt: str, info: dict, source: Source, *, mmap_threshold: int | None =
     decoder = _DECODERS.get(fmt) or natives.DECODERS.get(fmt)
     if decoder is None:
         raise SerializationError(f"unknown part format {fmt!r}")
+    if fmt == PARQUET:
+        # A path, or an Arrow buffer over the bytes: pyarrow reads either natively
+        # (columns in parallel), not through a Python file object.
+        if source.path is not None:
+            return decoder(source.path, info or {})
+        if isinstance(source.reader, (bytes, bytearray, memoryview)):
+            import pyarrow as pa
+
+            return decoder(pa.BufferReader(pa.py_buffer(source.reader)), info or {})
     f, owned = source.open()
     try:
         return decoder(f, info or {})

@@ -454,3 +454,23 @@ def test_safe_mode_never_unpickles_a_persistent_id(tmp_path):
     with pytest.raises(SerializationError, match="pickled; safe mode does not unpickle"):
         safe.read_task("wf", "p")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_large_parquet_parts_are_checked_before_they_are_read(tmp_path, damage):
+    from functionfuse.errors import CorruptEntryError
+
+    storage = FileStorage(tmp_path / "store")
+    _run(storage, tables(400_000).set_name("t"))
+    [part] = [p for p in storage.read_task_meta("wf", "t")["parts"] if p["format"] == "parquet"]
+    assert part["size"] >= 4 << 20  # read from its file, checked in place
+    path = tmp_path / "store" / "objects" / part["object"][:2] / part["object"][2:4] / part["object"]
+    data = bytearray(path.read_bytes())
+    path.unlink()
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        del data[-100:]
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptEntryError, match=part["object"]):
+        storage.read_task("wf", "t")
