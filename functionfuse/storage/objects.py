@@ -71,7 +71,7 @@ __all__ = ["ObjectRef", "ObjectStore", "ObjectWriter", "object_path"]
 logger = logging.getLogger(__name__)
 
 #: Bytes hashed and written at a time (smaller writes are gathered up to this).
-CHUNK = 4 << 20
+CHUNK = 8 << 20
 #: Default S3 part size and in-memory spool limit (S3's smallest part is 5 MiB).
 PART_SIZE = 8 << 20
 #: HEAD requests in flight in :meth:`ObjectStore.exists` on S3.

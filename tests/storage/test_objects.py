@@ -389,7 +389,7 @@ import os, signal, sys
 from functionfuse.storage.objects import ObjectStore
 store = ObjectStore.from_url(sys.argv[1])
 f = store.writer()
-f.write(os.urandom(6 << 20))
+f.write(os.urandom(12 << 20))  # more than a chunk: written to the temporary before the kill
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -419,7 +419,7 @@ def test_killed_writer_leftovers_are_removed(where):
     assert list(store.iter_hashes()) == []  # nothing partial is visible
     if where.kind == "local":
         (tmp,) = where.files("tmp")
-        assert where.files() == {tmp: 6 * MiB}
+        assert where.files() == {tmp: 12 * MiB}
         assert store.remove_stale_temporaries() == 0  # a young temporary may be a live writer's
         old = time.time() - 7200
         os.utime(os.path.join(where.root, tmp), (old, old))
