@@ -45,6 +45,10 @@ __all__ = ["ResultStore"]
 
 logger = logging.getLogger(__name__)
 
+#: On S3, more unknown keys than this are looked up by listing ``manifests/`` (one
+#: request per 1,000 manifests, at most LIST_PAGES of them) instead of a HEAD each.
+LIST_OVER = 64
+LIST_PAGES = 16
 #: Local parquet parts from this size on are checked in place and read from their file.
 NATIVE_READ = 4 << 20
 #: Run records tried, newest first, when the latest is damaged.
@@ -426,8 +430,8 @@ class ResultStore:
             raise CorruptEntryError(f"result of key {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
 
     def present(self, keys: Iterable[str]) -> set[str]:
-        """The keys among ``keys`` whose manifest exists (one stat each locally,
-        concurrent HEADs on S3)."""
+        """The keys among ``keys`` whose manifest exists (one stat each locally; on S3,
+        concurrent HEADs, or for many keys a listing of ``manifests/`` while it is short)."""
         keys = list(dict.fromkeys(keys))
         paths = [self._path(manifest_path(k)) for k in keys]
         fs = self.objects.fs
@@ -435,6 +439,10 @@ class ResultStore:
             return {k for k, p in zip(keys, paths) if os.path.exists(p)}
         if not self.objects._s3:
             return {k for k, p in zip(keys, paths) if fs.exists(p)}
+        if len(keys) > LIST_OVER:
+            listed = self._listed_manifests()
+            if listed is not None:
+                return {k for k in keys if k in listed}
         from fsspec.asyn import sync
 
         # Concurrent HEADs (no LIST after a miss, as fs.exists would add).
@@ -443,6 +451,25 @@ class ResultStore:
             if isinstance(got, BaseException):
                 raise self.objects._error(got, "checking", path.rsplit("/", 1)[-1], path) from got
         return {k for k, got in zip(keys, found) if got is not None}
+
+    def _listed_manifests(self) -> set[str] | None:
+        """The keys of every manifest on S3 from one paginated listing of ``manifests/``,
+        or None when it holds more than :data:`LIST_PAGES` pages (then HEADs are cheaper)."""
+        fs = self.objects.fs
+        bucket, prefix, _ = fs.split_path(self._path("manifests"))
+        found: set[str] = set()
+        request: dict = {"Bucket": bucket, "Prefix": prefix + "/", "MaxKeys": 1000}
+        with self.objects._io("listing", "manifests", self._path("manifests")):
+            for _ in range(LIST_PAGES):
+                page = fs.call_s3("list_objects_v2", **request)
+                for item in page.get("Contents", ()):
+                    name = item["Key"].rsplit("/", 1)[-1]
+                    if name.endswith(".json"):
+                        found.add(name[:-5])
+                if not page.get("IsTruncated"):
+                    return found
+                request["ContinuationToken"] = page["NextContinuationToken"]
+        return None
 
     def latest_run(self, workflow: str) -> dict[str, Any] | None:
         """The latest readable run record of ``workflow`` (None before its first run).

@@ -156,3 +156,25 @@ def test_any_fsspec_filesystem_holds_a_store():
     store.save("a" * 32, {"x": [1, 2]})
     assert store.present(["a" * 32, "b" * 32]) == {"a" * 32}
     assert store.load("a" * 32) == {"x": [1, 2]}
+
+
+def test_many_unknown_keys_on_s3_cost_one_listing_not_a_head_each(s3_endpoint, s3_url):
+    import functionfuse.storage.results as results_module
+
+    store = ResultStore.from_url(s3_url, s3_endpoint.options)
+    stored = [f"{i:032x}" for i in range(70)]
+    for key in stored[:5]:
+        store.save(key, {"k": key})
+    calls = []
+    real = store.objects.fs.call_s3
+    store.objects.fs.call_s3 = lambda method, *a, **k: calls.append(method) or real(method, *a, **k)
+    try:
+        assert store.present(stored) == set(stored[:5])
+        assert calls == ["list_objects_v2"]
+        results_module.LIST_PAGES, saved = 0, results_module.LIST_PAGES  # a store too large to list
+        try:
+            assert store.present(stored) == set(stored[:5])  # concurrent HEADs instead
+        finally:
+            results_module.LIST_PAGES = saved
+    finally:
+        del store.objects.fs.call_s3
