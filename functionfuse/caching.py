@@ -785,8 +785,11 @@ FEW_LOADS = 8
 
 def _inline_value(tree: Any) -> Any:
     """A small result from the run record's copy of its tree (``_NOTHING`` if unusable)."""
-    from .serializers.parts import join
+    from .serializers.parts import NOT_PLAIN, join, plain_value
 
+    value = plain_value(tree)  # the common trees, without a joiner
+    if value is not NOT_PLAIN:
+        return value
     try:
         return join(tree, (), ())
     except Exception:  # noqa: BLE001 - a sealed record with a bad tree: read the manifest instead
@@ -829,11 +832,10 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     from .storage.base import INLINE_COUNT, STORED_ACTIONS, utc_now_iso
     from .storage.runs import new_run_id
 
+    listing = plan.listing
     nodes: dict[str, dict] = {}
-    # Small results travel with the record, so a cached rerun reads them from it:
-    # those this run computed or read, and those the previous record held.
-    carried = plan.listing.values
-    values: dict[str, Any] = {}
+    same_view = True  # does this run leave every node at the key the last record had?
+    computed_tree = False
     for task in plan.tasks:
         if not task.store:
             continue
@@ -841,14 +843,33 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         if task.seconds:
             entry["seconds"] = task.seconds
         nodes[task.name] = entry
-        tree = task.tree if task.tree is not None else carried.get(task.key)
-        if tree is not None and task.action in STORED_ACTIONS:
-            values[task.key] = tree
-    for name, key in plan.listing.view.items():
-        if key not in values and key in carried and name not in nodes:
-            values[key] = carried[key]
-    if len(values) > INLINE_COUNT:  # a bounded record: the rest is read from manifests
-        values = dict(list(values.items())[:INLINE_COUNT])
+        if task.action in STORED_ACTIONS:
+            same_view = same_view and listing.view.get(task.name) == task.key
+            computed_tree = computed_tree or (task.action == "computed" and task.tree is not None)
+        else:
+            same_view = False
+    same_view = same_view and len(nodes) >= len(listing.view) and all(name in nodes for name in listing.view)
+    values: Any
+    if same_view and not computed_tree and listing.values_ref is not None:
+        # The same keys as the last record's, nothing computed: the same small results,
+        # so the same object is named again (not rebuilt, not read if it was not).
+        values = listing.values_ref
+    else:
+        # Small results travel with the record, so a cached rerun reads them from it:
+        # those this run computed or read, and those the previous record held.
+        carried = listing.values
+        values = {}
+        for task in plan.tasks:
+            if not task.store or task.action not in STORED_ACTIONS:
+                continue
+            tree = task.tree if task.tree is not None else carried.get(task.key)
+            if tree is not None:
+                values[task.key] = tree
+        for name, key in listing.view.items():
+            if key not in values and key in carried and name not in nodes:
+                values[key] = carried[key]
+        if len(values) > INLINE_COUNT:  # a bounded record: the rest is read from manifests
+            values = dict(list(values.items())[:INLINE_COUNT])
     if error is None:
         outcome = "ok"
     else:

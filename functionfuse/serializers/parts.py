@@ -581,6 +581,32 @@ class _Joiner:
         return value
 
 
+NOT_PLAIN = object()
+
+
+def plain_value(tree: Any) -> Any:
+    """The value of a tree that is a JSON leaf, or a dict of string keys to JSON leaves,
+    copied (lists are copied) -- the usual small result; :data:`NOT_PLAIN` for any other
+    tree (use :func:`join`)."""
+    if type(tree) is not dict:
+        return NOT_PLAIN
+    if len(tree) == 1 and "json" in tree:
+        v = tree["json"]
+        return _copy_json(v) if type(v) in (list, dict) else v
+    if tree.get("t") != "dict" or len(tree) != 2:
+        return NOT_PLAIN
+    out = {}
+    for item in tree["items"]:
+        if type(item) is not list or len(item) != 2:
+            return NOT_PLAIN
+        k, c = item
+        if type(k) is not str or type(c) is not dict or len(c) != 1 or "json" not in c:
+            return NOT_PLAIN
+        v = c["json"]
+        out[k] = _copy_json(v) if type(v) in (list, dict) else v
+    return out
+
+
 def join(
     tree: Any,
     parts: Sequence[Any],

@@ -157,6 +157,16 @@ class Listing:
         return state
 
     @property
+    def values_ref(self) -> dict | None:
+        """The reference of the record's small-results object (None when it has none)."""
+        return self._values_ref
+
+    @property
+    def values_unread(self) -> bool:
+        """Whether :attr:`values` has not been read yet."""
+        return self._values is None
+
+    @property
     def values(self) -> dict[str, Any]:
         """key -> result tree of the small results the latest record names, read on first use
         (one object, checked by its size and XXH3); empty when it cannot be read."""
@@ -487,7 +497,9 @@ class Storage(ABC):
         extra = dict(fields.pop("extra", None) or {})
         extra["others"] = others
         values = fields.pop("values", None)
-        if values:
+        if values and set(values) == {"object", "size", "xxh3"} and isinstance(values.get("object"), str):
+            extra["values"] = values  # the last record's object, named again as it is
+        elif values:
             # One content-addressed JSON object: the same values as the last run's are
             # not written again (a hash and a stat).
             from .manifests import fast_canonical_json

@@ -952,3 +952,27 @@ def test_part_repr_and_entry():
     assert isinstance(part, Part)
     assert part.entry() == {"format": "npy", "info": {"dtype": "<f8", "shape": [2], "fortran_order": False}}
     assert "npy" in repr(part)
+
+
+@pytest.mark.parametrize("value", [
+    {"a": 1, "b": "x", "c": [1, [2, 3]], "d": None, "e": 1.5},
+    [1, 2, 3], "text", 7, {}, None,
+])
+def test_plain_value_gives_what_join_gives_for_plain_trees(value):
+    from functionfuse.serializers.parts import NOT_PLAIN, plain_value
+
+    tree, parts = split(value)
+    assert not parts
+    got = plain_value(tree)
+    assert got is not NOT_PLAIN and got == join(tree, [], ()) == value
+    if isinstance(value, dict) and "c" in value:
+        got["c"].append(9)  # lists are copies: the tree is intact
+        assert join(tree, [], ()) == value
+
+
+@pytest.mark.parametrize("value", [{1: "int key"}, {"t": (1, 2)}, (1, 2), {"n": float("nan")}, {"b": b"x"}])
+def test_plain_value_leaves_other_trees_to_join(value):
+    from functionfuse.serializers.parts import NOT_PLAIN, plain_value
+
+    tree, _ = split(value)
+    assert plain_value(tree) is NOT_PLAIN
