@@ -39,3 +39,21 @@ def result_files(storage, workflow, node):
         os.path.join(storage.path, "objects", p["object"][:2], p["object"][2:4], p["object"]) for p in meta["parts"]
     ]
     return manifest, objects
+
+
+def canonical(tree):
+    """A result tree as a manifest stores it: canonical JSON (sorted keys), parsed back."""
+    import json
+
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.loads(text)
+
+
+def roundtrip(value, **kw):
+    """Split ``value``, store its tree and part entries as a manifest would, and join them back."""
+    from functionfuse.serializers.parts import join, split
+
+    tree, parts = split(value, **kw)
+    entries = canonical([p.entry() for p in parts])
+    back = join(canonical(tree), entries, [p.to_bytes() for p in parts], safe=kw.get("safe", False))
+    return back, tree, parts

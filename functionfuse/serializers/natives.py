@@ -814,23 +814,32 @@ def _load_xgb_booster(xgb: Any, raw: bytes, config: str) -> Any:
     return booster
 
 
+def _booster_and_state(x: Any, lib: Any, classes: Any, label: str) -> tuple[Any, dict | None] | str | None:
+    """``(booster, wrapper state or None)`` of a boosting library's ``Booster`` or fitted
+    sklearn-API model ``x``; a reason (``str``) or None (not one of its types) otherwise."""
+    if type(x) is getattr(lib, "Booster", None):
+        return x, None
+    found = _exact_class(x, lib, classes)
+    if found is not True:
+        if found is None and isinstance(x, getattr(lib, "Booster", ())):
+            return f"a subclass of {lib.__name__}.Booster ({_type_name(x)})"
+        return found
+    state = dict(x.__getstate__())
+    booster = state.get("_Booster")
+    if booster is None:
+        return f"an unfitted {label} model (no model for a native file)"
+    return booster, state
+
+
 def _classify_xgboost(x: Any) -> tuple[str, Any, dict] | str | None:
     xgb = sys.modules.get("xgboost")
     if xgb is None:
         return None
-    state: dict | None = None
-    if type(x) is getattr(xgb, "Booster", None):
-        booster = x
-    else:
-        found = _exact_class(x, xgb, _XGB_CLASSES)
-        if found is not True:
-            if found is None and isinstance(x, getattr(xgb, "Booster", ())):
-                return f"a subclass of xgboost.Booster ({_type_name(x)})"
-            return found
-        state = dict(x.__getstate__())
-        booster = state.get("_Booster")
-        if booster is None:
-            return "an unfitted xgboost model (no model for a native file)"
+    found = _booster_and_state(x, xgb, _XGB_CLASSES, "xgboost")
+    if not isinstance(found, tuple):
+        return found
+    booster, state = found
+    if state is not None:
         if type(booster) is not xgb.Booster:
             return f"an xgboost model holding a {_type_name(booster)}"
         state["_Booster"] = None
@@ -890,19 +899,11 @@ def _classify_lightgbm(x: Any) -> tuple[str, Any, dict] | str | None:
     lgb = sys.modules.get("lightgbm")
     if lgb is None:
         return None
-    state: dict | None = None
-    if type(x) is getattr(lgb, "Booster", None):
-        booster = x
-    else:
-        found = _exact_class(x, lgb, _LGB_CLASSES)
-        if found is not True:
-            if found is None and isinstance(x, getattr(lgb, "Booster", ())):
-                return f"a subclass of lightgbm.Booster ({_type_name(x)})"
-            return found
-        state = dict(x.__getstate__())
-        booster = state.get("_Booster")
-        if booster is None:
-            return "an unfitted LightGBM model (no model for a native file)"
+    found = _booster_and_state(x, lgb, _LGB_CLASSES, "LightGBM")
+    if not isinstance(found, tuple):
+        return found
+    booster, state = found
+    if state is not None:
         state["_Booster"] = None
     found_booster = _lgb_booster_state(lgb, booster)
     if isinstance(found_booster, str):

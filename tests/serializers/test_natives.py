@@ -32,7 +32,8 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from functionfuse.errors import SerializationError
 from functionfuse.serializers import natives
-from functionfuse.serializers.parts import join, split
+from functionfuse.serializers.parts import split
+from helpers import roundtrip
 
 HEAVY = [
     "sklearn", "skops", "torch", "safetensors", "xgboost", "lightgbm", "catboost", "polars", "xarray", "zarr",
@@ -43,17 +44,6 @@ HEAVY = [
 # helpers
 
 
-def canonical(tree):
-    """The tree as the manifest stores it: canonical JSON (sorted keys), parsed back."""
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return json.loads(text)
-
-
-def roundtrip(value, **kw):
-    tree, parts = split(value, **kw)
-    entries = canonical([p.entry() for p in parts])
-    back = join(canonical(tree), entries, [p.to_bytes() for p in parts], safe=kw.get("safe", False))
-    return back, tree, parts
 
 
 def one_part(value, fmt):

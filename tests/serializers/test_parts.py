@@ -23,22 +23,12 @@ from hypothesis.extra import numpy as hnp
 
 from functionfuse.errors import SerializationError
 from functionfuse.serializers.parts import INLINE_LIMIT, Part, join, split
+from helpers import canonical, roundtrip
 
 # --------------------------------------------------------------------------
 # helpers
 
 
-def canonical(tree):
-    """The tree as the manifest stores it: canonical JSON (sorted keys), parsed back."""
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return json.loads(text)
-
-
-def roundtrip(value, **kw):
-    tree, parts = split(value, **kw)
-    entries = canonical([p.entry() for p in parts])
-    back = join(canonical(tree), entries, [p.to_bytes() for p in parts])
-    return back, tree, parts
 
 
 def float_bits(x):
