@@ -783,15 +783,21 @@ _NOTHING = object()
 FEW_LOADS = 8
 
 
+_PARTS: list = []  # functionfuse.serializers.parts, imported on the first load
+
+
 def _inline_value(tree: Any) -> Any:
     """A small result from the run record's copy of its tree (``_NOTHING`` if unusable)."""
-    from .serializers.parts import NOT_PLAIN, join, plain_value
+    if not _PARTS:
+        from .serializers import parts
 
-    value = plain_value(tree)  # the common trees, without a joiner
-    if value is not NOT_PLAIN:
+        _PARTS.append(parts)
+    parts = _PARTS[0]
+    value = parts.plain_value(tree)  # the common trees, without a joiner
+    if value is not parts.NOT_PLAIN:
         return value
     try:
-        return join(tree, (), ())
+        return parts.join(tree, (), ())
     except Exception:  # noqa: BLE001 - a sealed record with a bad tree: read the manifest instead
         return _NOTHING
 
