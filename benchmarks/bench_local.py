@@ -24,7 +24,6 @@ import pickle
 import platform
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time

@@ -37,7 +37,6 @@ import pickle
 import platform
 import re
 import resource
-import statistics
 import sys
 import time
 from collections import Counter
