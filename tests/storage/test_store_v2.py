@@ -474,3 +474,37 @@ def test_large_parquet_parts_are_checked_before_they_are_read(tmp_path, damage):
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptEntryError, match=part["object"]):
         storage.read_task("wf", "t")
+
+
+def test_a_damaged_latest_record_falls_back_to_the_one_before(tmp_path, caplog):
+    storage = FileStorage(tmp_path / "store")
+    _run(storage, plain(1).set_name("p"))
+    _run(storage, plain(2).set_name("p"))
+    folder = tmp_path / "store" / "runs" / "wf"
+    latest = sorted(os.listdir(folder))[-1]
+    data = bytearray((folder / latest).read_bytes())
+    data[-5] ^= 0x20
+    (folder / latest).write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        assert storage.read_task("wf", "p") == {"x": 1}  # the run before the damaged record
+    assert "using the run record before it" in caplog.text
+
+
+def test_a_rerun_that_changes_nothing_names_the_same_small_results_unread(tmp_path, monkeypatch):
+    storage = FileStorage(tmp_path / "store")
+
+    def chain():
+        node = plain(0).set_name("p0")
+        for i in range(1, 20):
+            node = plain(node).set_name(f"p{i}")  # a dict argument: each result is small
+        return node
+
+    _run(storage, chain())
+    fetched = []
+    real = storage._fetch_values
+    monkeypatch.setattr(storage, "_fetch_values", lambda ref: fetched.append(ref) or real(ref))
+    folder = tmp_path / "store" / "runs" / "wf"
+    wf, _ = _run(storage, chain())  # only the leaf is loaded: the values object is not read
+    assert wf.last_report.read == ["p19"] and fetched == []
+    first, second = (json.loads((folder / name).read_bytes()) for name in sorted(os.listdir(folder)))
+    assert second["values"] == first["values"]  # the same object, named again
