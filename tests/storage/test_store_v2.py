@@ -508,3 +508,38 @@ def test_a_rerun_that_changes_nothing_names_the_same_small_results_unread(tmp_pa
     assert wf.last_report.read == ["p19"] and fetched == []
     first, second = (json.loads((folder / name).read_bytes()) for name in sorted(os.listdir(folder)))
     assert second["values"] == first["values"]  # the same object, named again
+
+
+def test_bad_input_to_the_storage_methods_is_a_clear_error_and_loses_nothing(tmp_path):
+    from functionfuse.errors import StorageConfigError
+    from helpers import store_files
+
+    storage = FileStorage(tmp_path / "store")
+    _run(storage, padded(5).set_name("p"))
+    before = store_files(storage.path, "objects", "manifests", "runs")
+    for bad in ("../../etc", "zz", "ABCDEF"):
+        with pytest.raises(ValueError, match=f"cache key is lowercase hex, got '{re_escape(bad)}'"):
+            storage.present([bad])
+        with pytest.raises(ValueError, match="cache key"):
+            storage.load("wf", bad)
+        with pytest.raises(ValueError, match="cache key"):
+            storage.read_meta("wf", bad)
+    with pytest.raises(ValueError, match="not a run id: 'bad id'"):
+        storage.record_run("wf", "bad id", {}, started="", finished="", outcome="ok", executor="x")
+    with pytest.raises(ValueError, match="outcome must be one of.*'great'"):
+        storage.record_run("wf", "20261127T150406.123456Z-h-1-9f2c", {}, started="", finished="",
+                           outcome="great", executor="x")
+    with pytest.raises(StorageConfigError, match="option 'compression'.*'brotli'.*zstd"):
+        FileStorage(tmp_path / "other", compression="brotli")
+    with pytest.raises(StorageConfigError, match="'compression'.*level"):
+        FileStorage(tmp_path / "other", compression={"codec": "zstd", "level": 99})
+    with pytest.raises(StorageConfigError, match="option 'safe'.*bool"):
+        S3Storage("s3://bucket/prefix", {}, safe="yes")
+    assert store_files(storage.path, "objects", "manifests", "runs") == before
+    assert storage.read_task("wf", "p")["x"] == 5
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)
