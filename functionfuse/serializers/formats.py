@@ -81,6 +81,7 @@ from typing import IO, Any, Callable
 
 from ..errors import SchemaChangedError, SerializationError
 from . import natives, persistent
+from .typenames import type_name
 
 __all__ = [
     "NPY",
@@ -102,14 +103,6 @@ FORMATS = (NPY, PARQUET, JSON, PICKLE)
 PICKLE_PROTOCOL = 5
 MMAP_THRESHOLD = 64 * 2**20
 _MAX_INFO_COLUMNS = 256
-
-
-def type_name(x: Any) -> str:
-    """``module.QualName`` of ``type(x)`` (``builtins.`` left out)."""
-    t = type(x)
-    module = getattr(t, "__module__", "") or ""
-    qual = getattr(t, "__qualname__", t.__name__)
-    return qual if module == "builtins" else f"{module}.{qual}"
 
 
 # --------------------------------------------------------------------------

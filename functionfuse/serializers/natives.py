@@ -140,6 +140,8 @@ import zipfile
 from collections.abc import Callable
 from typing import IO, Any
 
+from .typenames import type_name as _type_name
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -171,12 +173,6 @@ _MAX_INFO_COLUMNS = 256
 _MAX_STATE_CHARS = 1 << 20
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _COPY_CHUNK = 1 << 20
-
-
-def _type_name(x: Any) -> str:
-    """``module.QualName`` of ``type(x)``."""
-    t = type(x)
-    return f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', t.__name__)}"
 
 
 # --------------------------------------------------------------------------
