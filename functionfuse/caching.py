@@ -251,7 +251,7 @@ class Task:
     tree: Any = None  # the result's tree when small enough for the run record
     store = False
     overwrite = False
-    stale: list = []  # the key of the node's current stored version, when it differs
+    previous: str | None = None  # the key of the node's current stored version, when it differs
     method: str | None = None  # for a call on a stateful instance
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:
@@ -565,7 +565,7 @@ def make_plan(
             hit = key in present
             previous = listing.previous(task.name)
             if previous is not None and previous != key:
-                task.stale = [previous]
+                task.previous = previous
             if is_forced:
                 task.run, task.reason, task.overwrite = True, FORCED, hit
             elif downstream:
@@ -590,10 +590,10 @@ def _upstream_forced(node: BaseNode, forced_ids: set[int]) -> bool:
 
 
 def _miss_reason(storage: Any, workflow: str, task: Task, plan: Plan | None = None) -> str:
-    if not task.stale:
+    if task.previous is None:
         return NEW
     try:
-        meta = storage.read_meta(workflow, task.stale[-1])
+        meta = storage.read_meta(workflow, task.previous)
     except (StorageError, OSError, ValueError):
         return NEW
     if meta.get("fingerprint") != task.fingerprint:
@@ -855,11 +855,12 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         else:
             same_view = False
     same_view = same_view and len(nodes) >= len(listing.view) and all(name in nodes for name in listing.view)
-    values: Any
+    values: Any = None
+    values_ref = None
     if same_view and not computed_tree and listing.values_ref is not None:
         # The same keys as the last record's, nothing computed: the same small results,
         # so the same object is named again (not rebuilt, not read if it was not).
-        values = listing.values_ref
+        values_ref = listing.values_ref
     else:
         # Small results travel with the record, so a cached rerun reads them from it:
         # those this run computed or read, and those the previous record held.
@@ -885,6 +886,7 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         storage.record_run(
             plan.workflow, new_run_id(plan.started), nodes, listing=plan.listing,
             started=started, finished=utc_now_iso(), outcome=outcome, executor=executor, values=values,
+            values_ref=values_ref,
         )
     except Exception as exc:  # noqa: BLE001 - the results are stored; only the record is lost
         logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)

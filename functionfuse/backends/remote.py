@@ -141,7 +141,7 @@ def _worker_task(task: Task) -> Task:
     copy.reason = task.reason
     copy.action = "skipped"
     copy.seconds = 0.0
-    for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "stale", "method"):
+    for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "method"):
         if field in task.__dict__:
             setattr(copy, field, task.__dict__[field])
     return copy

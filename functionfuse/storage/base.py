@@ -488,7 +488,11 @@ class Storage(ABC):
         self, workflow_name: str, run_id: str, nodes: dict[str, dict], *, listing: Listing | None = None,
         **fields: Any,
     ) -> str:
-        """Write the record of one run; ``listing`` (the plan's) supplies the nodes carried over."""
+        """Write the record of one run; ``listing`` (the plan's) supplies the nodes carried over.
+
+        ``values`` (key -> tree of small results) is stored as one object the record
+        names; ``values_ref`` names an object already stored instead (the last record's).
+        """
         view = listing.view if listing is not None else {}
         others = {
             name: key for name, key in view.items()
@@ -497,8 +501,9 @@ class Storage(ABC):
         extra = dict(fields.pop("extra", None) or {})
         extra["others"] = others
         values = fields.pop("values", None)
-        if values and set(values) == {"object", "size", "xxh3"} and isinstance(values.get("object"), str):
-            extra["values"] = values  # the last record's object, named again as it is
+        values_ref = fields.pop("values_ref", None)
+        if values_ref is not None:
+            extra["values"] = values_ref  # the last record's object, named again as it is
         elif values:
             # One content-addressed JSON object: the same values as the last run's are
             # not written again (a hash and a stat).

@@ -75,6 +75,7 @@ __all__ = [
     "DEFAULT_LEVELS",
     "LEVELS",
     "SELF_COMPRESSED_FORMATS",
+    "PLAIN_FORMATS",
     "SHUFFLES",
     "CompressingWriter",
     "Compression",
@@ -103,6 +104,8 @@ LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "lz4": (0, 16)}
 DEFAULT_LEVELS = {"zstd": 3, "gzip": 6, "lz4": 0}
 #: Part formats that compress inside the file: their manifest ``codec`` is always null.
 SELF_COMPRESSED_FORMATS = frozenset({"parquet", "hdf5", "zarr"})
+#: Formats never compressed whole: a ``serializer`` part is a small JSON id, kept readable.
+PLAIN_FORMATS = frozenset({"serializer"})
 
 #: Uncompressed bytes handed to a compressor at a time (the writer holds at most this).
 BLOCK = 1 << 20
@@ -343,7 +346,7 @@ def object_codec(compression: Any, format: str) -> str | None:
     ('zstd', None, None)
     """
     compression = _coerce(compression)
-    if compression is None or format in SELF_COMPRESSED_FORMATS:
+    if compression is None or format in SELF_COMPRESSED_FORMATS or format in PLAIN_FORMATS:
         return None
     return compression.codec
 

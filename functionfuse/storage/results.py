@@ -109,8 +109,7 @@ class ResultStore:
                 entries = []
                 compression = self.compression
                 for part in parts:
-                    # A serializer part is a small JSON id: kept readable as it is.
-                    codec = None if part.format == "serializer" else object_codec(compression, part.format)
+                    codec = object_codec(compression, part.format)
                     with self.objects.writer(replace=replace) as sink:
                         if codec is None:
                             part.write(sink, compression)
