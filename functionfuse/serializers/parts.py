@@ -99,6 +99,7 @@ from .formats import JSON, MMAP_THRESHOLD, NPY, PARQUET, PICKLE, Source, type_na
 __all__ = [
     "Part",
     "split",
+    "plain_tree",
     "join",
     "INLINE_LIMIT",
     "MAX_DEPTH",
@@ -429,6 +430,54 @@ def _pickle_whole(value: Any, persistence: Any = None) -> tuple[dict, list[Part]
     if records:
         info["schemas"] = records
     return {"part": 0}, [Part(PICKLE, info, data)]
+
+
+def _plain_leaf(v: Any) -> tuple[dict, int] | None:
+    """A JSON scalar or flat list of them as :meth:`_Splitter.walk` encodes it, or None."""
+    t = type(v)
+    if t is str:
+        return {"json": v}, len(v) + 12
+    if v is None or t is bool:
+        return {"json": v}, 14
+    if t is int:
+        return ({"json": v}, 30) if _INT_MIN <= v <= _INT_MAX else None
+    if t is float:
+        return ({"json": v}, 32) if math.isfinite(v) else None
+    if t is list:
+        return _flat_json(v)
+    return None
+
+
+def plain_tree(value: Any, inline_limit: int = INLINE_LIMIT) -> dict | None:
+    """The tree :func:`split` gives a small plain result, without its general walk, or None.
+
+    Plain means a JSON scalar, a flat list of them, or a dict of string keys to
+    those, whose tree stays inline (no parts).  The tree is the very one
+    ``split`` returns (a test holds them equal), so a reader never tells the
+    paths apart; anything else (nested containers, tuples, a list held twice,
+    big values) returns None and takes the general path.
+    """
+    if type(value) is dict:
+        size = 24
+        items = []
+        lists: set[int] = set()
+        for k, v in value.items():
+            if type(k) is not str:
+                return None
+            leaf = _plain_leaf(v)
+            if leaf is None:
+                return None
+            if type(v) is list:
+                if id(v) in lists:
+                    return None  # a shared list: split refuses it (pickled whole)
+                lists.add(id(v))
+            items.append([k, leaf[0]])
+            size += leaf[1] + len(k) + 6
+        return {"t": "dict", "items": items} if size <= inline_limit else None
+    leaf = _plain_leaf(value)
+    if leaf is None or leaf[1] > inline_limit:
+        return None
+    return leaf[0]
 
 
 def split(

@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator
 from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
 from ..serializers import persistent
 from ..serializers.formats import MMAP_THRESHOLD
-from ..serializers.parts import join, split
+from ..serializers.parts import join, plain_tree, split
 from .manifests import decode_manifest, encode_manifest, manifest_doc, manifest_path
 from .objects import ObjectRef, ObjectStore
 from .runs import decode_record, encode_record, latest_run_id, run_folder, run_path
@@ -100,9 +100,15 @@ class ResultStore:
         (:class:`~functionfuse.serializers.persistent.Persistence`) hands
         objects of persistent serializers to them.
         """
+        self._mark()
+        tree = plain_tree(value)
+        if tree is not None:  # the usual small result: no parts, no serializers to involve
+            fields = {**(meta or {}), "key": key, "result": tree, "parts": []}
+            if not self._publish(manifest_path(key), encode_manifest(fields), replace=replace):
+                return self.read_manifest(key)  # another writer published this key first
+            return manifest_doc(fields)
         from .codecs import compressing_writer, object_codec
 
-        self._mark()
         try:
             with persistent.active(persistence):
                 tree, parts = split(value, safe=self.safe, persistence=persistence)
@@ -435,7 +441,18 @@ class ResultStore:
         paths = [self._path(manifest_path(k)) for k in keys]
         fs = self.objects.fs
         if self._local:
-            return {k for k, p in zip(keys, paths) if os.path.exists(p)}
+            # A missing folder answers for every key under it (a fresh store: 256 stats
+            # at most, however many keys).
+            folders: dict[str, bool] = {}
+            found = set()
+            for k, p in zip(keys, paths):
+                folder = p[: p.rfind("/")]
+                there = folders.get(folder)
+                if there is None:
+                    there = folders[folder] = os.path.isdir(folder)
+                if there and os.path.exists(p):
+                    found.add(k)
+            return found
         if not self.objects._s3:
             return {k for k, p in zip(keys, paths) if fs.exists(p)}
         if len(keys) > LIST_OVER:

@@ -966,3 +966,64 @@ def test_plain_value_leaves_other_trees_to_join(value):
 
     tree, _ = split(value)
     assert plain_value(tree) is NOT_PLAIN
+
+
+# --------------------------------------------------------------------------
+# plain_tree: the fast path for small plain results gives split's tree exactly
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=20),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+_leaves = st.one_of(_scalars, st.lists(_scalars, max_size=6), st.tuples(_scalars))
+_plain_like = st.one_of(
+    _leaves,
+    st.dictionaries(st.one_of(st.text(max_size=8), st.integers(-3, 3)), _leaves, max_size=6),
+    st.dictionaries(st.text(max_size=4), st.dictionaries(st.text(max_size=3), _scalars, max_size=2), max_size=2),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_plain_like, limit=st.sampled_from([INLINE_LIMIT, 64, 200]))
+def test_plain_tree_is_splits_tree_or_none(value, limit):
+    from functionfuse.serializers.parts import plain_tree
+
+    fast = plain_tree(value, limit)
+    tree, parts = split(value, inline_limit=limit)
+    if fast is not None:
+        assert not parts
+        assert json.dumps(fast) == json.dumps(tree)  # same members, same order
+
+
+def test_plain_tree_declines_a_shared_list_and_big_values():
+    from functionfuse.serializers.parts import plain_tree
+
+    shared = [1, 2]
+    assert plain_tree({"a": shared, "b": shared}) is None
+    assert plain_tree({"a": [1, 2], "b": [1, 2]}) is not None
+    assert plain_tree("x" * INLINE_LIMIT) is None
+    assert plain_tree({"a": 2**64}) is None
+    assert plain_tree((1, 2)) is None
+    assert plain_tree({1: 2}) is None
+    # the usual small results do take it
+    for value in ({"i": 1, "name": "x", "vals": [1, 2.5, None]}, 3, "s", [1, "a"], {}, [], None, 1.5):
+        assert plain_tree(value) is not None, value
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "x" * n,
+    lambda n: {"k": "x" * n},
+    lambda n: {"key": ["x" * n, 1, 2.5]},
+    lambda n: ["x" * n, None, True],
+])
+def test_plain_tree_agrees_with_split_at_the_inline_limit(make):
+    from functionfuse.serializers.parts import plain_tree
+
+    for n in range(120):
+        value = make(n)
+        tree, parts = split(value, inline_limit=100)
+        fast = plain_tree(value, 100)
+        assert (fast is not None) == (not parts), n
+        if fast is not None:
+            assert json.dumps(fast) == json.dumps(tree)
