@@ -41,6 +41,7 @@ from typing import Any, Iterable
 
 from ..errors import CorruptEntryError, EntryNotFoundError, SerializationError, StorageError
 from ..serializers.base import FILE_PROTOCOL, FileProtocol
+from ..serializers.parts import plain_tree
 from ..serializers.registry import SerializerRegistry
 from .names import encode_name
 
@@ -419,7 +420,13 @@ class Storage(ABC):
         meta["host"] = _HOST
         meta["versions"] = library_versions()
         try:
-            manifest = self.results.save(key, value, meta, replace=overwrite, persistence=self._persistence(workflow_name))
+            tree = plain_tree(value)
+            if tree is not None:  # the usual small result: no serializers to set up
+                manifest = self.results.save_plain(key, tree, meta, replace=overwrite)
+            else:
+                manifest = self.results.save(
+                    key, value, meta, replace=overwrite, persistence=self._persistence(workflow_name)
+                )
         except SerializationError as exc:
             raise SerializationError(
                 f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "

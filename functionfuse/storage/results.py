@@ -100,14 +100,12 @@ class ResultStore:
         (:class:`~functionfuse.serializers.persistent.Persistence`) hands
         objects of persistent serializers to them.
         """
-        self._mark()
         tree = plain_tree(value)
         if tree is not None:  # the usual small result: no parts, no serializers to involve
-            fields = {**(meta or {}), "key": key, "result": tree, "parts": []}
-            if not self._publish(manifest_path(key), encode_manifest(fields), replace=replace):
-                return self.read_manifest(key)  # another writer published this key first
-            return manifest_doc(fields)
+            return self.save_plain(key, tree, meta, replace=replace)
         from .codecs import compressing_writer, object_codec
+
+        self._mark()
 
         try:
             with persistent.active(persistence):
@@ -136,6 +134,16 @@ class ResultStore:
             if persistence is not None:
                 persistence.undo()
             return self.read_manifest(key)
+        return manifest_doc(fields)
+
+    def save_plain(self, key: str, tree: dict, meta: dict[str, Any] | None = None, *, replace: bool = False
+                   ) -> dict[str, Any]:
+        """:meth:`save` of a small plain result given as its tree (from
+        :func:`~functionfuse.serializers.parts.plain_tree`): the manifest alone."""
+        self._mark()
+        fields = {**(meta or {}), "key": key, "result": tree, "parts": []}
+        if not self._publish(manifest_path(key), encode_manifest(fields), replace=replace):
+            return self.read_manifest(key)  # another writer published this key first
         return manifest_doc(fields)
 
     def _mark(self) -> None:
