@@ -355,6 +355,7 @@ class ObjectStore:
             self._upload(_ViewReader(view), ref, replace)
             return ref
         if not replace and self._sizes([ref.hash])[0] == ref.size:
+            _touch(self.path(ref.hash))  # reused: gc's grace period starts again (docs/cli.md)
             return ref
         tmp, sink = self._open_sink()
         try:
@@ -409,6 +410,7 @@ class ObjectStore:
                     return self._into_place(os.link, tmp, final)
                 except FileExistsError:
                     if os.stat(final).st_size == ref.size:
+                        _touch(final)  # reused: gc's grace period starts again (docs/cli.md)
                         return  # the same bytes are there: the caller drops tmp
             self._into_place(os.replace, tmp, final)  # replace a damaged copy, atomically
 
@@ -617,6 +619,32 @@ class ObjectStore:
             if _HASH.match(name) and p.endswith(object_path(name)):
                 yield name
 
+    def listing(self) -> dict[str, tuple[int, float]]:
+        """Every stored object's hash -> (size, modification time), for ``gc`` and ``du``
+        (one walk locally, one paginated listing on S3)."""
+        top = posixpath.join(self.root, "objects")
+        out: dict[str, tuple[int, float]] = {}
+        with self._io("listing", "the objects", top):
+            if self._local:
+                try:
+                    for a in os.scandir(top):
+                        for b in (os.scandir(a.path) if a.is_dir() else ()):
+                            for e in (os.scandir(b.path) if b.is_dir() else ()):
+                                if _HASH.match(e.name) and e.path.endswith(object_path(e.name)):
+                                    st = e.stat()
+                                    out[e.name] = (st.st_size, st.st_mtime)
+                except FileNotFoundError:
+                    pass
+                return out
+            found: dict = {}
+            with suppress(FileNotFoundError):
+                found = self.fs.find(top, detail=True)
+        for p, info in found.items():
+            name = posixpath.basename(p)
+            if _HASH.match(name) and p.endswith(object_path(name)):
+                out[name] = (int(info.get("size") or 0), _mtime(info))
+        return out
+
     def remove_stale_temporaries(self, older_than_s: float = 3600) -> int:
         """Remove temporaries older than ``older_than_s`` seconds; on S3, also abort multipart
         uploads of objects started that long ago (a killed writer's).  Returns how many."""
@@ -689,6 +717,12 @@ def _stat_size(path: str) -> int | None:
         return None
     except OSError as exc:
         return exc  # type: ignore[return-value] - raised, named, by _sizes
+
+
+def _touch(path: str) -> None:
+    """Set a reused object's modification time to now (absent or read-only: no matter)."""
+    with suppress(OSError):
+        os.utime(path)
 
 
 def _fsync_dir(folder: str) -> None:

@@ -1,0 +1,7 @@
+"""``python -m functionfuse``: the command line (docs/cli.md)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,237 @@
+"""Garbage collection of a store: what no kept run reaches, and crash debris.
+
+The rules, and why they are safe beside a running workflow, are in docs/cli.md
+("gc").  In short: the latest record of every workflow is always kept, older
+records by policy; manifests no kept record names go (with their side data),
+then objects no remaining manifest names; nothing younger than the grace
+period is deleted; candidates are listed before the records are read, and
+objects are checked again against a second listing of manifests just before
+they are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CorruptEntryError, EntryNotFoundError, StorageError
+from .base import current_view
+from .inventory import Inventory, RunInfo
+from .manifests import manifest_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GcPolicy", "GcReport", "collect"]
+
+
+@dataclass(frozen=True)
+class GcPolicy:
+    """What ``gc`` keeps: see docs/cli.md.  Sizes in bytes, ages in seconds."""
+
+    keep_runs: int = 10
+    older_than_s: float | None = None
+    max_size: int | None = None
+    grace_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_runs, int) or self.keep_runs < 1:
+            raise ValueError(f"keep_runs must be an integer >= 1 (the latest run is always kept), got {self.keep_runs!r}")
+        for name in ("older_than_s", "grace_s"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
+        if self.max_size is not None and (not isinstance(self.max_size, int) or self.max_size < 0):
+            raise ValueError(f"max_size must be a non-negative number of bytes, got {self.max_size!r}")
+
+
+@dataclass
+class GcReport:
+    """What ``gc`` removed (or, dry, would remove)."""
+
+    dry_run: bool
+    records: list[str] = field(default_factory=list)
+    manifests: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    temporaries: int = 0
+    kept_young: int = 0  # unreachable but younger than the grace period
+    size_before: int = 0
+    size_after: int = 0
+    over_max_size: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bool = False,
+            persistence: Any = None, now: float | None = None) -> GcReport:
+    """Remove what ``policy`` does not keep from the inventory's store (see module doc).
+
+    ``persistence`` (a storage's :class:`~functionfuse.serializers.persistent.Persistence`)
+    removes the side data of persistent serializers with the manifests naming it;
+    without it that side data stays (and is reported in the log).
+    """
+    policy = policy or GcPolicy()
+    now = time.time() if now is None else now
+    results = inventory.results
+    objects = results.objects
+    report = GcReport(dry_run=dry_run)
+
+    # 1. List first: whatever is published after these listings is no candidate.
+    all_keys = inventory.all_keys()
+    listed = objects.listing()
+    manifest_times = _manifest_times(inventory, all_keys)
+    report.size_before = sum(size for size, _ in listed.values()) + sum(inventory.manifest_bytes(k) for k in all_keys)
+
+    # 2. Then the records, and which to keep.
+    kept: dict[str, list[RunInfo]] = {}
+    dropped: list[RunInfo] = []
+    for wf in inventory.workflows():
+        runs = [r for r in inventory.runs(wf) if r.ok]
+        keep, drop = _by_policy(runs, policy, now)
+        kept[wf] = keep
+        dropped.extend(drop)
+
+    def reachable() -> set[str]:
+        keys: set[str] = set()
+        for runs in kept.values():
+            for run in runs:
+                keys.update(current_view(run.record).values())
+                keys.update(e["key"] for e in run.record.get("nodes", {}).values()
+                            if isinstance(e, dict) and isinstance(e.get("key"), str))
+        return keys
+
+    doomed_keys, doomed_objects = _unreached(inventory, all_keys, listed, manifest_times, reachable(), policy, now, report)
+    if policy.max_size is not None:
+        # Drop the oldest kept records but the latest ones until the store would fit.
+        size_after = report.size_before - _freed(inventory, doomed_keys, doomed_objects, listed)
+        older = sorted((r for runs in kept.values() for r in runs[:-1]), key=lambda r: r.run_id)
+        while size_after > policy.max_size and older:
+            victim = older.pop(0)
+            kept[victim.workflow].remove(victim)
+            dropped.append(victim)
+            report.kept_young = 0
+            doomed_keys, doomed_objects = _unreached(
+                inventory, all_keys, listed, manifest_times, reachable(), policy, now, report
+            )
+            size_after = report.size_before - _freed(inventory, doomed_keys, doomed_objects, listed)
+        report.over_max_size = size_after > policy.max_size
+    report.records = sorted(r.path for r in dropped)
+    report.manifests = sorted(doomed_keys)
+    report.bytes_freed = _freed(inventory, doomed_keys, doomed_objects, listed)
+
+    if not dry_run:
+        for run in dropped:
+            _delete(results, run.path)
+        for key in sorted(doomed_keys):  # manifests before objects: no reader finds a dangling manifest
+            doc = inventory.manifest(key)
+            if doc is not None and persistence is not None:
+                for part in doc.get("parts", ()):
+                    results._remove_side_data(part, persistence, _persistent())
+            _delete(results, manifest_path(key))
+        # A second look at the manifests just before deleting objects: one published
+        # since the first listing may name an object that existed already (dedup).
+        for key in set(inventory.all_keys()) - set(all_keys):
+            try:
+                doc = results.read_manifest(key)
+            except (CorruptEntryError, EntryNotFoundError):
+                continue
+            doomed_objects.difference_update(p.get("object") for p in doc.get("parts", ()))
+        for hash in sorted(doomed_objects):
+            objects.delete(hash)
+        try:
+            report.temporaries = objects.remove_stale_temporaries(policy.grace_s)
+        except StorageError as exc:
+            logger.warning("temporaries left in place: %s", exc)
+    report.objects = sorted(doomed_objects)
+    report.size_after = report.size_before - report.bytes_freed
+    return report
+
+
+def _by_policy(runs: list[RunInfo], policy: GcPolicy, now: float) -> tuple[list[RunInfo], list[RunInfo]]:
+    """(kept, dropped) records of one workflow, oldest first; the latest is always kept."""
+    if not runs:
+        return [], []
+    keep: list[RunInfo] = []
+    drop: list[RunInfo] = []
+    recent = runs[-policy.keep_runs:]
+    for run in runs[:-1]:
+        young = policy.older_than_s is None or _age(run, now) < policy.older_than_s
+        (keep if run in recent and young else drop).append(run)
+    keep.append(runs[-1])
+    return keep, drop
+
+
+def _age(run: RunInfo, now: float) -> float:
+    import datetime as dt
+
+    stamp = run.record.get("finished") or run.record.get("started")
+    try:
+        when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0  # unknown: young (kept)
+    return now - when
+
+
+def _manifest_times(inventory: Inventory, keys: list[str]) -> dict[str, float]:
+    """Key -> the time its manifest was written (its ``created`` member; now if unknown)."""
+    import datetime as dt
+
+    out = {}
+    for key in keys:
+        doc = inventory.manifest(key)
+        created = (doc or {}).get("created")
+        try:
+            out[key] = dt.datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            out[key] = float("inf") if doc is None and inventory.problem(key) == "missing" else 0.0
+    return out
+
+
+def _unreached(inventory: Inventory, all_keys: list[str], listed: dict[str, tuple[int, float]],
+               manifest_times: dict[str, float], reached: set[str], policy: GcPolicy, now: float,
+               report: GcReport) -> tuple[set[str], set[str]]:
+    """(manifests, objects) to delete: unreached, and older than the grace period."""
+    young = 0
+    doomed_keys = set()
+    for key in all_keys:
+        if key in reached:
+            continue
+        if now - manifest_times.get(key, now) < policy.grace_s:
+            young += 1
+            continue
+        doomed_keys.add(key)
+    used: set[str] = set()
+    for key in all_keys:
+        if key not in doomed_keys:
+            used.update(inventory.objects_of(key))
+    doomed_objects = set()
+    for hash, (_, mtime) in listed.items():
+        if hash in used:
+            continue
+        if now - mtime < policy.grace_s:
+            young += 1
+            continue
+        doomed_objects.add(hash)
+    report.kept_young = young
+    return doomed_keys, doomed_objects
+
+
+def _freed(inventory: Inventory, keys: set[str], objects: set[str], listed: dict[str, tuple[int, float]]) -> int:
+    return sum(inventory.manifest_bytes(k) for k in keys) + sum(listed[h][0] for h in objects if h in listed)
+
+
+def _delete(results: Any, relative: str) -> None:
+    from contextlib import suppress
+
+    path = results._path(relative)
+    with results.objects._io("deleting", relative, path), suppress(FileNotFoundError):
+        results.objects.fs.rm_file(path)
+
+
+def _persistent() -> Any:
+    from ..serializers import persistent
+
+    return persistent
