@@ -132,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), args.json, status=2)
     except (FunctionFuseError, ValueError, OSError) as exc:
         return _fail(_message(exc), args.json)
+    except Exception as exc:  # a bug: still one JSON document, with the traceback on stderr
+        if not args.json:
+            raise
+        logger.exception("functionfuse %s failed", args.command)
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", True)
     ok = doc.pop("_ok", True)
     if args.json:
         print(json.dumps({"ok": ok, "command": args.command, **doc}, default=str))

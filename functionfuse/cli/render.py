@@ -86,7 +86,10 @@ def parse_age(text: str) -> float:
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], right: Sequence[int] = ()) -> str:
     """Rows as aligned columns under ``header``; columns in ``right`` are right-aligned."""
-    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in row] for row in rows]
+    width = len(header)
+    cells = [[str(h) for h in header]] + [
+        (["" if c is None else str(c) for c in row] + [""] * width)[:width] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for r in cells:
