@@ -232,6 +232,15 @@ class RunReport:
         lines.append("  " + self.totals())
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The report as an HTML table (node, action, reason, time), shown by Jupyter."""
+        from .drawing import html_table
+
+        rows = (
+            (e.node, e.action, e.reason, format_seconds(e.seconds) if e.seconds else "") for e in self.events
+        )
+        return html_table(self.summary(), ("node", "action", "reason", "time"), rows, footer=self.totals())
+
 
 class Task:
     """One node's part in one run (what backends schedule).

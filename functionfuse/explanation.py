@@ -77,6 +77,13 @@ class Explanation:
     def __repr__(self) -> str:
         return f"<Explanation {self.summary()}>"
 
+    def _repr_html_(self) -> str:
+        """The plan as an HTML table (node, action, reason), shown by Jupyter."""
+        from .drawing import html_table
+
+        rows = ((p.node, p.action, p.reason) for p in self.entries)
+        return html_table(self.summary(), ("node", "action", "reason"), rows)
+
 
 def explain_plan(plan: Plan, leaves: list[Any]) -> Explanation:
     """The :class:`Explanation` of ``plan`` for a run returning ``leaves``."""

@@ -162,6 +162,34 @@ class BaseWorkflow:
 
         return explain_plan(self._explain_plan(force), self.leaves)
 
+    # -- drawings (functionfuse.drawing, imported when used) -----------------------
+    def to_dot(self, *, plan: bool = True) -> str:
+        """The graph as Graphviz DOT text, coloured by what a run would do when a storage is set.
+
+        See :func:`functionfuse.drawing.to_dot`; ``plan=False`` draws the bare graph.
+        """
+        from ..drawing import to_dot
+
+        return to_dot(self, plan=plan)
+
+    def draw(self, path: Any, *, plan: bool = True, timeout: float = 60.0) -> Any:
+        """Write a drawing to ``path`` (``.gv``/``.dot`` text; ``.svg``/``.png``/``.pdf`` need Graphviz's ``dot``).
+
+        Returns the :class:`pathlib.Path` written; see :func:`functionfuse.drawing.draw`.
+        """
+        from ..drawing import draw
+
+        return draw(self, path, plan=plan, timeout=timeout)
+
+    def to_networkx(self, *, plan: bool = True) -> Any:
+        """The graph as a ``networkx.DiGraph`` (needs networkx: ``pip install "functionfuse[graph]"``).
+
+        See :func:`functionfuse.drawing.to_networkx` for the node and edge attributes.
+        """
+        from ..drawing import to_networkx
+
+        return to_networkx(self, plan=plan)
+
     def _explain_plan(self, force: Any) -> Any:
         return self._make_plan(force)
 

@@ -13,12 +13,13 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..errors import EntryNotFoundError, FunctionFuseError
 from . import render
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +258,8 @@ def cmd_show(args: argparse.Namespace) -> tuple[dict, str]:
     }
     lines = [f"{wf} / {node}", f"  key        {key}{'  (current)' if out['current'] else ''}"]
     meta = out["meta"]
-    lines += [f"  function   {meta.get('function', '-')}", f"  created    {meta.get('created', '-')} "
-              f"({render.age(meta.get('created'))}) on {meta.get('host', '-')}",
+    lines += [f"  function   {meta.get('function', '-')}", (f"  created    {meta.get('created', '-')} "
+              f"({render.age(meta.get('created'))}) on {meta.get('host', '-')}"),
               f"  computed   in {render.duration(meta.get('duration_s'))}",
               f"  size       {render.size(out['bytes'])}"]
     args_summary = meta.get("arguments") or {}
@@ -444,66 +445,53 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_draw(args: argparse.Namespace) -> tuple[dict, str]:
+    from ..drawing import RENDERED_FORMATS, TEXT_FORMATS, save_dot
+
     _, inv = _open(args)
     inv.require(args.workflow)
+    if args.output and os.path.splitext(args.output)[1].lower() not in (*TEXT_FORMATS, *RENDERED_FORMATS):
+        raise UsageError(f"-o {args.output}: give a .gv, .dot, .svg, .png or .pdf file")
     dot = lineage_dot(inv, args.workflow)
     if args.output:
-        _render_dot(dot, args.output)
+        save_dot(dot, args.output)
         return {"workflow": args.workflow, "written": args.output}, f"wrote {args.output}"
     return {"workflow": args.workflow, "dot": dot}, dot.rstrip("\n")
 
 
-def _quote(text: str) -> str:
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+#: Fill colour by what the latest run did with a node.
+LINEAGE_COLOURS = {"computed": "#fdd49e", "read": "#c7e9c0", "skipped": "#e5f5e0", "failed": "#fc9272",
+                   "carried": "#f0f0f0"}
 
 
 def lineage_dot(inv: Any, workflow: str) -> str:
     """The stored lineage of ``workflow``'s current state as Graphviz DOT.
 
-    Nodes are coloured by what its latest run did (computed, read, failed,
-    carried over); an input whose key is not the current version of its node
-    is drawn dashed.
+    Nodes are coloured by what its latest run did (computed, read, skipped,
+    failed, carried over) and labelled with the function and size; an input
+    whose key is not the current version of its node is drawn dashed.  Names
+    are escaped as :mod:`functionfuse.drawing` escapes them.
     """
-    colours = {"computed": "#fdd49e", "read": "#c7e9c0", "skipped": "#e5f5e0", "failed": "#fc9272",
-               "carried": "#f0f0f0"}
+    from ..drawing import _attrs, _quote
+
     latest = inv.latest(workflow)
     current = inv.current(workflow)
     lines = [f"digraph {_quote(workflow)} {{", "  rankdir=LR;", '  node [shape=box, style="rounded,filled"];']
+    edges = []
     for name, key, doc in inv.iter_current(workflow):
         action, _ = _status(latest, name)
-        label = f"{name}\\n{(doc or {}).get('function', '?')} · {render.size(inv.stored_bytes(key)) if doc else 'missing'}"
-        lines.append(f"  {_quote(name)} [label=\"{label.replace(chr(34), chr(39))}\", "
-                     f"fillcolor={_quote(colours.get(action, '#ffffff'))}, tooltip={_quote(action + ' ' + key[:12])}];")
-    for name, key, doc in inv.iter_current(workflow):
+        stored = render.size(inv.stored_bytes(key)) if doc else "missing"
+        label = f"{name}\n{(doc or {}).get('function', '?')} · {stored}"
+        attrs = [("label", label), ("fillcolor", LINEAGE_COLOURS.get(action, "#ffffff")),
+                 ("tooltip", f"{action} {key[:12]}")]
+        lines.append(f"  {_quote(name)} [{_attrs(attrs)}];")
         for parent, pkey in sorted(((doc or {}).get("inputs") or {}).items()):
-            style = "" if current.get(parent) == pkey else " [style=dashed]"
             if parent not in current:
-                lines.append(f"  {_quote(parent)} [fillcolor=\"#ffffff\", style=\"rounded,dashed\"];")
-            lines.append(f"  {_quote(parent)} -> {_quote(name)}{style};")
+                lines.append(f"  {_quote(parent)} [{_attrs([('fillcolor', '#ffffff'), ('style', 'rounded,dashed')])}];")
+            edges.append(f"  {_quote(parent)} -> {_quote(name)}" + ("" if current.get(parent) == pkey else " [style=dashed]")
+                         + ";")
+    lines += edges
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def _render_dot(dot: str, path: str) -> None:
-    import shutil
-    import subprocess
-
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
-    if ext in ("gv", "dot"):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(dot)
-        return
-    if ext not in ("svg", "png", "pdf"):
-        raise UsageError(f"-o {path}: give a .gv, .dot, .svg, .png or .pdf file")
-    exe = shutil.which("dot")
-    if exe is None:
-        raise FunctionFuseError(
-            f"rendering {path} needs Graphviz's `dot` program, which is not on PATH: install Graphviz "
-            "(apt install graphviz, brew install graphviz, conda install graphviz), or write a .gv file instead"
-        )
-    done = subprocess.run([exe, f"-T{ext}", "-o", path], input=dot.encode(), capture_output=True, timeout=120)
-    if done.returncode != 0:
-        raise FunctionFuseError(f"dot failed rendering {path}: {done.stderr.decode(errors='replace').strip()}")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], tuple[dict, str]]] = {

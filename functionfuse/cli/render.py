@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["table", "size", "age", "parse_size", "parse_age", "timestamp"]
+__all__ = ["age", "parse_age", "parse_size", "size", "table", "timestamp"]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
