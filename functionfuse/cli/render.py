@@ -47,6 +47,8 @@ def age(iso: Any, now: float | None = None) -> str:
 def duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
