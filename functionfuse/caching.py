@@ -80,6 +80,7 @@ __all__ = [
     "RunReport",
     "make_plan",
     "run_node",
+    "store_node",
     "load_node",
     "CacheWarning",
 ]
@@ -714,6 +715,13 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
         raise _failed_after(task, exc, time.perf_counter() - start) from exc.__cause__
     finally:
         task.seconds = elapsed = time.perf_counter() - start
+    return store_node(plan, task, value, elapsed, instance)
+
+
+def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any = None) -> Any:
+    """Store the value a node computed in ``elapsed`` seconds (here or in a pool worker)
+    and return the value children should see (see :func:`run_node`)."""
+    task.seconds = elapsed
     if task.reason == REPLAY:
         task.action = "replayed"
         return _snapshot(value, instance)

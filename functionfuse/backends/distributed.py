@@ -33,10 +33,19 @@ from typing import Any
 import cloudpickle
 
 from ..caching import (
-    LOAD_ERRORS, CacheWarning, Plan, RunReport, Task, finish_report, load_node, make_plan, record_run,
+    LOAD_ERRORS,
+    SCHEMA_CHANGED,
+    CacheWarning,
+    Plan,
+    RunReport,
+    Task,
+    finish_report,
+    format_seconds,
+    load_node,
+    make_plan,
+    record_run,
     unusable_reason,
 )
-from ..caching import SCHEMA_CHANGED
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -47,6 +56,7 @@ from ..errors import (
 from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, ClassInitNode, NodeItem
 from ..hashing import Encoder, Unhashable
+from ..progress import NO_PROGRESS, NoProgress, progress_for
 from .base import BaseWorkflow
 from .remote import EntryUnusable, build_spec, localize_error
 
@@ -94,6 +104,17 @@ class Engine(ABC):
 
     #: Whether tasks return ``(value, status)`` (Ray) or the value only (Dask).
     has_status = False
+    #: Told about each node the driver learns has finished (see :meth:`watch`).
+    progress: NoProgress = NO_PROGRESS
+
+    def watch(self, progress: NoProgress) -> None:
+        """Report finished nodes to ``progress`` (``progress.node_done``), from now on.
+
+        Called before anything is submitted.  Engines learn of finished
+        nodes in their own way; with :data:`~functionfuse.progress.NO_PROGRESS`
+        they must not spend anything on it.
+        """
+        self.progress = progress
 
     @abstractmethod
     def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
@@ -220,13 +241,34 @@ class DistributedWorkflow(BaseWorkflow):
         max_pending_tasks: int = 0,
         force: str | Iterable[str] | None = None,
         strict_hashing: bool = False,
+        progress: bool | None = None,
     ) -> Any:
         if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
             raise GraphError(f"max_pending_tasks must be an int >= 0, got {max_pending_tasks!r}")
+        reporter = progress_for(self.workflow_name, progress, concurrent=True)
+        before = self.last_report
+        try:
+            results = self._attempts(
+                engine_factory, reporter, return_results, max_pending_tasks, force, strict_hashing
+            )
+        finally:
+            report = self.last_report if self.last_report is not before else None
+            reporter.close(report.counts() if reporter.active and report is not None else None)
+        if logger.isEnabledFor(logging.INFO):
+            report = self.last_report
+            logger.info("%s in %s", report.summary(), format_seconds(report.seconds or 0.0))
+        return results
+
+    def _attempts(
+        self, engine_factory: Any, reporter: NoProgress, return_results: bool, max_pending_tasks: int,
+        force: Any, strict_hashing: bool,
+    ) -> Any:
+        """Run, again without the entries workers found unusable (at most :data:`MAX_ATTEMPTS` passes)."""
         unusable: dict[str, str] = {}
         start = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             engine = engine_factory()
+            engine.watch(reporter)
             plan = None
             error: BaseException | None = None
             retrying = False
@@ -255,8 +297,6 @@ class DistributedWorkflow(BaseWorkflow):
                     self.last_report = RunReport(
                         self.workflow_name, tasks=plan.tasks, seconds=time.perf_counter() - start
                     )
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s", self.last_report.summary())
             return results
         raise ExecutorError(
             f"workflow {self.workflow_name!r}: entries kept being found unusable after {MAX_ATTEMPTS} "
@@ -285,6 +325,9 @@ class DistributedWorkflow(BaseWorkflow):
     def _one_pass(
         self, engine: Engine, plan: Plan, plugin_funcs: dict[int, Any], return_results: bool, max_pending: int
     ) -> Any:
+        progress = engine.progress
+        if progress.active:
+            progress.start(len(plan.tasks), sum(not task.run for task in plan.tasks))
         storage_blob = None
         if plan.storage is not None:
             try:
@@ -337,6 +380,8 @@ class DistributedWorkflow(BaseWorkflow):
             blob = blobs.pop(id(task))
             options = self._options(task)
             node = task.node
+            if progress.active:  # before submitting: the engine may report it done at once
+                progress.node_started(task.name)
             if type(node) is ClassInitNode:
                 hosts[id(node)], handle = engine.new_instance(task, blob, deps, options)
                 if not calls_left.get(id(node)):

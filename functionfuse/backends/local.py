@@ -13,7 +13,9 @@ Invariants
   are pulled the same way), and the run goes on.
 
 All caching decisions live in :mod:`functionfuse.caching`; this module only
-schedules.
+schedules.  What people see of a run (a progress bar, a log line per computed
+node) is :mod:`functionfuse.progress`'s: the loops tell it when a node starts
+and ends, behind one ``if`` on a flag when nothing is shown.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from ..caching import (
     entry_failed,
     execute,
     finish_report,
-    record_run,
+    format_seconds,
     load_node,
     node_error,
+    record_run,
     run_node,
 )
 from ..errors import SerializerNotRegisteredError
 from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
+from ..progress import NO_PROGRESS, NoProgress, progress_for
 from .base import BaseWorkflow
 
 __all__ = ["LocalWorkflow"]
@@ -72,7 +76,13 @@ class LocalWorkflow(BaseWorkflow):
     3
     """
 
-    def run(self, *, force: str | Iterable[str] | None = None, strict_hashing: bool = False) -> Any:
+    def run(
+        self,
+        *,
+        force: str | Iterable[str] | None = None,
+        strict_hashing: bool = False,
+        progress: bool | None = None,
+    ) -> Any:
         """Run the workflow and return the results of the given nodes.
 
         Parameters
@@ -83,6 +93,13 @@ class LocalWorkflow(BaseWorkflow):
         strict_hashing : bool
             Raise :class:`~functionfuse.errors.HashingError` for an argument
             that cannot be hashed, instead of warning and recomputing it.
+        progress : bool, optional
+            Show a progress bar on stderr (a widget in Jupyter): nodes done and
+            to do, the running node, elapsed time, cached and computed counts.
+            By default it is shown when stderr is a terminal or in a notebook;
+            the environment variable ``FUNCTIONFUSE_PROGRESS=1`` or ``0``
+            decides instead (see :mod:`functionfuse.progress`).  With INFO
+            logging on, each computed node is logged with its duration.
 
         Returns
         -------
@@ -95,10 +112,11 @@ class LocalWorkflow(BaseWorkflow):
             A node's function raised; it names the node.  Results stored before
             the failure stay stored.
         """
+        reporter = progress_for(self.workflow_name, progress)
         if self.object_storage is None and not is_stateful(self._leaf_nodes()):
-            return self._run_unstored()
-        plan = self._make_plan(force, strict_hashing)
-        runner = _LocalRun(plan, self.leaves)
+            return self._run_unstored(reporter)
+        plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
+        runner = _LocalRun(plan, self.leaves, reporter)
         start = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -111,8 +129,7 @@ class LocalWorkflow(BaseWorkflow):
             finish_report(plan, error)
             record_run(plan, error, "local")
             self.last_report = plan.report(time.perf_counter() - start)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s", self.last_report.summary())
+            _finish(self.last_report, reporter)
         return results[0] if len(self.leaves) == 1 else results
 
     @property
@@ -123,15 +140,19 @@ class LocalWorkflow(BaseWorkflow):
     def _leaf_nodes(self) -> list[BaseNode]:
         return [leaf.node if type(leaf) is NodeItem else leaf for leaf in self.leaves]
 
-    def _run_unstored(self) -> Any:
+    def _run_unstored(self, reporter: NoProgress) -> Any:
         """Run every node, no storage and no class nodes: the plain-function hot path.
 
         What :class:`_LocalRun` does for such a run (every node computed in
         creation order, values dropped after their last consumer, a report),
         without building a plan: no Task per node, and names are computed only
-        if the report is read or a node fails.
+        if the report is read, a node fails or progress is reported.
         """
         nodes = self.nodes
+        show = reporter.active
+        if show:
+            names = {id(node): name for name, node in self._named()}
+            reporter.start(len(nodes), 0)
         funcs = self._funcs
         keep = {id(node) for node in self._leaf_nodes()}
         values: dict[int, Any] = {}
@@ -160,6 +181,8 @@ class LocalWorkflow(BaseWorkflow):
                             kwargs[where] = value
                 else:
                     args, kwargs = node.args, node.kwargs
+                if show:
+                    reporter.node_started(names[id(node)])
                 start = perf()
                 try:
                     values[id(node)] = func(*args, **kwargs)
@@ -170,6 +193,8 @@ class LocalWorkflow(BaseWorkflow):
                         raise node_error(self._task_of(node, func), exc) from exc
                     raise
                 done(perf() - start)
+                if show:
+                    reporter.node_done(names[id(node)], "computed", seconds[-1])
                 # Drop a parent's value once its last consumer in the run has
                 # run (children made after this workflow are not in the run).
                 for dep in node.deps:
@@ -180,8 +205,7 @@ class LocalWorkflow(BaseWorkflow):
                         del values[id(dep)]
         finally:
             self.last_report = _UnstoredReport(self, seconds, failed, perf() - run_start)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s", self.last_report.summary())
+            _finish(self.last_report, reporter)
         out = [leaf.extract(values[id(leaf.node)]) if type(leaf) is NodeItem else values[id(leaf)] for leaf in self.leaves]
         return out[0] if len(out) == 1 else out
 
@@ -189,6 +213,14 @@ class LocalWorkflow(BaseWorkflow):
         """A task for ``node`` (to name it in an error)."""
         name = next(name for name, n in self._named() if n is node)
         return Task(node, name, func)
+
+
+def _finish(report: RunReport, reporter: NoProgress) -> None:
+    """Close the run's progress display and log the run's summary."""
+    if reporter.active:
+        reporter.close(report.counts())
+    if logger.isEnabledFor(logging.INFO):
+        logger.info("%s in %s", report.summary(), format_seconds(report.seconds or 0.0))
 
 
 def _plain_value_of(values: dict[int, Any]) -> Any:
@@ -243,9 +275,10 @@ class _UnstoredReport(RunReport):
 class _LocalRun:
     """State of one local run: values in memory and live class instances."""
 
-    def __init__(self, plan: Plan, leaves: list[BaseNode | NodeItem]) -> None:
+    def __init__(self, plan: Plan, leaves: list[BaseNode | NodeItem], reporter: NoProgress = NO_PROGRESS) -> None:
         self.plan = plan
         self.leaves = leaves
+        self.reporter = reporter
         self.values: dict[int, Any] = {}
         by_node = plan.by_node
         for leaf in leaves:
@@ -262,9 +295,15 @@ class _LocalRun:
         fast = self.plan.storage is None
         value_of = self._value_of
         perf = time.perf_counter
+        reporter = self.reporter
+        show = reporter.active
+        if show:
+            reporter.start(len(self.plan.tasks), sum(not task.run for task in self.plan.tasks))
         for task in self.plan.tasks:
             if task.run:
                 node = task.node
+                if show:
+                    reporter.node_started(task.name)
                 if fast and type(node) is FunctionNode:
                     # The no-storage hot path of run_node, inlined.
                     args, kwargs = node.resolve_args(value_of)
@@ -278,6 +317,8 @@ class _LocalRun:
                     task.action = "computed"
                 else:
                     self._run(task)
+                if show:
+                    reporter.node_done(task.name, task.action, task.seconds)
                 for dep in task.deps:
                     dep.uses -= 1
                     if dep.uses == 0:
@@ -315,8 +356,11 @@ class _LocalRun:
                 entry_failed(task, exc)
             else:
                 self.values[id(task.node)] = value
+                self.reporter.node_done(task.name, "read", task.seconds)
                 return value
-        return self._recompute(task)
+        value = self._recompute(task)
+        self.reporter.node_done(task.name, task.action, task.seconds, recomputed=True)
+        return value
 
     def _run(self, task: Task) -> Any:
         node = task.node

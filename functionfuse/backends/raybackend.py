@@ -13,7 +13,10 @@ Compatible with the original package's ``RayWorkflow`` and fixed:
   user's Ray and started another);
 * tasks are named after the node's function (``inc``, ``load-inc``,
   ``init-Counter``, ``Counter.add``) in Ray's dashboard, ``ray list tasks`` and
-  logs, rather than all being ``run_task``.
+  logs, rather than all being ``run_task``;
+* when the run's progress is shown or logged (:mod:`functionfuse.progress`),
+  the driver reads each node's small status object (what it did, how long it
+  took) as soon as it is ready, instead of all of them at the end.
 """
 
 from __future__ import annotations
@@ -137,6 +140,12 @@ class _RayEngine(Engine):
         self.pending: list[Any] = []
         self.hosts: list[Any] = []
         self.named: dict[tuple[str, str], Any] = {}  # (kind, task name) -> remote function
+        self.unreported: dict[Any, Task] | None = None  # status ref -> task, while progress is watched
+
+    def watch(self, progress: Any) -> None:
+        super().watch(progress)
+        if progress.active:
+            self.unreported = {}
 
     def _fn(self, kind: str, name: str, options: dict) -> Any:
         """The remote function ``kind`` whose tasks are called ``name``.
@@ -182,6 +191,38 @@ class _RayEngine(Engine):
     def _track(self, task: Task, status: Any) -> None:
         self.submitted.append((task, status))
         self.pending.append(status)
+        if self.unreported is not None:
+            self.unreported[status] = task
+
+    def _report(self, ready: list[Any]) -> None:
+        """Tell the progress about the nodes whose status refs are ``ready``."""
+        ray = self.ray
+        try:
+            statuses = ray.get(ready)
+        except Exception:  # noqa: BLE001 - one failed: settle() sorts failures out
+            statuses = []
+            for ref in ready:
+                try:
+                    statuses.append(ray.get(ref))
+                except Exception:  # noqa: BLE001
+                    statuses.append(None)
+        unreported = self.unreported or {}
+        for ref, status in zip(ready, statuses):
+            task = unreported.pop(ref, None)
+            if task is not None and status is not None:
+                self.progress.node_done(task.name, status[0], status[1])
+
+    def _follow(self) -> None:
+        """Wait for every pending task, reporting each as it finishes."""
+        ray = self.ray
+        pending = self.pending
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            if pending:  # and whatever else finished meanwhile
+                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                ready += more
+            self._report(ready)
+        self.pending = []
 
     def drop_instance(self, host: Any) -> None:
         # The actor exits once its submitted calls are done, giving back the
@@ -200,10 +241,14 @@ class _RayEngine(Engine):
 
     def throttle(self, limit: int) -> None:
         while len(self.pending) >= limit:
-            _, self.pending = self.ray.wait(self.pending, num_returns=1, fetch_local=False)
+            ready, self.pending = self.ray.wait(self.pending, num_returns=1, fetch_local=False)
+            if self.unreported is not None:
+                self._report(ready)
 
     def settle(self) -> list[tuple[Task, BaseException | None, Any]]:
         ray = self.ray
+        if self.unreported is not None:
+            self._follow()
         refs = [s for _, s in self.submitted]
         if refs:
             ray.wait(refs, num_returns=len(refs), fetch_local=False)
@@ -292,6 +337,7 @@ class RayWorkflow(DistributedWorkflow):
         *,
         force: str | Iterable[str] | None = None,
         strict_hashing: bool = False,
+        progress: bool | None = None,
     ) -> Any:
         """Run the workflow on Ray.
 
@@ -304,6 +350,10 @@ class RayWorkflow(DistributedWorkflow):
             At most this many tasks submitted and unfinished at once (0: no limit).
         force, strict_hashing
             As for :meth:`LocalWorkflow.run`.
+        progress : bool, optional
+            Show a progress bar (nodes done and to do, how many are running,
+            elapsed time, cached and computed counts); by default when stderr
+            is a terminal or in a notebook, see :mod:`functionfuse.progress`.
 
         Raises
         ------
@@ -321,6 +371,7 @@ class RayWorkflow(DistributedWorkflow):
             max_pending_tasks=max_pending_tasks,
             force=force,
             strict_hashing=strict_hashing,
+            progress=progress,
         )
 
     def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:
