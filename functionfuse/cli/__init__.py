@@ -35,29 +35,45 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _option_value(text: str) -> Any:
+#: Storage options whose values are always strings (credentials, names, addresses).
+_STRING_OPTIONS = frozenset({
+    "key", "secret", "token", "profile", "endpoint_url", "region_name", "username", "password",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "bucket", "version_id",
+})
+
+
+def _option_value(name: str, text: str) -> Any:
+    """``true``/``false`` and numbers written plainly become bool/int/float, except for
+    options that are strings (a key ``0123`` keeps its zero)."""
+    if name in _STRING_OPTIONS:
+        return text
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        return value if str(value) == text else text  # "007" or "1e3" stay as written
     return text
 
 
 def _storage_options(pairs: Sequence[str]) -> dict:
-    out = {}
+    """``KEY=VALUE`` pairs as s3fs keyword arguments; dots nest (``config_kwargs.retries.max_attempts=3``)."""
+    out: dict = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--storage-option takes KEY=VALUE, got {pair!r}")
-        if "." in key:  # client_kwargs.region_name=... -> nested dicts
-            head, _, tail = key.partition(".")
-            out.setdefault(head, {})[tail] = _option_value(value)
-        else:
-            out[key] = _option_value(value)
+        path = key.split(".")
+        if not sep or not all(path):
+            raise UsageError(f"--storage-option takes KEY=VALUE (KEY may be dotted: a.b.c), got {pair!r}")
+        node = out
+        for part in path[:-1]:
+            nested = node.setdefault(part, {})
+            if not isinstance(nested, dict):
+                raise UsageError(f"--storage-option {pair!r}: {part!r} was given a value, it cannot also hold options")
+            node = nested
+        node[path[-1]] = _option_value(path[-1], value)
     return out
 
 

@@ -103,7 +103,12 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
                             if isinstance(e, dict) and isinstance(e.get("key"), str))
         return keys
 
+    def named_objects() -> set[str]:
+        """Objects the kept records name themselves (their small-results ``values``)."""
+        return {h for runs in kept.values() for run in runs if (h := _values_object(run.record)) is not None}
+
     doomed_keys, doomed_objects = _unreached(inventory, all_keys, listed, manifest_times, reachable(), policy, now, report)
+    doomed_objects -= named_objects()
     if policy.max_size is not None:
         # Drop the oldest kept records but the latest ones until the store would fit.
         size_after = report.size_before - _freed(inventory, doomed_keys, doomed_objects, listed)
@@ -116,6 +121,7 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
             doomed_keys, doomed_objects = _unreached(
                 inventory, all_keys, listed, manifest_times, reachable(), policy, now, report
             )
+            doomed_objects -= named_objects()
             size_after = report.size_before - _freed(inventory, doomed_keys, doomed_objects, listed)
         report.over_max_size = size_after > policy.max_size
     report.records = sorted(r.path for r in dropped)
@@ -133,13 +139,25 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
             _delete(results, manifest_path(key))
         # A second look at the manifests just before deleting objects: one published
         # since the first listing may name an object that existed already (dedup).
-        for key in set(inventory.all_keys()) - set(all_keys):
+        fresh = Inventory(results)
+        for key in set(fresh.all_keys()) - set(all_keys):
             try:
                 doc = results.read_manifest(key)
             except (CorruptEntryError, EntryNotFoundError):
                 continue
             doomed_objects.difference_update(p.get("object") for p in doc.get("parts", ()))
+        for wf in fresh.workflows():  # records written meanwhile name their values object
+            for run in fresh.runs(wf):
+                if run.ok:
+                    doomed_objects.discard(_values_object(run.record))
+        # A writer that reused an object since the listing refreshed its time (local
+        # storage): look again just before deleting.
+        again = objects.listing() if results._local else listed
         for hash in sorted(doomed_objects):
+            seen = again.get(hash)
+            if seen is not None and now - seen[1] < policy.grace_s:
+                report.kept_young += 1
+                continue
             objects.delete(hash)
         try:
             report.temporaries = objects.remove_stale_temporaries(policy.grace_s)
@@ -148,6 +166,12 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
     report.objects = sorted(doomed_objects)
     report.size_after = report.size_before - report.bytes_freed
     return report
+
+
+def _values_object(record: dict | None) -> str | None:
+    """The hash of the small-results object a run record names, if any."""
+    ref = (record or {}).get("values")
+    return ref.get("object") if isinstance(ref, dict) and isinstance(ref.get("object"), str) else None
 
 
 def _by_policy(runs: list[RunInfo], policy: GcPolicy, now: float) -> tuple[list[RunInfo], list[RunInfo]]:

@@ -278,6 +278,7 @@ class Inventory:
         damage: list[Damage] = []
         names = [workflow] if workflow is not None else self.workflows()
         owners: dict[str, tuple[str, str]] = {}  # key -> (workflow, node), for naming damage
+        values_refs: list[tuple[str, str, dict]] = []  # (workflow, record, ref) of small-results objects
         records = 0
         for wf in names:
             for run in self.runs(wf):
@@ -287,6 +288,9 @@ class Inventory:
                     continue
                 for node, key in current_view(run.record).items():
                     owners.setdefault(key, (wf, node))
+                ref = run.record.get("values")
+                if isinstance(ref, dict):
+                    values_refs.append((wf, run.path, ref))
                 for node, entry in run.record.get("nodes", {}).items():
                     if isinstance(entry, dict) and isinstance(entry.get("key"), str):
                         owners.setdefault(entry["key"], (wf, node))
@@ -297,7 +301,7 @@ class Inventory:
             wf, node = owners.get(key, (None, None))
             m = self._manifest(key)
             if m.missing:
-                if workflow is not None and (wf, node) != (None, None) and key in self.current(wf).values():
+                if wf is not None and key in self.current(wf).values():
                     damage.append(Damage("manifest", manifest_path(key), "missing", wf, node, key))
                 continue
             manifests += 1
@@ -311,6 +315,11 @@ class Inventory:
                 if problem is not None:
                     where = self.results.objects.path(part["object"]) if isinstance(part.get("object"), str) else key
                     damage.append(Damage("object", where, f"part {i} ({part.get('format')}): {problem}", wf, node, key))
+        for wf, path, ref in values_refs:
+            problem = self._check_part(ref, checked_objects)
+            if problem is not None:
+                where = self.results.objects.path(ref["object"]) if isinstance(ref.get("object"), str) else path
+                damage.append(Damage("object", where, f"small results named by {path}: {problem}", wf))
         counts = {"records": records, "manifests": manifests, "objects": len(checked_objects)}
         return counts, damage
 

@@ -354,9 +354,8 @@ class ObjectStore:
         if not self._local:
             self._upload(_ViewReader(view), ref, replace)
             return ref
-        if not replace and self._sizes([ref.hash])[0] == ref.size:
-            _touch(self.path(ref.hash))  # reused: gc's grace period starts again (docs/cli.md)
-            return ref
+        if not replace and self._sizes([ref.hash])[0] == ref.size and _touch(self.path(ref.hash)):
+            return ref  # reused, its time refreshed: gc's grace period starts again (docs/cli.md)
         tmp, sink = self._open_sink()
         try:
             with self._io("writing", ref.hash, tmp):  # type: ignore[arg-type]
@@ -406,12 +405,16 @@ class ObjectStore:
                 os.fsync(sink.fileno())
             sink.close()
             if not replace:
-                try:
-                    return self._into_place(os.link, tmp, final)
-                except FileExistsError:
-                    if os.stat(final).st_size == ref.size:
-                        _touch(final)  # reused: gc's grace period starts again (docs/cli.md)
-                        return  # the same bytes are there: the caller drops tmp
+                for _ in range(3):  # gc may delete the same bytes between link and stat
+                    try:
+                        return self._into_place(os.link, tmp, final)
+                    except FileExistsError:
+                        size = _stat_size(final)
+                        if size is None:
+                            continue  # gone meanwhile: link again
+                        if size == ref.size and _touch(final):
+                            return  # the same bytes are there, reused: the caller drops tmp
+                        break
             self._into_place(os.replace, tmp, final)  # replace a damaged copy, atomically
 
     def _into_place(self, move: Any, tmp: str, final: str) -> None:
@@ -719,10 +722,16 @@ def _stat_size(path: str) -> int | None:
         return exc  # type: ignore[return-value] - raised, named, by _sizes
 
 
-def _touch(path: str) -> None:
-    """Set a reused object's modification time to now (absent or read-only: no matter)."""
-    with suppress(OSError):
+def _touch(path: str) -> bool:
+    """Set a reused object's modification time to now; False when it is gone
+    (a read-only store: True, the object is there)."""
+    try:
         os.utime(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.exists(path)
+    return True
 
 
 def _fsync_dir(folder: str) -> None:
