@@ -23,10 +23,14 @@ from .storage import storage_factory
 from .targeted import compute, explain
 from .workflow import workflow
 
+#: The original package's other name for :func:`workflow`.
+task = workflow
+
 __version__ = "0.1.0"
 
 __all__ = [
     "workflow",
+    "task",
     "compute",
     "explain",
     "storage_factory",

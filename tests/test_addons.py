@@ -68,3 +68,26 @@ def test_doctest_collection_skips_the_addon_modules():
     )
     assert "error" not in out.stdout.lower(), out.stdout
     assert out.returncode in (0, 5), out.stdout + out.stderr  # 5: nothing to collect
+
+
+def test_the_original_names_still_work(tmp_path):
+    """SPEC section 1: code written for the original package runs unchanged."""
+    import functionfuse
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse.serializers.base import S3Protocol
+
+    assert functionfuse.task is functionfuse.workflow
+
+    @functionfuse.task
+    def show(x):
+        return x
+
+    node = show(1).set_name("log_me")
+    wf = LocalWorkflow(node, workflow_name="compat")
+    assert wf.log_nodes(query="log_.*") == [node]
+    with pytest.raises(functionfuse.errors.GraphError, match="not both"):
+        wf.log_nodes("a", query="b")
+    handle = S3Protocol("bucket/prefix/side", {"anon": True}, fs="the-filesystem")
+    assert handle["client"] == "the-filesystem" and handle["folder"] == "s3://bucket/prefix/side"
+    with pytest.raises(KeyError, match="client"):
+        handle["nope"]

@@ -143,9 +143,18 @@ class BaseWorkflow:
             raise GraphError(f"replace_func needs a callable for {describe(target)}, got {new_func!r}")
         self._funcs[id(target)] = func
 
-    def log_nodes(self, pattern: str) -> list[BaseNode]:
+    def log_nodes(self, pattern: str | None = None, *, query: str | None = None) -> list[BaseNode]:
         """Keep nodes matching ``pattern`` out of storage: never read, never written,
-        run whenever the workflow runs (for nodes that only log or plot)."""
+        run whenever the workflow runs (for nodes that only log or plot).
+
+        ``query=`` is the original package's name for ``pattern``.
+        """
+        if query is not None:
+            if pattern is not None:
+                raise GraphError("log_nodes takes pattern or query (its older name), not both")
+            pattern = query
+        if pattern is None:
+            raise GraphError("log_nodes needs a pattern (a regular expression over node names)")
         nodes = self.find_nodes(pattern)
         self._unstored.update(id(n) for n in nodes)
         return nodes

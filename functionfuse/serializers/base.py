@@ -167,6 +167,15 @@ class S3Protocol(FileProtocol):
     def __reduce__(self) -> tuple:
         return (type(self), (self.path, self.storage_options))
 
+    def __getitem__(self, name: str) -> Any:
+        """The original package's dict form: ``handle["client"]`` (the s3fs filesystem)
+        and ``handle["folder"]`` (``s3://bucket/prefix/...``), for serializers written for it."""
+        if name == "client":
+            return self.fs
+        if name == "folder":
+            return self.url()
+        raise KeyError(f"an S3 protocol handle has 'client' and 'folder' (the original's keys), not {name!r}")
+
     def __repr__(self) -> str:
         return f"S3Protocol({self.url()!r})"
 

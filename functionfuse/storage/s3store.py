@@ -187,6 +187,8 @@ class S3Storage(FsspecStorage):
         ..., "region_name": ...}``), ``retries``, ``config_kwargs`` (botocore
         ``Config``: retries, timeouts) ...  See docs/storage.md.
 
+    Notes
+    -----
     Nothing is contacted until the first operation, which checks the bucket.
 
     Examples
