@@ -82,6 +82,8 @@ class LocalWorkflow(BaseWorkflow):
         force: str | Iterable[str] | None = None,
         strict_hashing: bool = False,
         progress: bool | None = None,
+        max_workers: int | None = None,
+        processes: bool = False,
     ) -> Any:
         """Run the workflow and return the results of the given nodes.
 
@@ -100,6 +102,15 @@ class LocalWorkflow(BaseWorkflow):
             the environment variable ``FUNCTIONFUSE_PROGRESS=1`` or ``0``
             decides instead (see :mod:`functionfuse.progress`).  With INFO
             logging on, each computed node is logged with its duration.
+        max_workers : int, optional
+            Run independent nodes concurrently on this many threads (or
+            processes); None runs them one by one.  Keys, storage and the
+            report are the same; stateful class nodes run in this process, in
+            call order (see :mod:`functionfuse.backends.pool`).
+        processes : bool
+            With ``max_workers``: worker processes instead of threads, for
+            CPU-bound Python functions (functions and arguments travel with
+            cloudpickle; values come back and are stored here).
 
         Returns
         -------
@@ -112,8 +123,12 @@ class LocalWorkflow(BaseWorkflow):
             A node's function raised; it names the node.  Results stored before
             the failure stay stored.
         """
+        if max_workers is not None or processes is not False:
+            from .pool import check_pool_options
+
+            check_pool_options(max_workers, processes)
         reporter = progress_for(self.workflow_name, progress)
-        if self.object_storage is None and not is_stateful(self._leaf_nodes()):
+        if self.object_storage is None and max_workers is None and not is_stateful(self._leaf_nodes()):
             return self._run_unstored(reporter)
         plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
         runner = _LocalRun(plan, self.leaves, reporter)
@@ -121,7 +136,12 @@ class LocalWorkflow(BaseWorkflow):
         error: BaseException | None = None
         try:
             with planning():  # argument summaries reuse what keying followed
-                results = runner.execute()
+                if max_workers is None:
+                    results = runner.execute()
+                else:
+                    from .pool import execute_pooled
+
+                    results = execute_pooled(runner, max_workers, processes)
         except BaseException as exc:
             error = exc
             raise
@@ -323,6 +343,11 @@ class _LocalRun:
                     dep.uses -= 1
                     if dep.uses == 0:
                         values.pop(id(dep.node), None)
+        return self.leaf_values()
+
+    def leaf_values(self) -> list[Any]:
+        """The values of the nodes the run returns (cached ones are loaded now)."""
+        by_node = self.plan.by_node
         out = []
         for leaf in self.leaves:
             if isinstance(leaf, NodeItem):
