@@ -81,6 +81,8 @@ __all__ = [
     "make_plan",
     "run_node",
     "store_node",
+    "begin_run",
+    "end_run",
     "load_node",
     "CacheWarning",
 ]
@@ -289,6 +291,7 @@ class Plan:
     storage: Any = None
     listing: Any = None  # the storage's Listing the plan was made from
     started: float = 0.0  # time.time() when the plan was made
+    run_id: str | None = None  # set by begin_run: the id of the run's lease and record
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -841,6 +844,37 @@ def finish_report(plan: Plan, error: BaseException | None) -> None:
             task.action = "not run"
 
 
+def begin_run(plan: Plan) -> None:
+    """Write the run's lease (docs/format.md, "Run leases"): the keys this run may use
+    that the workflow's latest record does not name, so ``gc`` keeps them while it runs.
+
+    A failure is logged, never raised: only gc's protection of this run is lost.
+    """
+    storage = plan.storage
+    if storage is None or plan.listing is None:
+        return
+    from .storage.runs import new_run_id
+
+    plan.run_id = new_run_id(plan.started)
+    known = plan.listing.known
+    keys = sorted({task.key for task in plan.tasks if task.store and task.key and task.key not in known})
+    base = (plan.listing.record or {}).get("run")
+    try:
+        storage.begin_run(plan.workflow, plan.run_id, base=base, keys=keys)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("workflow %r: the run lease was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)
+
+
+def end_run(plan: Plan | None) -> None:
+    """Remove the run's lease (its record, if any, has been written)."""
+    if plan is None or plan.run_id is None or plan.storage is None:
+        return
+    try:
+        plan.storage.end_run(plan.workflow, plan.run_id)
+    except Exception as exc:  # noqa: BLE001 - a stale lease expires; gc removes it
+        logger.warning("workflow %r: the run lease was not removed (%s: %s)", plan.workflow, type(exc).__name__, exc)
+
+
 def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     """Write the run record of a finished, failed or interrupted run (one small write).
 
@@ -901,7 +935,7 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(plan.started))
     try:
         storage.record_run(
-            plan.workflow, new_run_id(plan.started), nodes, listing=plan.listing,
+            plan.workflow, plan.run_id or new_run_id(plan.started), nodes, listing=plan.listing,
             started=started, finished=utc_now_iso(), outcome=outcome, executor=executor, values=values,
             values_ref=values_ref,
         )

@@ -42,6 +42,8 @@ from ..caching import (
     finish_report,
     format_seconds,
     load_node,
+    begin_run,
+    end_run,
     make_plan,
     record_run,
     unusable_reason,
@@ -274,6 +276,7 @@ class DistributedWorkflow(BaseWorkflow):
             retrying = False
             try:
                 plan, plugin_funcs = self._plan(force, strict_hashing, unusable)
+                begin_run(plan)
                 with planning():  # argument summaries of the specs reuse what keying followed
                     results = self._one_pass(engine, plan, plugin_funcs, return_results, max_pending_tasks)
             except (KeyboardInterrupt, SystemExit) as exc:
@@ -294,6 +297,7 @@ class DistributedWorkflow(BaseWorkflow):
                     finish_report(plan, error)
                     if not retrying:
                         record_run(plan, error, self.executor_name)
+                    end_run(plan)
                     self.last_report = RunReport(
                         self.workflow_name, tasks=plan.tasks, seconds=time.perf_counter() - start
                     )

@@ -33,6 +33,8 @@ from ..caching import (
     Plan,
     RunReport,
     Task,
+    begin_run,
+    end_run,
     entry_failed,
     execute,
     finish_report,
@@ -131,6 +133,7 @@ class LocalWorkflow(BaseWorkflow):
         if self.object_storage is None and max_workers is None and not is_stateful(self._leaf_nodes()):
             return self._run_unstored(reporter)
         plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
+        begin_run(plan)
         runner = _LocalRun(plan, self.leaves, reporter)
         start = time.perf_counter()
         error: BaseException | None = None
@@ -148,6 +151,7 @@ class LocalWorkflow(BaseWorkflow):
         finally:
             finish_report(plan, error)
             record_run(plan, error, "local")
+            end_run(plan)
             self.last_report = plan.report(time.perf_counter() - start)
             _finish(self.last_report, reporter)
         return results[0] if len(self.leaves) == 1 else results

@@ -43,11 +43,12 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
 from ..caching import Task, argument_summary, node_error, run_node, store_node
-from ..errors import NodeExecutionError
+from ..errors import ExecutorError, NodeExecutionError
 from ..graph import ClassCallNode, ClassInitNode, FunctionNode
 
 logger = logging.getLogger(__name__)
@@ -109,13 +110,30 @@ def _executor(max_workers: int, processes: bool) -> tuple[Executor, bool]:
         return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="functionfuse-node"), True
     pool = _PROCESS_POOLS.get(max_workers)
     if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
-        context = multiprocessing.get_context("forkserver")
-        # Workers fork from a server that has imported these once.
-        context.set_forkserver_preload(["cloudpickle", "functionfuse.backends.pool"])
+        shutdown_pools()  # one pool kept at a time: a run of another size replaces it
+        if "forkserver" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("forkserver")
+            # Workers fork from a server that has imported these once.
+            context.set_forkserver_preload(["cloudpickle", "functionfuse.backends.pool"])
+        else:  # Windows: no forkserver
+            context = multiprocessing.get_context("spawn")
         pool = _PROCESS_POOLS[max_workers] = ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
-        if len(_PROCESS_POOLS) == 1:
-            atexit.register(shutdown_pools)
+        global _AT_EXIT
+        if not _AT_EXIT:
+            _AT_EXIT = atexit.register(shutdown_pools) is not None
     return pool, False
+
+
+_AT_EXIT = False
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: its workers may be running nodes of an interrupted run."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
 
 
 def shutdown_pools() -> None:
@@ -181,15 +199,34 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
         if failure is not None:
             raise failure
     except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
         for future in futures:
             future.cancel()
-        if futures:
-            wait(futures)  # what is running finishes (and, on threads, is stored)
+        if futures and not interrupted:
+            wait(futures)  # what is running finishes, and is stored below
+        for future, task in futures.items():
+            if future.done() and not future.cancelled():
+                try:
+                    _collect(runner, task, future, processes)
+                except BaseException as late:  # noqa: BLE001 - the first failure is the one raised
+                    logger.debug("node %r also failed: %s", task.name, late)
+                else:
+                    _finished(runner, task, dependents, waiting_on, [], order)
         if owned:
-            pool.shutdown(wait=True, cancel_futures=True)
-        elif isinstance(exc, (KeyboardInterrupt, SystemExit)) or getattr(pool, "_broken", False):
-            _PROCESS_POOLS.pop(max_workers, None)  # an interrupted pool is not reused
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
+        elif interrupted or getattr(pool, "_broken", False):
+            _PROCESS_POOLS.pop(max_workers, None)  # an interrupted or broken pool is not reused
+            _stop(pool)
+        if isinstance(exc, NodeExecutionError) and isinstance(exc.__cause__, BrokenProcessPool):
+            lost = sorted(t.name for t in running if t.action in ("running", "failed"))
+            for task in running:
+                if task.action in ("running", "failed"):
+                    task.action = "not run"
+            raise ExecutorError(
+                f"a worker process died (killed, out of memory, or a crash in native code) while it ran "
+                f"one of: {', '.join(lost)}; nothing of those was stored. Run again to resume, or without "
+                "processes=True to see the failure in this process"
+            ) from exc.__cause__
         raise
     if owned:
         pool.shutdown(wait=True)

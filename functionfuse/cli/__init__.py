@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", help="drop records older than this (30d, 12h, ...), except each latest")
     p.add_argument("--max-size", help="drop oldest records until the store fits (10GB, 500MiB ...)")
     p.add_argument("--grace", default="1h", help="never delete what is younger than this (default 1h)")
+    p.add_argument("--lease-timeout", default="24h",
+                   help="a run lease older than this is a crashed run's, not a running one (default 24h)")
     p.add_argument("--dry-run", action="store_true", help="print what would go; delete nothing")
     p = add("verify", "check every checksum; exit status 1 when anything is damaged")
     p.add_argument("workflow", nargs="?")
@@ -155,10 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.exception("functionfuse %s failed", args.command)
         return _fail(f"internal error: {type(exc).__name__}: {exc}", True)
     ok = doc.pop("_ok", True)
-    if args.json:
-        print(json.dumps({"ok": ok, "command": args.command, **doc}, default=str))
-    elif text:
-        print(text)
+    try:
+        if args.json:
+            print(json.dumps({"ok": ok, "command": args.command, **doc}, default=str))
+        elif text:
+            print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `functionfuse ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0 if ok else 1
 
 
@@ -259,6 +265,11 @@ def cmd_show(args: argparse.Namespace) -> tuple[dict, str]:
     doc = inv.manifest(key)
     if doc is None:
         raise EntryNotFoundError(f"node {node!r} of workflow {wf!r}: the manifest of key {key} is {inv.problem(key)}")
+    if key not in history and key != current.get(node) and doc.get("node") != node:
+        raise EntryNotFoundError(
+            f"key {key} is a result of node {doc.get('node')!r} (workflow {doc.get('workflow')!r}), not a version of "
+            f"node {node!r}; its versions: {', '.join(k[:12] for k in history) or 'none'}"
+        )
     inputs = [{"node": n, "key": k, "current": current.get(n) == k} for n, k in sorted((doc.get("inputs") or {}).items())]
     parts = [{"format": p.get("format"), "bytes": p.get("size"), "codec": p.get("codec"), "object": p.get("object"),
               "info": p.get("info")} for p in doc.get("parts", ())]
@@ -343,7 +354,13 @@ def cmd_du(args: argparse.Namespace) -> tuple[dict, str]:
                 sizes["o:" + h] = n
                 users.setdefault("o:" + h, set()).add((wf, name))
     objects = inv.all_objects()
+    for item in [i for i in sizes if i.startswith("o:") and i[2:] not in objects]:
+        sizes[item] = 0  # a missing object (verify reports it) takes no space
     total = sum(objects.values()) + sum(inv.manifest_bytes(k) for k in inv.all_keys())
+    for wf in inv.workflows():  # the small-results objects latest records name are in use too
+        ref = (inv.latest(wf) or {}).get("values")
+        if isinstance(ref, dict) and ref.get("object") in objects:
+            sizes.setdefault("v:" + ref["object"], objects[ref["object"]])
     used = sum(sizes.values())
 
     def tally(owner_of: Callable[[tuple[str, str]], str]) -> dict[str, dict[str, int]]:
@@ -404,6 +421,7 @@ def cmd_gc(args: argparse.Namespace) -> tuple[dict, str]:
             older_than_s=render.parse_age(args.older_than) if args.older_than else None,
             max_size=render.parse_size(args.max_size) if args.max_size else None,
             grace_s=render.parse_age(args.grace),
+            lease_s=render.parse_age(args.lease_timeout),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -415,6 +433,10 @@ def cmd_gc(args: argparse.Namespace) -> tuple[dict, str]:
              f"{len(report.objects)} object(s): {render.size(report.bytes_freed)}"
              + (f", {report.temporaries} temporaries" if not args.dry_run else ""),
              f"store {render.size(report.size_before)} -> {render.size(report.size_after)}"]
+    if report.leases:
+        lines.append(f"kept what {report.leases} run(s) in progress use (their leases)")
+    if report.stale_leases:
+        lines.append(f"{'would remove' if args.dry_run else 'removed'} {len(report.stale_leases)} lease(s) of crashed runs")
     if report.kept_young:
         lines.append(f"kept {report.kept_young} unreferenced item(s) younger than the grace period ({args.grace})")
     if report.over_max_size:

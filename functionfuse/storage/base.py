@@ -519,6 +519,15 @@ class Storage(ABC):
             extra["values"] = self.results.objects.put_bytes(fast_canonical_json(values)).to_json()
         return self.results.record_run(workflow_name, run_id, nodes, extra=extra, **fields)
 
+    def begin_run(self, workflow_name: str, run_id: str, *, base: str | None, keys: list[str]) -> None:
+        """Write the lease of a run that starts: ``gc`` keeps the record ``base`` (the one
+        the run was planned from) and ``keys`` while the lease lives (docs/cli.md)."""
+        self.results.begin_run(workflow_name, run_id, base=base, keys=keys)
+
+    def end_run(self, workflow_name: str, run_id: str) -> None:
+        """Remove a run's lease once its record is written (or the run gave up)."""
+        self.results.end_run(workflow_name, run_id)
+
     def _persistence(self, workflow_name: str) -> Any:
         from ..serializers.persistent import Persistence
 

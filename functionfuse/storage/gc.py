@@ -12,11 +12,12 @@ they are deleted.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CorruptEntryError, EntryNotFoundError, StorageError
+from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
 from .base import current_view
 from .inventory import Inventory, RunInfo
 from .manifests import manifest_path
@@ -34,11 +35,12 @@ class GcPolicy:
     older_than_s: float | None = None
     max_size: int | None = None
     grace_s: float = 3600.0
+    lease_s: float = 86400.0  # a run lease older than this is a crashed run's (docs/cli.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep_runs, int) or self.keep_runs < 1:
             raise ValueError(f"keep_runs must be an integer >= 1 (the latest run is always kept), got {self.keep_runs!r}")
-        for name in ("older_than_s", "grace_s"):
+        for name in ("older_than_s", "grace_s", "lease_s"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or value < 0):
                 raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
@@ -60,6 +62,8 @@ class GcReport:
     size_before: int = 0
     size_after: int = 0
     over_max_size: bool = False
+    leases: int = 0  # runs in progress whose results were kept
+    stale_leases: list[str] = field(default_factory=list)  # leases of crashed runs, removed
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -85,17 +89,30 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
     manifest_times = _manifest_times(inventory, all_keys)
     report.size_before = sum(size for size, _ in listed.values()) + sum(inventory.manifest_bytes(k) for k in all_keys)
 
-    # 2. Then the records, and which to keep.
+    # 2. Then the records, and which to keep; and what runs in progress use (their leases).
     kept: dict[str, list[RunInfo]] = {}
     dropped: list[RunInfo] = []
     for wf in inventory.workflows():
-        runs = [r for r in inventory.runs(wf) if r.ok]
+        every = inventory.runs(wf)
+        if every and not every[-1].ok:
+            raise FunctionFuseError(
+                f"gc stopped, nothing removed: the latest run record of workflow {wf!r} ({every[-1].path} in "
+                f"{inventory.url}) is damaged ({every[-1].problem}), so gc cannot tell what that workflow needs. "
+                "Run the workflow again (its new record supersedes the damaged one) or delete that file, then "
+                "run gc again; `functionfuse verify` lists all damage."
+            )
+        runs = [r for r in every if r.ok]
         keep, drop = _by_policy(runs, policy, now)
         kept[wf] = keep
         dropped.extend(drop)
+    leased, stale = _leases(inventory, policy, now)
+    for run in list(dropped):  # a running run's base record stays
+        if run.run_id in leased["bases"]:
+            dropped.remove(run)
+            kept[run.workflow].insert(0, run)
 
     def reachable() -> set[str]:
-        keys: set[str] = set()
+        keys: set[str] = set(leased["keys"])
         for runs in kept.values():
             for run in runs:
                 keys.update(current_view(run.record).values())
@@ -128,8 +145,19 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
     report.manifests = sorted(doomed_keys)
     report.bytes_freed = _freed(inventory, doomed_keys, doomed_objects, listed)
 
+    report.leases = len(leased["paths"])
+    report.stale_leases = sorted(stale)
     if not dry_run:
+        for path in stale:
+            _delete(results, path)
+        # Runs that started since the records were read: their leases name what they use.
+        late, _ = _leases(Inventory(results), policy, now)
+        for key in doomed_keys & late["keys"]:
+            doomed_keys.discard(key)
+            doomed_objects.difference_update(inventory.objects_of(key))
         for run in dropped:
+            if run.run_id in late["bases"]:
+                continue
             _delete(results, run.path)
         for key in sorted(doomed_keys):  # manifests before objects: no reader finds a dangling manifest
             doc = inventory.manifest(key)
@@ -152,20 +180,77 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
                     doomed_objects.discard(_values_object(run.record))
         # A writer that reused an object since the listing refreshed its time (local
         # storage): look again just before deleting.
-        again = objects.listing() if results._local else listed
+        spared = set()
         for hash in sorted(doomed_objects):
-            seen = again.get(hash)
-            if seen is not None and now - seen[1] < policy.grace_s:
-                report.kept_young += 1
-                continue
+            if results._local:  # its time now: a writer that reused it since refreshed it
+                path = objects.path(hash)
+                try:
+                    fresh_time = os.stat(path).st_mtime
+                except FileNotFoundError:
+                    continue
+                if time.time() - fresh_time < policy.grace_s:
+                    spared.add(hash)
+                    continue
             objects.delete(hash)
+        doomed_objects -= spared
+        report.kept_young += len(spared)
+        report.bytes_freed = _freed(inventory, doomed_keys, doomed_objects, listed)
         try:
             report.temporaries = objects.remove_stale_temporaries(policy.grace_s)
         except StorageError as exc:
             logger.warning("temporaries left in place: %s", exc)
+    report.manifests = sorted(doomed_keys)
     report.objects = sorted(doomed_objects)
     report.size_after = report.size_before - report.bytes_freed
     return report
+
+
+def _leases(inventory: Inventory, policy: GcPolicy, now: float) -> tuple[dict[str, set[str]], list[str]]:
+    """What live run leases protect (``keys``, ``bases``: record ids, ``paths``), and stale leases.
+
+    A lease is live while younger than ``policy.lease_s`` and its process, when on
+    this host, is alive.  A damaged lease stops gc (what its run uses is unknown).
+    """
+    from .runs import _host
+
+    live: dict[str, set[str]] = {"keys": set(), "bases": set(), "paths": set()}
+    stale: list[str] = []
+    host = _host()
+    for path, lease, problem in inventory.leases():
+        if lease is None:
+            raise FunctionFuseError(
+                f"gc stopped, nothing removed: run lease {path} in {inventory.url} is damaged ({problem}); "
+                "if no run of that workflow is going on, delete the file and run gc again"
+            )
+        started = _timestamp(lease.get("started"))
+        dead = lease.get("host") == host and isinstance(lease.get("pid"), int) and not _alive(lease["pid"])
+        if dead or (started is not None and now - started > policy.lease_s):
+            stale.append(path)
+            continue
+        live["keys"].update(k for k in lease.get("keys", ()) if isinstance(k, str))
+        if isinstance(lease.get("base"), str):
+            live["bases"].add(lease["base"])
+        live["paths"].add(path)
+    return live, stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _timestamp(iso: Any) -> float | None:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _values_object(record: dict | None) -> str | None:

@@ -20,7 +20,7 @@ from .base import current_view
 from .manifests import decode_manifest, manifest_path
 from .objects import ObjectRef
 from .results import MARKER, ResultStore
-from .runs import SUFFIX, decode_record
+from .runs import LEASE_SUFFIX, SUFFIX, decode_lease, decode_record
 
 __all__ = ["Damage", "Inventory", "RunInfo", "StoreNotFoundError", "open_store"]
 
@@ -164,6 +164,26 @@ class Inventory:
                     continue  # removed meanwhile
                 raise
             out.append(RunInfo(record["workflow"], run_id, relative, record))
+        return out
+
+    def leases(self) -> list[tuple[str, dict | None, str | None]]:
+        """``(path, lease or None, problem)`` of every run lease (runs in progress, or
+        crashed before their record: see docs/format.md)."""
+        out = []
+        for folder in self._ls("runs"):
+            for name in self._ls(f"runs/{folder}"):
+                if not name.endswith(LEASE_SUFFIX):
+                    continue
+                relative = f"runs/{folder}/{name}"
+                try:
+                    with self.results.objects._io("reading", relative, self._path(relative)):
+                        data = self.results._get(self._path(relative))
+                    out.append((relative, decode_lease(data, relative), None))
+                except CorruptEntryError as exc:
+                    out.append((relative, None, str(exc)))
+                except StorageError as exc:
+                    if not isinstance(exc.__cause__, FileNotFoundError):
+                        raise  # else: the run ended meanwhile
         return out
 
     def require(self, workflow: str) -> None:
@@ -331,7 +351,10 @@ class Inventory:
         if ref.hash in seen:
             return seen[ref.hash]
         try:
-            self.results.objects.get_bytes(ref)
+            if self.results._local:
+                self.results.objects.checked_path(ref)  # hashed over a memory map: no copy in memory
+            else:
+                self.results.objects.get_bytes(ref)
             problem = None
         except CorruptEntryError as exc:
             problem = str(exc)

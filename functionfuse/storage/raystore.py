@@ -428,6 +428,12 @@ class RayStorage(Storage):
         """The keys among ``keys`` whose result is stored (one task for the batch)."""
         return self._call("present", list(keys))
 
+    def begin_run(self, workflow_name: str, run_id: str, *, base: str | None, keys: list[str]) -> None:
+        self._call("begin_run", workflow_name, run_id, base=base, keys=keys)
+
+    def end_run(self, workflow_name: str, run_id: str) -> None:
+        self._call("end_run", workflow_name, run_id)
+
     def record_run(self, workflow_name: str, run_id: str, nodes: dict[str, dict], **fields: Any) -> str:
         """Write the record of one run (one task)."""
         return self._call("record_run", workflow_name, run_id, nodes, **fields)

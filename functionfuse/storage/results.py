@@ -39,7 +39,7 @@ from ..serializers.formats import MMAP_THRESHOLD
 from ..serializers.parts import join, plain_tree, split
 from .manifests import decode_manifest, encode_manifest, manifest_doc, manifest_path
 from .objects import ObjectRef, ObjectStore
-from .runs import decode_record, encode_record, latest_run_id, run_folder, run_path
+from .runs import decode_record, encode_lease, encode_record, latest_run_id, lease_path, run_folder, run_path
 
 __all__ = ["ResultStore"]
 
@@ -254,6 +254,28 @@ class ResultStore:
         self._mark()
         self._publish(relative, encode_record(workflow, run_id, nodes, **fields), replace=False)
         return relative
+
+    def begin_run(self, workflow: str, run_id: str, *, base: str | None, keys: Iterable[str]) -> str:
+        """Write the lease of a run that starts (see :func:`~.runs.encode_lease`); returns its path."""
+        from .base import utc_now_iso
+
+        relative = lease_path(workflow, run_id)
+        self._mark()
+        self._publish(relative, encode_lease(workflow, run_id, base=base, keys=keys, started=utc_now_iso()),
+                      replace=True)
+        return relative
+
+    def end_run(self, workflow: str, run_id: str) -> None:
+        """Remove a run's lease (absent is fine)."""
+        relative = lease_path(workflow, run_id)
+        path = self._path(relative)
+        with self.objects._io("deleting", relative, path):
+            if self._local:
+                with suppress(FileNotFoundError):
+                    os.unlink(path)
+            else:
+                with suppress(FileNotFoundError):
+                    self.objects.fs.rm_file(path)
 
     def remove_runs(self, workflow: str) -> None:
         """Delete every run record of ``workflow``."""

@@ -33,6 +33,9 @@ __all__ = [
     "encode_record",
     "decode_record",
     "latest_run_id",
+    "lease_path",
+    "encode_lease",
+    "decode_lease",
 ]
 
 FORMAT = "functionfuse-run"
@@ -78,6 +81,35 @@ def run_path(workflow: str, run_id: str) -> str:
     if not _ID.fullmatch(run_id):
         raise ValueError(f"not a run id: {run_id!r}")
     return f"{run_folder(workflow)}/{run_id}{SUFFIX}"
+
+
+LEASE_FORMAT = "functionfuse-lease"
+LEASE_SUFFIX = ".running"
+
+
+def lease_path(workflow: str, run_id: str) -> str:
+    """Path of a running run's lease, relative to the store root (beside its record-to-be)."""
+    if not _ID.fullmatch(run_id):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return f"{run_folder(workflow)}/{run_id}{LEASE_SUFFIX}"
+
+
+def encode_lease(workflow: str, run_id: str, *, base: str | None, keys: Iterable[str], started: str) -> bytes:
+    """The stored bytes of a run lease (see docs/format.md, "Run leases")."""
+    doc = {
+        "format": LEASE_FORMAT, "version": VERSION, "workflow": workflow, "run": run_id, "host": _host(),
+        "pid": os.getpid(), "started": started, "base": base, "keys": sorted(keys),
+    }
+    return seal(fast_canonical_json(doc))
+
+
+def decode_lease(data: bytes | memoryview, where: str) -> dict[str, Any]:
+    """Parse and verify a run lease read from ``where``."""
+    check(data, f"run lease {where}")
+    doc = parse_json(data, f"run lease {where}")
+    if not isinstance(doc, dict) or doc.get("format") != LEASE_FORMAT or not isinstance(doc.get("keys"), list):
+        raise CorruptEntryError(f"run lease {where} is not a {LEASE_FORMAT!r} document")
+    return doc
 
 
 def encode_record(

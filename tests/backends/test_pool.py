@@ -158,3 +158,43 @@ def test_bad_pool_options_are_clear_errors(kwargs, error, words):
     wf = LocalWorkflow(make(1), workflow_name="w")
     with pytest.raises(error, match=words):
         wf.run(**kwargs)
+
+
+@workflow
+def crash(i):
+    time.sleep(0.2)
+    os._exit(3)  # a worker killed: out of memory, a segfault in native code ...
+
+
+def test_a_dead_worker_process_is_an_executor_error_naming_the_candidates(tmp_path):
+    from functionfuse.errors import ExecutorError
+
+    nodes = [slow_ok(5).set_name("slow_a"), crash(1).set_name("crasher")]
+    wf = LocalWorkflow(*nodes, workflow_name="c")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}))
+    with pytest.raises(ExecutorError, match="a worker process died") as info:
+        wf.run(max_workers=2, processes=True)
+    assert "crasher" in str(info.value)
+    assert {e.node: e.action for e in wf.last_report.events}["crasher"] == "not run"
+    # the pool is replaced: the next run works (without the crashing node)
+    wf2 = LocalWorkflow(slow_ok(6).set_name("slow_b"), workflow_name="c2")
+    assert wf2.run(max_workers=2, processes=True) == 6
+
+
+@workflow
+class Fragile:
+    def __init__(self, x):
+        raise RuntimeError("cannot build")
+
+    def get(self):
+        return 1
+
+
+def test_a_driver_failure_keeps_what_the_pool_finished(tmp_path):
+    nodes = [slow_ok(7).set_name("slow_c"), Fragile(1).set_name("fragile").get().set_name("get")]
+    wf = LocalWorkflow(*nodes, workflow_name="d")
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf.set_storage(storage)
+    with pytest.raises(NodeExecutionError, match="fragile"):
+        wf.run(max_workers=2, processes=True)
+    assert storage.read_task("d", "slow_c") == 7  # running when the driver failed: finished and stored
