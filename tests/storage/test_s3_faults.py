@@ -128,9 +128,13 @@ def test_endpoint_down_mid_run_then_back(endpoint, flaky, s3_endpoint, s3_url, c
     assert elapsed < 30, "the configured retries bound the wait"
     assert CALLS == ["first", "middle"]
 
-    # Looking at the bucket through the other server: the manifest of 'first' and nothing
-    # else (the run record could not be written either: the run is like a killed one).
-    [only] = _objects(s3_endpoint, s3_url)
+    # Looking at the bucket through the other server: the manifest of 'first' and the run's
+    # lease, nothing else (neither the record could be written nor the lease removed: the run
+    # is like a killed one, and gc removes its lease once it is stale).
+    found = _objects(s3_endpoint, s3_url)
+    leases = [k for k in found if k.endswith(".running")]
+    assert len(leases) == 1 and leases[0].startswith("runs/w/")
+    [only] = [k for k in found if k not in leases]
     key = wf.last_report.by_node()["first"].key
     assert only == f"manifests/{key[:2]}/{key}.json"
 
