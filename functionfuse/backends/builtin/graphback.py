@@ -93,7 +93,7 @@ class GraphWorkflow(BaseWorkflow):
         text = self.to_dot()  # planned once, for both files
         save_dot(text, self.gv_path)
         if shutil.which("dot") is None:
-            logger.info(
+            logger.warning(
                 "workflow %r: wrote %s but no SVG: the Graphviz program 'dot' is not on PATH (%s)",
                 self.workflow_name, self.gv_path, INSTALL_HINT,
             )
