@@ -291,7 +291,8 @@ class Plan:
     storage: Any = None
     listing: Any = None  # the storage's Listing the plan was made from
     started: float = 0.0  # time.time() when the plan was made
-    run_id: str | None = None  # set by begin_run: the id of the run's lease and record
+    run_id: str | None = None  # set by begin_run: the id of the run's record (and lease)
+    leased: bool = False  # whether begin_run wrote a lease
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -858,16 +859,21 @@ def begin_run(plan: Plan) -> None:
     plan.run_id = new_run_id(plan.started)
     known = plan.listing.known
     keys = sorted({task.key for task in plan.tasks if task.store and task.key and task.key not in known})
+    if not keys:
+        # Every key is one the latest record names, and gc always keeps that record: a
+        # resume of what is stored writes no lease (no file to create on the fast path).
+        return
     base = (plan.listing.record or {}).get("run")
     try:
         storage.begin_run(plan.workflow, plan.run_id, base=base, keys=keys)
+        plan.leased = True
     except Exception as exc:  # noqa: BLE001
         logger.warning("workflow %r: the run lease was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)
 
 
 def end_run(plan: Plan | None) -> None:
     """Remove the run's lease (its record, if any, has been written)."""
-    if plan is None or plan.run_id is None or plan.storage is None:
+    if plan is None or not plan.leased:
         return
     try:
         plan.storage.end_run(plan.workflow, plan.run_id)

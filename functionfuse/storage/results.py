@@ -261,8 +261,9 @@ class ResultStore:
 
         relative = lease_path(workflow, run_id)
         self._mark()
+        # Run ids are unique: create-if-absent (no temporary name to rename).
         self._publish(relative, encode_lease(workflow, run_id, base=base, keys=keys, started=utc_now_iso()),
-                      replace=True)
+                      replace=False)
         return relative
 
     def end_run(self, workflow: str, run_id: str) -> None:
