@@ -41,7 +41,7 @@ def cmd_ls(args: argparse.Namespace) -> tuple[dict, str]:
             view = inv.current(wf)
             rows.append({
                 "workflow": wf, "nodes": len(view), "runs": len(runs),
-                "bytes": sum(inv.stored_bytes(k) for k in set(view.values())),
+                "bytes": sum(inv.stored_bytes(k) for k in set(view.values())) + inv.side_bytes(wf),
                 "last_run": (latest or {}).get("run"), "last_finished": (latest or {}).get("finished"),
                 "last_outcome": (latest or {}).get("outcome"),
             })
@@ -202,12 +202,20 @@ def cmd_du(args: argparse.Namespace) -> tuple[dict, str]:
                 row["unique_bytes" if len(owners) == 1 else "shared_bytes"] += sizes[item]
         return out
 
+    side = {wf: inv.side_bytes(wf) for wf in inv.workflows()}  # per workflow, never shared
+    total += sum(side.values())
+    used += sum(side.values())
     doc: dict[str, Any] = {"store": inv.url, "total_bytes": total, "current_bytes": used,
                            "unreferenced_bytes": max(0, total - used)}
     if args.workflow is None:
         per = tally(lambda w: w[0])
-        doc["workflows"] = [{"workflow": wf, **per.get(wf, {"bytes": 0, "unique_bytes": 0, "shared_bytes": 0})}
-                            for wf in inv.workflows()]
+        doc["workflows"] = []
+        for wf in inv.workflows():
+            row = {"workflow": wf, **per.get(wf, {"bytes": 0, "unique_bytes": 0, "shared_bytes": 0})}
+            row["side_bytes"] = side[wf]
+            row["bytes"] += side[wf]
+            row["unique_bytes"] += side[wf]
+            doc["workflows"].append(row)
         rows = [(r["workflow"], render.size(r["bytes"]), render.size(r["unique_bytes"]), render.size(r["shared_bytes"]))
                 for r in doc["workflows"]]
         head = ("WORKFLOW", "SIZE", "UNIQUE", "SHARED")
@@ -215,10 +223,13 @@ def cmd_du(args: argparse.Namespace) -> tuple[dict, str]:
         inv.require(args.workflow)
         per = tally(lambda w: f"{w[0]}\0{w[1]}")
         doc["workflow"] = args.workflow
+        doc["side_bytes"] = side[args.workflow]  # side data is counted by workflow, not by node
         doc["nodes"] = [{"node": n, **per[f"{args.workflow}\0{n}"]} for n in sorted(inv.current(args.workflow))]
         rows = [(r["node"], render.size(r["bytes"]), render.size(r["unique_bytes"]), render.size(r["shared_bytes"]))
                 for r in doc["nodes"]]
         head = ("NODE", "SIZE", "UNIQUE", "SHARED")
+    if args.workflow is not None and side[args.workflow]:
+        rows.append(("(side data)", render.size(side[args.workflow]), render.size(side[args.workflow]), render.size(0)))
     text = render.table(rows, head, right=(1, 2, 3)) + (
         f"\n\nstore {render.size(total)} in all: {render.size(used)} used by current states, "
         f"{render.size(doc['unreferenced_bytes'])} only by older runs or nothing (see `functionfuse gc`)")

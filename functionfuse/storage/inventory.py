@@ -260,6 +260,29 @@ class Inventory:
         """Bytes of ``key``: its manifest plus its objects."""
         return self.manifest_bytes(key) + sum(self.objects_of(key).values())
 
+    def side_bytes(self, workflow: str) -> int:
+        """Bytes of the workflow's side data (``side/<workflow>/``: what persistent
+        serializers such as ``DaskArraySerializer`` wrote), from one listing."""
+        from .base import SIDE
+        from .names import encode_name
+
+        top = self._path(f"{SIDE}/{encode_name(workflow)}")
+        if self.results._local:
+            total = 0
+            for folder, _, names in os.walk(top):
+                for name in names:
+                    try:
+                        total += os.lstat(os.path.join(folder, name)).st_size
+                    except FileNotFoundError:
+                        continue
+            return total
+        with self.results.objects._io("listing", f"{SIDE}/{workflow}", top):
+            try:
+                found = self.results.objects.fs.find(top, detail=True)
+            except FileNotFoundError:
+                return 0
+        return sum(int(info.get("size") or 0) for info in found.values())
+
     def all_keys(self) -> list[str]:
         """Every manifest's key (one listing of ``manifests/``)."""
         top = self._path("manifests")

@@ -329,3 +329,25 @@ def test_console_script_and_main_agree(store, capsys):
     assert json.loads(done.stdout)["workflows"][0]["workflow"] == "demo"
     assert main(["--store", str(store), "--json", "ls"]) == 0
     assert json.loads(capsys.readouterr().out)["workflows"][0]["workflow"] == "demo"
+
+
+def test_du_and_ls_count_side_data(tmp_path):
+    import dask.array as da
+
+    @workflow
+    def lazy(n):
+        return da.ones((n, 100), chunks=(n // 4, 100))
+
+    wf = LocalWorkflow(lazy(4000).set_name("big"), workflow_name="dask")
+    wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}}))
+    wf.run()
+    side = sum(p.stat().st_size for p in (tmp_path / "s" / "side").rglob("*") if p.is_file())
+    assert side > 0  # the HDF5 file of the dask array
+    rc, doc, _ = cli(tmp_path / "s", "du")
+    [row] = doc["workflows"]
+    assert row["side_bytes"] == side and row["bytes"] >= side and row["unique_bytes"] >= side
+    assert doc["total_bytes"] >= side
+    rc, doc, _ = cli(tmp_path / "s", "du", "dask")
+    assert doc["side_bytes"] == side
+    rc, doc, _ = cli(tmp_path / "s", "ls")
+    assert doc["workflows"][0]["bytes"] >= side

@@ -278,7 +278,7 @@ def test_du_counts_shared_and_unreferenced_bytes(s3_endpoint, store):
     assert rows["demo"]["shared_bytes"] == arrays_bytes  # its `arrays` is other's too
     assert rows["demo"]["unique_bytes"] == demo_bytes - arrays_bytes
     assert rows["other"] == {"workflow": "other", "bytes": arrays_bytes, "unique_bytes": 0,
-                             "shared_bytes": arrays_bytes}
+                             "shared_bytes": arrays_bytes, "side_bytes": 0}
     # deduplicated: counted once; plus the small-results objects the latest records name
     records = [storage.results.latest_run(wf) for wf in ("demo", "other")]
     values = {r["values"]["object"] for r in records if "values" in r}
