@@ -57,3 +57,22 @@ def roundtrip(value, **kw):
     entries = canonical([p.entry() for p in parts])
     back = join(canonical(tree), entries, [p.to_bytes() for p in parts], safe=kw.get("safe", False))
     return back, tree, parts
+
+
+def lines_match(expected, actual):
+    """Whether the lines ``actual`` match the lines ``expected``, where an expected line
+    "..." matches any number of lines and "..." inside a line matches any text."""
+    import re
+
+    def rec(i, j):
+        if i == len(expected):
+            return j == len(actual)
+        if expected[i] == "...":
+            return any(rec(i + 1, k) for k in range(j, len(actual) + 1))
+        if j < len(actual):
+            pattern = ".*".join(map(re.escape, expected[i].split("...")))
+            if expected[i] == actual[j] or re.fullmatch(pattern, actual[j]):
+                return rec(i + 1, j + 1)
+        return False
+
+    return rec(0, 0)

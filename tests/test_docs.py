@@ -10,8 +10,7 @@ import os
 import re
 
 import pytest
-
-from helpers import ROOT, run_script
+from helpers import ROOT, lines_match, run_script
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 MARK = "@@BLOCK@@"
@@ -19,21 +18,8 @@ PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "
 
 
 def _matches(expected: str, actual: str) -> bool:
-    e = [line.rstrip() for line in expected.strip("\n").splitlines()]
-    a = [line.rstrip() for line in actual.strip("\n").splitlines()]
-
-    def rec(i: int, j: int) -> bool:
-        if i == len(e):
-            return j == len(a)
-        if e[i] == "...":
-            return any(rec(i + 1, k) for k in range(j, len(a) + 1))
-        if j < len(a):
-            pattern = ".*".join(map(re.escape, e[i].split("...")))
-            if e[i] == a[j] or re.fullmatch(pattern, a[j]):
-                return rec(i + 1, j + 1)
-        return False
-
-    return rec(0, 0)
+    return lines_match([line.rstrip() for line in expected.strip("\n").splitlines()],
+                       [line.rstrip() for line in actual.strip("\n").splitlines()])
 
 
 @pytest.mark.parametrize("page", PAGES, ids=os.path.basename)

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, lines_match
 
 DOCS = Path(ROOT) / "docs"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
@@ -182,23 +182,6 @@ def _blocks(page: Path) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in FENCE.finditer(page.read_text(encoding="utf-8"))]
 
 
-def _matches(expected: list[str], actual: list[str]) -> bool:
-    """Line-by-line match; a line "..." matches any lines, "..." in a line any text."""
-
-    def rec(i: int, j: int) -> bool:
-        if i == len(expected):
-            return j == len(actual)
-        if expected[i] == "...":
-            return any(rec(i + 1, k) for k in range(j, len(actual) + 1))
-        if j < len(actual):
-            pattern = ".*".join(map(re.escape, expected[i].split("...")))
-            if expected[i] == actual[j] or re.fullmatch(pattern, actual[j]):
-                return rec(i + 1, j + 1)
-        return False
-
-    return rec(0, 0)
-
-
 def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.strip("\n").splitlines()]
 
@@ -229,7 +212,7 @@ def _run_python_blocks(page: Path, cwd: Path) -> None:
     outputs = proc.stdout.split(MARK + "\n")[1:]
     for i, want in expected.items():
         got = outputs[i] if i < len(outputs) else "<missing>"
-        assert _matches(_lines(want), _lines(got)), (
+        assert lines_match(_lines(want), _lines(got)), (
             f"block {i} of {page.name}:\n--- expected\n{want}--- got\n{got}"
         )
 
@@ -286,7 +269,7 @@ def _run_console_blocks(page: Path, cwd: Path) -> int:
             assert proc.returncode == 0, f"{page.name}: `{command}` failed:\n{proc.stdout}{proc.stderr}"
             # The page uses "laptop" as the host name; this machine has its own.
             want, got = _mask(shown, ["laptop"]), _mask(proc.stdout, _hosts())
-            assert _matches(want, got), (
+            assert lines_match(want, got), (
                 f"{page.name}: `{command}`\n--- expected (masked)\n"
                 + "\n".join(want)
                 + "\n--- got (masked)\n"
