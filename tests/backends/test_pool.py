@@ -182,8 +182,18 @@ def test_a_dead_worker_process_is_an_executor_error_naming_the_candidates(tmp_pa
 
 
 @workflow
+def started_then_slow(i, marker):
+    open(marker, "w").close()  # running now (a node still queued is cancelled, not run)
+    time.sleep(0.3)
+    return i
+
+
+@workflow
 class Fragile:
-    def __init__(self, x):
+    def __init__(self, marker):
+        deadline = time.monotonic() + 20
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.01)
         raise RuntimeError("cannot build")
 
     def get(self):
@@ -191,7 +201,8 @@ class Fragile:
 
 
 def test_a_driver_failure_keeps_what_the_pool_finished(tmp_path):
-    nodes = [slow_ok(7).set_name("slow_c"), Fragile(1).set_name("fragile").get().set_name("get")]
+    marker = str(tmp_path / "started")
+    nodes = [started_then_slow(7, marker).set_name("slow_c"), Fragile(marker).set_name("fragile").get().set_name("get")]
     wf = LocalWorkflow(*nodes, workflow_name="d")
     storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
     wf.set_storage(storage)
