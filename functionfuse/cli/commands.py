@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import EntryNotFoundError
+from ..errors import CorruptEntryError, EntryNotFoundError, StorageError
 from . import STORE_ENV, UsageError, render, storage_options
 
 
@@ -315,7 +315,10 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict, str]:
     doc = inv.manifest(key)
     if doc is None:
         raise EntryNotFoundError(f"node {args.node!r}: the manifest of key {key} is {inv.problem(key)}")
-    out = export_result(storage.results, doc, args.dest, node=args.node)
+    try:
+        out = export_result(storage.results, doc, args.dest, node=args.node)
+    except (CorruptEntryError, StorageError) as exc:
+        raise type(exc)(f"node {args.node!r} of workflow {args.workflow!r} not exported: {exc}") from exc
     text = "\n".join(f"wrote {p}" for p in out["written"])
     if out["pickled"]:
         text += "\nnote: a part is a pickle (.pkl); loading it runs code, do so only if you trust this store"

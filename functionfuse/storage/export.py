@@ -39,6 +39,18 @@ def _part_bytes(results: Any, part: dict) -> bytes:
     return data
 
 
+def _write_part(results: Any, part: dict, path: str) -> None:
+    """Write a part's file: a local uncompressed object is checked in place (over a
+    memory map) and copied file to file, never read whole into memory."""
+    if results._local and part.get("codec") is None:
+        import shutil
+
+        source = results.objects.checked_path(ObjectRef.from_json(part))
+        _write(path, None, copy_from=source, copy=shutil.copyfile)
+    else:
+        _write(path, _part_bytes(results, part))
+
+
 def _with_extension(dest: str, ext: str) -> str:
     return dest if dest.endswith(ext) else dest + ext
 
@@ -70,13 +82,13 @@ def export_result(results: Any, doc: dict, dest: str, *, node: str = "") -> dict
         written.append(path)
     elif len(parts) == 1 and tree == {"part": 0}:
         path = _with_extension(dest, EXTENSIONS[parts[0]["format"]])
-        _write(path, _part_bytes(results, parts[0]))
+        _write_part(results, parts[0], path)
         written.append(path)
     else:
         os.makedirs(dest, exist_ok=True)
         for i, part in enumerate(parts):
             path = os.path.join(dest, f"part-{i}{EXTENSIONS[part['format']]}")
-            _write(path, _part_bytes(results, part))
+            _write_part(results, part, path)
             written.append(path)
         path = os.path.join(dest, "result.json")
         layout = {"result": tree, "parts": [{"file": os.path.basename(w), "format": f}
@@ -103,14 +115,18 @@ def _refuse(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON")
 
 
-def _write(path: str, data: bytes) -> None:
-    """Write ``path`` whole or not at all (a temporary renamed into place)."""
+def _write(path: str, data: bytes | None, *, copy_from: str | None = None, copy: Any = None) -> None:
+    """Write ``path`` whole or not at all (a temporary renamed into place): ``data``,
+    or the file ``copy_from`` copied with ``copy(src, dst)``."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        if copy_from is not None:
+            copy(copy_from, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data)  # type: ignore[arg-type]
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

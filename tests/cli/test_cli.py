@@ -152,6 +152,10 @@ def test_verify_reports_damage_by_node_and_fails(store):
     assert "XXH3" in doc["damaged"][0]["problem"]
     rc, text, _ = cli(store, "verify", json_out=False)
     assert rc == 1 and "DAMAGED" in text and "table" in text
+    # export refuses the damaged part (checked in place before it is copied), writing nothing
+    rc, doc, _ = cli(store, "export", "demo", "table", store.parent / "t.parquet")
+    assert rc == 1 and "corrupt" in doc["error"] and not (store.parent / "t.parquet").exists()
+    assert doc["error"].startswith("node 'table' of workflow 'demo' not exported")
     # the damage verify reports is real: loading the node detects it too
     from functionfuse.errors import CorruptEntryError
 
