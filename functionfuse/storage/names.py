@@ -33,6 +33,8 @@ def encode_name(name: str) -> str:
     cached = _cache.get(name)
     if cached is not None:
         return cached
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a workflow or node name is a non-empty string, got {name!r}")  # "" is no path component
     if _PLAIN.fullmatch(name):
         enc = name
     else:
