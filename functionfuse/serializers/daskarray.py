@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 try:
@@ -121,6 +122,8 @@ class DaskArraySerializer:
         path = handle.local_path(filename)
         chunks = tuple(int(c) for c in obj.chunksize) if obj.size else None
         fileobj = None
+        if path is not None:
+            _check_space(path, obj, handle)
         try:
             if path is not None:
                 h5 = h5py.File(path, "w")
@@ -281,3 +284,23 @@ class _CheckedZarr:
                 "damaged after it was written: remove the entry holding it (storage.remove_task) or "
                 "rerun its node with force=..."
             ) from exc
+
+
+def _check_space(path: str, obj: Any, handle: Any) -> None:
+    """Refuse, before HDF5 opens the file, an array the disk cannot hold.
+
+    HDF5 does not survive a full disk well: the failed flush leaves the library
+    in a state that can crash the interpreter when it exits.  So the space is
+    checked first (the array's size when uncompressed, else a margin) and a
+    full disk is an ``OSError(ENOSPC)`` the storage reports, with nothing written.
+    """
+    import errno
+    import shutil
+
+    folder = os.path.dirname(path) or "."
+    free = shutil.disk_usage(folder).free
+    compressed = getattr(handle, "compression", None) is not None
+    need = (1 << 20) + (0 if compressed else int(obj.nbytes) + int(obj.nbytes) // 64)
+    if need > free:
+        raise OSError(errno.ENOSPC, f"No space left on device: the array needs about {need} bytes, "
+                      f"{free} are free", path)

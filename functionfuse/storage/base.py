@@ -30,6 +30,7 @@ can reopen it.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import platform
@@ -63,6 +64,10 @@ INLINE_COUNT = (1 << 20) // INLINE_LIMIT
 _TRACKED = ("numpy", "pandas", "pyarrow", "polars", "dask", "h5py", "zarr", "sklearn", "torch")
 _VERSIONS: dict[tuple[str, ...], dict[str, str]] = {}
 _HOST = socket.gethostname()
+
+
+#: OS errors of a serializer writing side data that are the storage's, not the value's.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO})
 
 
 def library_versions() -> dict[str, str]:
@@ -441,6 +446,13 @@ class Storage(ABC):
             failure = self._failure(exc, "writing", self._join("objects"))
             if failure is not None:
                 raise _naming_node(failure, workflow_name, node_name) from exc
+            if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:  # side data could not be written
+                from .objects import _ADVICE
+
+                raise StorageError(
+                    f"node {node_name!r} of workflow {workflow_name!r}: result not stored: writing its side "
+                    f"data in storage {self!r} failed: {exc}{_ADVICE.get(exc.errno, '')}"
+                ) from exc
             raise SerializationError(
                 f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
                 f"cannot be serialized: {type(exc).__name__}: {exc}. " + _FIX

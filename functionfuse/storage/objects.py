@@ -47,6 +47,7 @@ adds a LIST for each missing key.)  A store may be shared by threads; a writer m
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import os
@@ -334,7 +335,8 @@ class ObjectStore:
                 return type(err)(f"{where}: {err}")
         if isinstance(exc, FileNotFoundError):
             return EntryNotFoundError(f"{where} does not exist (no {path}) while {action} it")
-        return StorageError(f"{where}: {action} {path} failed: {type(exc).__name__}: {exc}")
+        advice = _ADVICE.get(getattr(exc, "errno", None), "")
+        return StorageError(f"{where}: {action} {path} failed: {type(exc).__name__}: {exc}{advice}")
 
     # -- writing ---------------------------------------------------------------
     def writer(self, *, replace: bool = False) -> ObjectWriter:
@@ -720,6 +722,17 @@ def _stat_size(path: str) -> int | None:
         return None
     except OSError as exc:
         return exc  # type: ignore[return-value] - raised, named, by _sizes
+
+
+#: What to do about the OS errors a store meets most (appended to the message).
+_ADVICE = {
+    errno.ENOSPC: ". The disk is full: free space there (`functionfuse gc` removes what no recent run "
+                  "uses) or give the storage another path; nothing partial was kept, and the next run "
+                  "resumes from what is stored",
+    errno.EDQUOT: ". The disk quota is exhausted: free space or raise the quota; nothing partial was kept",
+    errno.EACCES: ". Permission denied: the store's folder must be writable by this user",
+    errno.EROFS: ". The file system is read-only: give the storage a writable path",
+}
 
 
 def _touch(path: str) -> bool:
