@@ -25,7 +25,10 @@ from functionfuse import storage_factory, workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.errors import FunctionFuseError
 
-pytestmark = [pytest.mark.reliability, pytest.mark.filterwarnings("ignore::functionfuse.caching.CacheWarning")]
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.filterwarnings("ignore::functionfuse.caching.CacheWarning"),
+]
 
 TRIALS = int(os.environ.get("FUNCTIONFUSE_RELIABILITY_TRIALS", "40"))
 
@@ -81,8 +84,12 @@ def graph():
 def outputs(values):
     p, a, f, m, z, s = values
     return {
-        "plain": p, "array": a.tolist(), "frame": f.to_dict("list"), "model": float(m.coef_[0]),
-        "lazy": np.asarray(z).tolist(), "summary": s,
+        "plain": p,
+        "array": a.tolist(),
+        "frame": f.to_dict("list"),
+        "model": float(m.coef_[0]),
+        "lazy": np.asarray(z).tolist(),
+        "summary": s,
     }
 
 
@@ -157,7 +164,7 @@ def test_damage_anywhere_on_s3(s3_endpoint, s3_url):
 
     expected = run_s3(s3_url)
     root = s3_url.removeprefix("s3://")
-    files = sorted(p[len(root) + 1:] for p in fs.find(root))
+    files = sorted(p[len(root) + 1 :] for p in fs.find(root))
     assert any(f.startswith("side/") for f in files)  # the zarr side data is among them
     rng = random.Random(7)
     trials = max(8, TRIALS // 4)

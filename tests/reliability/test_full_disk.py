@@ -18,7 +18,8 @@ import pytest
 pytestmark = [
     pytest.mark.reliability,
     pytest.mark.skipif(
-        not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)"
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="mounting a tmpfs needs root (CI runs as root)",
     ),
 ]
 
@@ -57,7 +58,9 @@ SCRIPT = textwrap.dedent("""
 def tiny(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", f"ff-{uuid.uuid4().hex[:8]}", str(mount)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", f"ff-{uuid.uuid4().hex[:8]}", str(mount)], check=True
+    )
     try:
         yield mount
     finally:
@@ -65,7 +68,9 @@ def tiny(tmp_path):
 
 
 def run(script, store, kind):
-    done = subprocess.run([sys.executable, str(script), str(store), kind], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(store), kind], capture_output=True, text=True, timeout=300
+    )
     return done
 
 
@@ -75,7 +80,9 @@ def test_a_full_disk_is_a_clear_error_then_the_run_completes(tmp_path, tiny, kin
     script.write_text(SCRIPT)
     store = tiny / "store"
     done = run(script, store, kind)
-    assert done.returncode == 0, f"the interpreter must survive a full disk: {done.returncode} {done.stderr[-2000:]}"
+    assert done.returncode == 0, (
+        f"the interpreter must survive a full disk: {done.returncode} {done.stderr[-2000:]}"
+    )
     out = done.stdout
     assert out.startswith("STORAGE_ERROR node 'big' of workflow 'full': result not stored"), out + done.stderr
     assert str(store) in out and "disk is full" in out and "free space" in out
