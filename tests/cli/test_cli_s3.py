@@ -512,3 +512,19 @@ def test_gc_keeps_the_objects_kept_run_records_name(s3_endpoint, fresh_store):
     assert named, "the latest demo record holds the small result of `summary`"
     missing = {path: h for path, h in named.items() if object_path(h) not in after}
     assert not missing, f"gc removed the `values` objects of kept run records {missing}; gc said: {doc}"
+
+
+def test_a_store_that_is_an_object_or_an_unreachable_endpoint(s3_endpoint, store):
+    # The location names an object (a file), not a store prefix.
+    doc = cli(s3_endpoint, f"{store}/FFSTORE.json", "ls", status=1)
+    assert "is not a functionfuse store" in doc["error"] and "FFSTORE.json" in doc["error"]
+    # An endpoint nothing listens on: the error names the store and says it cannot be reached.
+    dead = [
+        "--storage-option", "key=k", "--storage-option", "secret=s",
+        "--storage-option", "client_kwargs.endpoint_url=http://127.0.0.1:9",
+        "--storage-option", "client_kwargs.region_name=us-west-2",
+        "--storage-option", "config_kwargs.retries.max_attempts=1",
+        "--storage-option", "config_kwargs.connect_timeout=1",
+    ]
+    doc = cli(s3_endpoint, store, "ls", status=1, options=dead)
+    assert "S3 endpoint http://127.0.0.1:9 is unreachable" in doc["error"] and store in doc["error"]
