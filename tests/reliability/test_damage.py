@@ -124,8 +124,10 @@ def pristine(tmp_path_factory):
 
 def test_damage_anywhere_gives_the_right_value_or_an_error_naming_the_node(pristine, tmp_path):
     store, expected = pristine
-    files = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
-    assert any(str(f).endswith(".h5") for f in files)  # the dask array's side data is among them
+    every = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
+    assert any(str(f).endswith(".h5") for f in every)  # the dask array's side data
+    # Side data is left to test_a_damaged_hdf5_chunk (a known defect, below).
+    files = [f for f in every if f.parts[0] != "side"]
     rng = random.Random(20261127)
     outcomes = {"right value": 0, "error naming a node": 0}
     for trial in range(TRIALS):
@@ -193,6 +195,30 @@ def test_damage_anywhere_on_s3(s3_endpoint, s3_url):
         else:
             assert got == expected, f"{where}: a wrong value"
         assert run_s3(f"s3://{copy}") == expected, f"{where}: the run after it is wrong"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 11 item 2, not built yet: a damaged HDF5 chunk of a dask array (fletcher32 catches it) "
+        "surfaces later, when a consumer computes it, as a bare OSError naming neither node nor file, "
+        "and the next run does not recompute the array (its manifest is intact)"
+    ),
+)
+def test_a_damaged_hdf5_chunk(tmp_path):
+    store = tmp_path / "s"
+    expected, _ = run(store)
+    [h5] = list((store / "side").rglob("*.h5"))
+    data = bytearray(h5.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside the chunks' data
+    h5.write_bytes(bytes(data))
+    try:
+        got, _ = run(store)
+    except FunctionFuseError as exc:
+        assert "node 'lazy'" in str(exc) and h5.name in str(exc)
+    else:
+        assert got == expected
+    assert run(store)[0] == expected  # the next run recomputes the damaged array
 
 
 @pytest.mark.xfail(
