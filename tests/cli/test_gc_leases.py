@@ -164,3 +164,15 @@ def test_bad_lease_timeout_is_a_usage_error(tmp_path, bad):
     run(tmp_path, 2)
     rc, out = cli(tmp_path, "gc", "--lease-timeout", bad)
     assert rc == 2 and out["ok"] is False and bad in out["error"] or "lease" in out["error"], out
+
+
+def test_a_bad_run_id_is_refused_and_writes_nothing(tmp_path):
+    run(tmp_path, 2)
+    before = files(tmp_path)
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    for bad in ("../../etc/x", "", "20261127T000000.000000Z"):
+        with pytest.raises(ValueError, match="not a run id"):
+            storage.begin_run("w", bad, base=None, keys=["a" * 32])
+        with pytest.raises(ValueError, match="not a run id"):
+            storage.end_run("w", bad)
+    assert files(tmp_path) == before
