@@ -36,7 +36,8 @@ def result_files(storage, workflow, node):
     key = meta["key"]
     manifest = os.path.join(storage.path, "manifests", key[:2], key + ".json")
     objects = [
-        os.path.join(storage.path, "objects", p["object"][:2], p["object"][2:4], p["object"]) for p in meta["parts"]
+        os.path.join(storage.path, "objects", p["object"][:2], p["object"][2:4], p["object"])
+        for p in meta["parts"]
     ]
     return manifest, objects
 
@@ -76,3 +77,54 @@ def lines_match(expected, actual):
         return False
 
     return rec(0, 0)
+
+
+_FENCE = None
+_MARK = "@@BLOCK@@"
+
+
+def page_blocks(path):
+    """``(language, body)`` of every fenced block of a Markdown page."""
+    import re
+
+    global _FENCE
+    if _FENCE is None:
+        _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
+    with open(path, encoding="utf-8") as fh:
+        return [(m.group(1), m.group(2)) for m in _FENCE.finditer(fh.read())]
+
+
+def run_page_python(path, cwd, timeout=240):
+    """Run a page's Python blocks top to bottom as one script in ``cwd``; a ```text block
+    right after a Python block is its expected output (see :func:`lines_match`).
+    Returns how many Python blocks ran."""
+    blocks = page_blocks(path)
+    code, expected = [], {}
+    for i, (lang, body) in enumerate(blocks):
+        if lang == "python":
+            code.append(body)
+        elif lang == "text" and i and blocks[i - 1][0] == "python":
+            expected[len(code) - 1] = body
+    if not code:
+        return 0
+    script = os.path.join(str(cwd), "page.py")
+    with open(script, "w", encoding="utf-8") as fh:
+        fh.write("".join(f"print({_MARK!r}, flush=True)\n{body}\n" for body in code))
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, script],
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = proc.stdout.split(_MARK + "\n")[1:]
+    for i, want in expected.items():
+        got = outputs[i] if i < len(outputs) else "<missing>"
+        wanted = [line.rstrip() for line in want.strip("\n").splitlines()]
+        gotten = [line.rstrip() for line in got.strip("\n").splitlines()]
+        assert lines_match(wanted, gotten), f"block {i} of {path}:\n--- expected\n{want}--- got\n{got}"
+    return len(code)

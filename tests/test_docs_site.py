@@ -27,11 +27,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, lines_match
+from helpers import ROOT, lines_match, page_blocks, run_page_python
 
 DOCS = Path(ROOT) / "docs"
-FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
-MARK = "@@BLOCK@@"
 
 # Pages every build must produce (source file -> nav entry that must exist).
 KEY_PAGES = [
@@ -178,43 +176,8 @@ def test_drawings_are_shipped(site):
 # -- the examples of the tutorial and of getting started -------------------------------
 
 
-def _blocks(page: Path) -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in FENCE.finditer(page.read_text(encoding="utf-8"))]
-
-
 def _lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.strip("\n").splitlines()]
-
-
-def _run_python_blocks(page: Path, cwd: Path) -> None:
-    """Run the page's Python blocks as one script in ``cwd``; check the outputs the page shows."""
-    blocks = _blocks(page)
-    code, expected = [], {}
-    for i, (lang, body) in enumerate(blocks):
-        if lang == "python":
-            code.append(body)
-        elif lang == "text" and i and blocks[i - 1][0] == "python":
-            expected[len(code) - 1] = body
-    assert code, f"{page.name} has no Python blocks"
-    script = cwd / "page.py"
-    script.write_text("".join(f"print({MARK!r}, flush=True)\n{body}\n" for body in code), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outputs = proc.stdout.split(MARK + "\n")[1:]
-    for i, want in expected.items():
-        got = outputs[i] if i < len(outputs) else "<missing>"
-        assert lines_match(_lines(want), _lines(got)), (
-            f"block {i} of {page.name}:\n--- expected\n{want}--- got\n{got}"
-        )
 
 
 def _hosts() -> list[str]:
@@ -249,7 +212,7 @@ def _run_console_blocks(page: Path, cwd: Path) -> int:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("FUNCTIONFUSE_STORE", None)
     ran = 0
-    for lang, body in _blocks(page):
+    for lang, body in page_blocks(page):
         if lang != "console":
             continue
         commands = re.split(r"^\$ ", body, flags=re.MULTILINE)[1:]
@@ -281,11 +244,11 @@ def _run_console_blocks(page: Path, cwd: Path) -> int:
 
 def test_tutorial_runs(tmp_path):
     page = DOCS / "tutorial-sweep.md"
-    _run_python_blocks(page, tmp_path)
+    assert run_page_python(page, tmp_path)
     _run_console_blocks(page, tmp_path)
 
 
 def test_getting_started_runs(tmp_path):
     page = DOCS / "getting-started.md"
-    _run_python_blocks(page, tmp_path)
+    assert run_page_python(page, tmp_path)
     assert _run_console_blocks(page, tmp_path) >= 3
