@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,10 +25,9 @@ def size(n: int | None) -> str:
 
 def timestamp(iso: Any) -> float | None:
     """Seconds since the epoch of an ISO time as stored (``...Z``), or None."""
-    try:
-        return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    from ..storage.base import iso_seconds
+
+    return iso_seconds(iso)
 
 
 def age(iso: Any, now: float | None = None) -> str:

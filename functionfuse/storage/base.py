@@ -91,6 +91,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def iso_seconds(iso: Any) -> float | None:
+    """Seconds since the epoch of a time as stored (:func:`utc_now_iso`, or with ``Z``); None if not one."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 _last_second: list = [None, ""]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
-from .base import current_view
+from .base import current_view, iso_seconds
 from .inventory import Inventory, RunInfo
 from .manifests import manifest_path
 
@@ -222,7 +222,7 @@ def _leases(inventory: Inventory, policy: GcPolicy, now: float) -> tuple[dict[st
                 f"gc stopped, nothing removed: run lease {path} in {inventory.url} is damaged ({problem}); "
                 "if no run of that workflow is going on, delete the file and run gc again"
             )
-        started = _timestamp(lease.get("started"))
+        started = iso_seconds(lease.get("started"))
         dead = lease.get("host") == host and isinstance(lease.get("pid"), int) and not _alive(lease["pid"])
         if dead or (started is not None and now - started > policy.lease_s):
             stale.append(path)
@@ -242,15 +242,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _timestamp(iso: Any) -> float | None:
-    import datetime as dt
-
-    try:
-        return dt.datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _values_object(record: dict | None) -> str | None:
@@ -274,28 +265,20 @@ def _by_policy(runs: list[RunInfo], policy: GcPolicy, now: float) -> tuple[list[
 
 
 def _age(run: RunInfo, now: float) -> float:
-    import datetime as dt
-
-    stamp = run.record.get("finished") or run.record.get("started")
-    try:
-        when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0  # unknown: young (kept)
-    return now - when
+    when = iso_seconds(run.record.get("finished") or run.record.get("started"))
+    return 0.0 if when is None else now - when  # unknown: young (kept)
 
 
 def _manifest_times(inventory: Inventory, keys: list[str]) -> dict[str, float]:
-    """Key -> the time its manifest was written (its ``created`` member; now if unknown)."""
-    import datetime as dt
-
+    """Key -> the time its manifest was written (its ``created`` member); a missing
+    manifest counts as new, an unreadable time as old."""
     out = {}
     for key in keys:
         doc = inventory.manifest(key)
-        created = (doc or {}).get("created")
-        try:
-            out[key] = dt.datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            out[key] = float("inf") if doc is None and inventory.problem(key) == "missing" else 0.0
+        when = iso_seconds((doc or {}).get("created"))
+        if when is None:
+            when = float("inf") if doc is None and inventory.problem(key) == "missing" else 0.0
+        out[key] = when
     return out
 
 
