@@ -656,22 +656,30 @@ def _import_token(module_name: str, imported: tuple[str, ...], attrs: frozenset[
 
 
 def _unimported_token(module_name: str) -> str | None:
-    """A module the function imports that is not imported yet (at plan time):
-    an installed one counts by version, one of the user's by its source file."""
-    top = module_name.partition(".")[0]
-    if top not in sys.modules and "." in module_name:
-        return None  # locating it would import its parent package
+    """A module the function imports that is not imported yet (at plan time),
+    found without importing anything: an installed one counts by its version,
+    as it does once imported, so its key is the same before and after the
+    import; one of the user's by its source file (a submodule of the user's
+    package: not at all, since locating it would import the package)."""
     import importlib.util
 
+    top = module_name.partition(".")[0]
+    submodule = top not in sys.modules and "." in module_name
     try:
-        spec = importlib.util.find_spec(module_name)
+        spec = importlib.util.find_spec(top if submodule else module_name)
     except (ImportError, ValueError):
         return None
-    origin = getattr(spec, "origin", None)
-    if spec is None or not origin or not os.path.isfile(origin):
+    if spec is None:
         return None
-    if not is_user_file(origin):
+    origin = getattr(spec, "origin", None)
+    locations = list(getattr(spec, "submodule_search_locations", None) or ())
+    where = origin if origin and os.path.isfile(origin) else (locations[0] if locations else None)
+    if where is None:
+        return None
+    if not is_user_file(where):
         return f"module:{module_name}@{package_version(module_name)}"
+    if submodule or where != origin:
+        return None
     try:
         with open(origin, "rb") as fh:
             return "source:" + hash_bytes(fh.read())[:32]
