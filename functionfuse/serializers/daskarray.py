@@ -43,7 +43,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "DaskArraySerializer needs dask and h5py; install them with: pip install 'functionfuse[dask]'"
     ) from exc
 
-from ..errors import CorruptEntryError, SerializationError
+from ..errors import CorruptEntryError, SerializationError, StorageError
+from . import persistent
 from .base import FILE_PROTOCOL, S3_PROTOCOL, generate_name
 
 __all__ = ["DaskArraySerializer"]
@@ -51,6 +52,7 @@ __all__ = ["DaskArraySerializer"]
 logger = logging.getLogger(__name__)
 
 _DATASET = "data"
+_LIBVER = ("v110", "latest")
 _ZARR_KINDS = frozenset("biufc")  # dtypes with a stable zarr v3 specification
 
 
@@ -125,11 +127,14 @@ class DaskArraySerializer:
         if path is not None:
             _check_space(path, obj, handle)
         try:
+            # libver v110: the file format of HDF5 1.10, whose metadata (superblock,
+            # object headers, chunk index) carries checksums; fletcher32 below
+            # covers the chunks.  Damage anywhere in the file then raises when read.
             if path is not None:
-                h5 = h5py.File(path, "w")
+                h5 = h5py.File(path, "w", libver=_LIBVER)
             else:
                 fileobj = handle.open(filename, "wb")
-                h5 = h5py.File(fileobj, "w")
+                h5 = h5py.File(fileobj, "w", libver=_LIBVER)
             with h5:
                 # fletcher32: a checksum per chunk, so damaged side data raises
                 # when read instead of silently giving wrong numbers.
@@ -153,7 +158,8 @@ class DaskArraySerializer:
             raise
         if fileobj is not None:
             fileobj.close()
-        return {"format": "hdf5", "file": filename, "dataset": _DATASET, "chunks": obj.chunks}
+        size = os.path.getsize(path) if path is not None else handle.fs.size(handle._full(filename))
+        return {"format": "hdf5", "file": filename, "dataset": _DATASET, "chunks": obj.chunks, "size": size}
 
     @classmethod
     def _store_zarr(cls, obj: Array, handle: Any) -> dict:
@@ -211,15 +217,29 @@ class DaskArraySerializer:
         from ..storage.codecs import ensure_hdf5_filters
 
         ensure_hdf5_filters()  # datasets written with zstd / lz4 / Blosc filters
+        origin = persistent.origin()
+        label = path if path is not None else filename
         try:
-            h5 = h5py.File(path if path is not None else handle.open(filename, "rb"), "r")
-        except (FileNotFoundError, OSError) as exc:
-            raise SerializationError(
-                f"side data {filename} of a stored dask array is missing: {exc}"
+            size = os.path.getsize(path) if path is not None else handle.fs.size(handle._full(filename))
+        except FileNotFoundError as exc:
+            raise SerializationError(f"side data {label} of a stored dask array is missing: {exc}") from exc
+        if pid.get("size") is not None and size != pid["size"]:
+            raise CorruptEntryError(
+                f"side data {label} of a stored dask array has {size} bytes, {pid['size']} were written; "
+                "it was damaged after it was written (the node is recomputed)"
+            )
+        try:
+            source = _Hdf5Array(path, pid["dataset"], origin) if path is not None else _StoredArray(
+                h5py.File(handle.open(filename, "rb"), "r")[pid["dataset"]], label, origin)
+        except FileNotFoundError as exc:
+            raise SerializationError(f"side data {label} of a stored dask array is missing: {exc}") from exc
+        except (OSError, KeyError, ValueError) as exc:  # a file checked by HDF5 that fails its checks
+            raise CorruptEntryError(
+                f"side data {label} of a stored dask array cannot be opened ({type(exc).__name__}: {exc}); "
+                "it was damaged after it was written (the node is recomputed)"
             ) from exc
-        dset = h5[pid["dataset"]]
-        chunks = pid["chunks"] if dset.size else dset.shape
-        return da.from_array(dset, chunks=chunks, name=f"functionfuse-{filename}", lock=True)
+        chunks = pid["chunks"] if source.size else source.shape
+        return da.from_array(source, chunks=chunks, name=f"functionfuse-{filename}", lock=True)
 
     @classmethod
     def _load_zarr(cls, pid: dict, protocols: dict) -> Array:
@@ -250,7 +270,8 @@ class DaskArraySerializer:
                 )
         chunks = pid["chunks"] if array.size else array.shape
         return da.from_array(
-            _CheckedZarr(array, url), chunks=chunks, name=f"functionfuse-{filename}", asarray=True
+            _ZarrArray(array, url, persistent.origin()), chunks=chunks, name=f"functionfuse-{filename}",
+            asarray=True,
         )
 
     @classmethod
@@ -261,29 +282,88 @@ class DaskArraySerializer:
             handle.remove(pid["file"])
 
 
-class _CheckedZarr:
-    """A stored zarr array whose read errors say which stored array is damaged.
+class _StoredArray:
+    """A stored array read chunk by chunk, whose read errors name the node and the file.
 
-    Chunks are read when the lazy array is computed, often inside another
-    node; a failed checksum there would otherwise name only that node.
+    Chunks are read when the lazy dask array is computed, often inside another
+    node or after the run.  A chunk that fails its checksum (or any read of the
+    file's checked metadata) raises :class:`CorruptEntryError` naming the node
+    that stored the array and the file, and withdraws the entry (see
+    :meth:`~functionfuse.serializers.persistent.EntryOrigin.withdraw`), so that
+    the next run recomputes the node instead of loading the same damage again.
     """
 
-    def __init__(self, array: Any, url: str) -> None:
+    def __init__(self, array: Any, label: str, origin: Any) -> None:
         self.array = array
-        self.url = url
+        self.label = label
+        self.origin = origin
         self.shape = array.shape
         self.dtype = array.dtype
-        self.ndim = array.ndim
+        self.ndim = len(array.shape)
+        self.size = math.prod(array.shape)
+
+    def _damage(self, exc: BaseException) -> bool:
+        """Whether ``exc``, raised reading a chunk, means the stored data is damaged."""
+        return not isinstance(exc, MemoryError)
 
     def __getitem__(self, index: Any) -> Any:
         try:
             return self.array[index]
         except Exception as exc:
+            who = self.origin.describe() if self.origin is not None else "its node"
+            where = self._where(index)
+            problem = f"{type(exc).__name__}: {exc}"
+            if not self._damage(exc):
+                raise StorageError(
+                    f"stored dask array {where} of {who} cannot be read now ({problem}); check the "
+                    "storage's connection and run again"
+                ) from exc
+            withdrawn = self.origin is not None and self.origin.withdraw(f"side data {where} is damaged")
+            fix = ("its entry was withdrawn: the next run recomputes the node" if withdrawn else
+                   "remove its entry (storage.remove_task or `functionfuse rm`) or rerun the node with force=...")
             raise CorruptEntryError(
-                f"stored dask array {self.url} cannot be read ({type(exc).__name__}: {exc}); it was "
-                "damaged after it was written: remove the entry holding it (storage.remove_task) or "
-                "rerun its node with force=..."
+                f"stored dask array {where} of {who} is damaged ({problem}); {fix}"
             ) from exc
+
+    def _where(self, index: Any) -> str:
+        """The file, and the chunk ``index`` starts in when it is a block of chunks."""
+        chunks = getattr(self.array, "chunks", None)
+        if not (isinstance(index, tuple) and isinstance(chunks, tuple) and len(index) == len(chunks)
+                and all(isinstance(s, slice) and isinstance(c, int) and c > 0 for s, c in zip(index, chunks))):
+            return self.label
+        coords = [(s.start or 0) // c for s, c in zip(index, chunks)]
+        return self._chunk(coords)
+
+    def _chunk(self, coords: list[int]) -> str:
+        return f"{self.label} (chunk {tuple(coords)})"
+
+
+class _Hdf5Array(_StoredArray):
+    """An HDF5 dataset of the local disk: pickles (to Dask and Ray workers) as its path."""
+
+    def __init__(self, path: str, dataset: str, origin: Any) -> None:
+        self.path = path
+        self.dataset = dataset
+        super().__init__(h5py.File(path, "r")[dataset], path, origin)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "dataset": self.dataset, "origin": self.origin}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["dataset"], state["origin"])
+
+
+class _ZarrArray(_StoredArray):
+    """A zarr array on S3; a failed connection is not damage."""
+
+    def _chunk(self, coords: list[int]) -> str:
+        return f"{self.label}/c/{'/'.join(map(str, coords))}"  # the default chunk key encoding of zarr 3
+
+    def _damage(self, exc: BaseException) -> bool:
+        if isinstance(exc, (OSError, MemoryError, TimeoutError, ConnectionError)):
+            return False
+        module = type(exc).__module__.split(".")[0]
+        return module not in ("botocore", "aiobotocore", "aiohttp", "s3fs")
 
 
 def _check_space(path: str, obj: Any, handle: Any) -> None:

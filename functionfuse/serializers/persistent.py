@@ -44,7 +44,10 @@ from ..errors import SerializationError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SERIALIZER", "Persistence", "active", "current", "encode", "decode", "default_serializer"]
+__all__ = [
+    "SERIALIZER", "EntryOrigin", "Persistence", "active", "current", "decode", "default_serializer", "encode",
+    "loading", "origin",
+]
 
 SERIALIZER = "serializer"
 _DEFAULT_NAME = "DaskArraySerializer"
@@ -141,6 +144,79 @@ def active(persistence: Persistence | None) -> Iterator[None]:
 
 def current() -> Persistence | None:
     return _current.get()
+
+
+class EntryOrigin:
+    """The stored entry a value is being loaded from, for side data read lazily.
+
+    A serializer that returns a lazy object (a dask array over an HDF5 file or
+    a zarr array) keeps the origin of the load (:func:`origin`), so that damage
+    found only when the object is computed, often inside another node or after
+    the run, is reported naming the node and the file, and the entry is
+    withdrawn (:meth:`withdraw`) so that the next run recomputes it.  It is
+    plain data (the storage's URL and options), so it pickles with the lazy
+    object to Dask and Ray workers.
+    """
+
+    __slots__ = ("node", "workflow", "key", "url", "storage_options", "identity")
+
+    def __init__(self, node: str | None, workflow: str | None, key: str, url: str,
+                 storage_options: dict | None = None, identity: str = "") -> None:
+        self.node = node
+        self.workflow = workflow
+        self.key = key
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        #: The objects the loaded manifest names: a manifest replaced since is not withdrawn.
+        self.identity = identity
+
+    def __getstate__(self) -> tuple:
+        return (self.node, self.workflow, self.key, self.url, self.storage_options, self.identity)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.node, self.workflow, self.key, self.url, self.storage_options, self.identity = state
+
+    def __repr__(self) -> str:
+        return f"EntryOrigin({self.describe()})"
+
+    def describe(self) -> str:
+        """``node 'x' of workflow 'w' (key ...) in storage URL``."""
+        who = f"node {self.node!r}" if self.node else "a node"
+        if self.workflow:
+            who += f" of workflow {self.workflow!r}"
+        return f"{who} (key {self.key}) in storage {self.url}"
+
+    def withdraw(self, damage: str) -> bool:
+        """Delete the entry's manifest when it is still the one loaded; True when
+        deleted.  ``damage`` says what is damaged (logged).  Never raises: the
+        damage is reported by the caller whatever happens here."""
+        try:
+            from ..storage.results import ResultStore
+
+            store = ResultStore.from_url(self.url, self.storage_options or None)
+            return store.withdraw(self.key, self.identity, damage)
+        except Exception as exc:  # noqa: BLE001 - reporting the damage matters more
+            logger.warning("the damaged entry of %s could not be withdrawn (%s: %s); remove it with "
+                           "storage.remove_task or `functionfuse rm`", self.describe(), type(exc).__name__, exc)
+            return False
+
+
+_origin: contextvars.ContextVar[EntryOrigin | None] = contextvars.ContextVar("ff_origin", default=None)
+
+
+@contextmanager
+def loading(origin: EntryOrigin | None) -> Iterator[None]:
+    """Make ``origin`` the entry serializers are loading from (see :func:`origin`)."""
+    token = _origin.set(origin)
+    try:
+        yield
+    finally:
+        _origin.reset(token)
+
+
+def origin() -> EntryOrigin | None:
+    """The entry being loaded, for serializers that read side data lazily; None outside a load."""
+    return _origin.get()
 
 
 def _required(what: str) -> Persistence:

@@ -458,12 +458,49 @@ class ResultStore:
 
         readers = _Readers(reader, len(parts))
         try:
-            with persistent.active(persistence):
+            with persistent.active(persistence), persistent.loading(self._origin(key, doc)):
                 return join(doc["result"], parts, readers, safe=self.safe, copy=not fresh)
         except (FunctionFuseError, MemoryError):
             raise
         except Exception as exc:  # a decoder failing on checked bytes: the manifest lies
             raise CorruptEntryError(f"result of key {key} cannot be decoded ({type(exc).__name__}: {exc})") from exc
+
+    def _origin(self, key: str, doc: dict[str, Any]) -> Any:
+        """Where a load reads from, for serializers reading side data lazily."""
+        node, workflow = doc.get("node"), doc.get("workflow")
+        options = None if self._local else dict(getattr(self.objects.fs, "storage_options", {}) or {})
+        return persistent.EntryOrigin(
+            node if isinstance(node, str) else None, workflow if isinstance(workflow, str) else None,
+            key, self.objects.url, options, _identity(doc),
+        )
+
+    def withdraw(self, key: str, identity: str, damage: str) -> bool:
+        """Delete the manifest of ``key``, whose side data was found damaged after
+        it was loaded, when it is still the manifest of that load (the objects it
+        names, ``identity``); True when deleted.  ``damage`` says what is damaged (logged).
+
+        Lazily read side data (a dask array over HDF5 or zarr) is checked chunk
+        by chunk when computed, long after the entry was loaded: deleting the
+        manifest makes the next run recompute the node (a run taking the key
+        from its record finds no manifest and recomputes, see
+        ``docs/format.md``).  The damaged side data is left to ``gc``.  A
+        manifest replaced meanwhile (the node recomputed elsewhere) is kept.
+        """
+        relative = manifest_path(key)
+        try:
+            doc = self.read_manifest(key)
+        except EntryNotFoundError:
+            return False
+        except CorruptEntryError:
+            doc = None  # damaged itself: withdrawn all the same
+        if doc is not None and _identity(doc) != identity:
+            return False
+        with self.objects._io("deleting", relative, self._path(relative)):
+            with suppress(FileNotFoundError):
+                self.objects.fs.rm_file(self._path(relative))
+        logger.warning("storage %s: the entry of key %s was withdrawn (%s); the next run recomputes it",
+                       self.objects.url, key, damage)
+        return True
 
     def present(self, keys: Iterable[str]) -> set[str]:
         """The keys among ``keys`` whose manifest exists (one stat each locally; on S3,
@@ -576,6 +613,12 @@ def _read_local(path: str) -> bytes:
             chunks.append(more)
     finally:
         os.close(fd)
+
+
+def _identity(doc: dict[str, Any]) -> str:
+    """The objects a manifest names, in order: a manifest written again (another
+    computation) names other side data, hence other objects."""
+    return ",".join(str(p.get("object")) for p in doc.get("parts", ()) if isinstance(p, dict))
 
 
 class _Readers:

@@ -23,7 +23,7 @@ import pytest
 
 from functionfuse import storage_factory, workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
-from functionfuse.errors import FunctionFuseError
+from functionfuse.errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError
 
 pytestmark = [
     pytest.mark.reliability,
@@ -126,8 +126,7 @@ def test_damage_anywhere_gives_the_right_value_or_an_error_naming_the_node(prist
     store, expected = pristine
     every = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
     assert any(str(f).endswith(".h5") for f in every)  # the dask array's side data
-    # Side data is left to test_a_damaged_hdf5_chunk (a known defect, below).
-    files = [f for f in every if f.parts[0] != "side"]
+    files = every
     rng = random.Random(20261127)
     outcomes = {"right value": 0, "error naming a node": 0}
     for trial in range(TRIALS):
@@ -168,8 +167,7 @@ def test_damage_anywhere_on_s3(s3_endpoint, s3_url):
     root = s3_url.removeprefix("s3://")
     every = sorted(p[len(root) + 1 :] for p in fs.find(root))
     assert any(f.startswith("side/") for f in every)  # the zarr side data
-    # Zarr side data is left to test_a_damaged_zarr_chunk_on_s3 (a known defect, below).
-    files = [f for f in every if not f.startswith("side/")]
+    files = every
     rng = random.Random(7)
     trials = max(8, TRIALS // 4)
     for trial in range(trials):
@@ -197,60 +195,137 @@ def test_damage_anywhere_on_s3(s3_endpoint, s3_url):
         assert run_s3(f"s3://{copy}") == expected, f"{where}: the run after it is wrong"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 11 item 2, not built yet: a damaged HDF5 chunk of a dask array (fletcher32 catches it) "
-        "surfaces later, when a consumer computes it, as a bare OSError naming neither node nor file, "
-        "and the next run does not recompute the array (its manifest is intact)"
-    ),
-)
-def test_a_damaged_hdf5_chunk(tmp_path):
+def _lazy_run(storage):
+    """Run the graph; the lazy array is returned uncomputed, with the report."""
+    wf = LocalWorkflow(*graph(), workflow_name="damage")
+    wf.set_storage(storage)
+    values = wf.run()
+    return values, wf.last_report
+
+
+def test_a_damaged_hdf5_chunk_is_found_when_computed_and_recomputed_by_the_next_run(tmp_path):
+    import h5py
+
     store = tmp_path / "s"
     expected, _ = run(store)
     [h5] = list((store / "side").rglob("*.h5"))
+    with h5py.File(h5, "r") as f:
+        chunk = f["data"].id.get_chunk_info(2)  # the third of four chunks
     data = bytearray(h5.read_bytes())
-    data[len(data) // 2] ^= 0x10  # inside the chunks' data
+    data[chunk.byte_offset + 5] ^= 0x10
     h5.write_bytes(bytes(data))
-    try:
-        got, _ = run(store)
-    except FunctionFuseError as exc:
-        assert "node 'lazy'" in str(exc) and h5.name in str(exc)
-    else:
-        assert got == expected
-    assert run(store)[0] == expected  # the next run recomputes the damaged array
+
+    open_store = lambda: storage_factory({"kind": "file", "options": {"path": str(store)}})  # noqa: E731
+    values, report = _lazy_run(open_store())
+    assert report.by_node()["lazy"].action == "read"  # loading reads no chunk: nothing seen yet
+    with pytest.raises(CorruptEntryError) as caught:
+        np.asarray(values[4])
+    message = str(caught.value)
+    assert "node 'lazy'" in message and str(h5) in message and "chunk (2,)" in message, message
+    assert "withdrawn: the next run recomputes" in message, message
+
+    values, report = _lazy_run(open_store())
+    assert report.by_node()["lazy"].action == "computed"
+    assert report.by_node()["summary"].action != "computed"  # same key: its stored value stands
+    assert outputs(values) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 11 item 2, not built yet: a damaged zarr chunk of a dask array on S3 surfaces later, when "
-        "a consumer computes it, as a CorruptEntryError naming the file but not the node, and the next "
-        "run does not recompute the array (its manifest is intact); HDF5 on files is caught on load"
-    ),
-)
-def test_a_damaged_zarr_chunk_on_s3(s3_endpoint, s3_url):
+def test_a_damaged_zarr_chunk_on_s3_is_found_when_computed_and_recomputed_by_the_next_run(s3_endpoint, s3_url):
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_endpoint.options)
 
-    def run_s3():
-        wf = LocalWorkflow(*graph(), workflow_name="damage")
-        wf.set_storage(
-            storage_factory({"kind": "S3", "options": {"path": s3_url, "s3fs": s3_endpoint.options}})
-        )
-        return outputs(wf.run())
+    def open_store():
+        return storage_factory({"kind": "S3", "options": {"path": s3_url, "s3fs": s3_endpoint.options}})
 
-    expected = run_s3()
+    expected = outputs(_lazy_run(open_store())[0])
     root = s3_url.removeprefix("s3://")
-    [chunk] = [p for p in fs.find(f"{root}/side") if p.endswith("/c/0")]
+    [chunk] = [p for p in fs.find(f"{root}/side") if p.endswith("/c/2")]
     data = bytearray(fs.cat_file(chunk))
     data[len(data) // 2] ^= 0x10
     fs.pipe_file(chunk, bytes(data))
-    try:
-        got = run_s3()
-    except FunctionFuseError as exc:
-        assert "node 'lazy'" in str(exc) and "c/0" in str(exc)
-    else:
-        assert got == expected
-    assert run_s3() == expected  # the next run recomputes the damaged array
+
+    values, report = _lazy_run(open_store())
+    assert report.by_node()["lazy"].action == "read"
+    with pytest.raises(CorruptEntryError) as caught:
+        np.asarray(values[4])
+    message = str(caught.value)
+    assert "node 'lazy'" in message and chunk.rsplit("/", 3)[0].rsplit("/", 1)[-1] in message, message
+    assert "/c/2 of node" in message and "withdrawn: the next run recomputes" in message, message
+
+    values, report = _lazy_run(open_store())
+    assert report.by_node()["lazy"].action == "computed"
+    assert outputs(values) == expected
+
+
+def test_a_truncated_hdf5_file_is_found_on_load_and_recomputed_in_the_same_run(tmp_path):
+    store = tmp_path / "s"
+    expected, _ = run(store)
+    [h5] = list((store / "side").rglob("*.h5"))
+    h5.write_bytes(h5.read_bytes()[:-100])
+    got, report = run(store)
+    assert got == expected
+    event = report.by_node()["lazy"]
+    assert (event.action, event.reason) == ("computed", "corrupt entry")
+
+
+def test_a_lazy_hdf5_array_pickles_as_its_path_and_reports_damage_where_it_is_computed(tmp_path):
+    import subprocess
+    import sys
+
+    import cloudpickle
+    import h5py
+
+    store = tmp_path / "s"
+    expected, _ = run(store)
+    values, _ = _lazy_run(storage_factory({"kind": "file", "options": {"path": str(store)}}))
+    shipped = tmp_path / "lazy.pkl"
+    shipped.write_bytes(cloudpickle.dumps(values[4]))  # what goes to a Dask or Ray worker
+    del values
+    worker = (  # another process computes it, as a worker would
+        "import pickle, sys, numpy as np\n"
+        "from functionfuse.errors import CorruptEntryError\n"
+        "try:\n"
+        "    print(np.asarray(pickle.load(open(sys.argv[1], 'rb'))).tolist())\n"
+        "except CorruptEntryError as exc:\n"
+        "    print('CorruptEntryError', exc)\n"
+    )
+
+    def compute_elsewhere():
+        out = subprocess.run([sys.executable, "-c", worker, str(shipped)], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert compute_elsewhere() == str(expected["lazy"])
+    [h5] = list((store / "side").rglob("*.h5"))
+    with h5py.File(h5, "r") as f:
+        offset = f["data"].id.get_chunk_info(0).byte_offset
+    data = bytearray(h5.read_bytes())
+    data[offset] ^= 0x01
+    h5.write_bytes(bytes(data))
+    reported = compute_elsewhere()
+    assert reported.startswith("CorruptEntryError") and "node 'lazy'" in reported, reported
+    assert "withdrawn" in reported, reported
+    assert run(store)[0] == expected
+
+
+def test_a_withdrawal_spares_a_manifest_written_again_since(tmp_path):
+    from functionfuse.storage.results import ResultStore
+
+    store = tmp_path / "s"
+    run(store)
+    results = ResultStore.from_url(str(store))
+    [key] = [k for k in _keys(store) if results.read_manifest(k).get("node") == "lazy"]
+    doc = results.read_manifest(key)
+    origin = results._origin(key, doc)
+    assert not results.withdraw(key, origin.identity + "x", "a test")  # another manifest since
+    assert results.read_manifest(key)["key"] == key
+    assert origin.withdraw("a test")
+    with pytest.raises(EntryNotFoundError):
+        results.read_manifest(key)
+    assert not origin.withdraw("a test")  # already gone
+
+
+def _keys(store):
+    return [p.stem for p in (store / "manifests").rglob("*.json")]

@@ -5,11 +5,12 @@ import dask.array as da
 import h5py
 import numpy as np
 import pytest
-from functionfuse.testing.stores import _save
 
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.errors import CorruptEntryError, EntryNotFoundError
 from functionfuse.serializers.daskarray import DaskArraySerializer
+from functionfuse.testing.stores import _save
 
 
 @pytest.fixture
@@ -150,8 +151,11 @@ def test_damaged_hdf5_side_data_is_detected(dstorage):
         fh.seek(offset + 10)
         fh.write(bytes([byte[0] ^ 0xFF]))
     loaded = dstorage.load("wf", "0" * 32)
-    with pytest.raises(OSError):
+    with pytest.raises(CorruptEntryError, match=r"\(chunk \(3,\)\) of node 'a' of workflow 'wf'.*withdrawn") as caught:
         loaded.compute()
+    assert isinstance(caught.value.__cause__, OSError)  # HDF5's own error, kept
+    with pytest.raises(EntryNotFoundError):  # withdrawn: the next load recomputes
+        dstorage.load("wf", "0" * 32)
 
 
 def test_failed_save_leaves_no_side_data(dstorage):

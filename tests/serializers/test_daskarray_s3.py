@@ -7,7 +7,6 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from functionfuse.testing.stores import _save
 import s3fs
 import zarr
 
@@ -17,6 +16,7 @@ from functionfuse.serializers import FILE_PROTOCOL, S3_PROTOCOL
 from functionfuse.serializers.base import S3Protocol
 from functionfuse.serializers.daskarray import DaskArraySerializer
 from functionfuse.storage import S3Storage
+from functionfuse.testing.stores import _save
 
 
 @pytest.fixture
@@ -276,6 +276,12 @@ def test_a_damaged_chunk_names_the_stored_array(s3storage, fs):
     data = bytearray(fs.cat_file(chunk))
     data[len(data) // 2] ^= 0xFF
     fs.pipe_file(chunk, bytes(data))
-    with pytest.raises(NodeExecutionError, match=f"node 'total'.*stored dask array .*{name} cannot be read") as info:
+    pattern = f"node 'total'.*stored dask array .*{name}/c/9 of node 'make' of workflow 'wf'.*is damaged.*withdrawn"
+    with pytest.raises(NodeExecutionError, match=pattern) as info:
         wf.run(force="total")
     assert isinstance(info.value.__cause__, CorruptEntryError)
+    from functionfuse.caching import CacheWarning
+
+    with pytest.warns(CacheWarning, match="node 'make'"):
+        wf.run(force="total")  # the next run recomputes the array it withdrew
+    assert wf.last_report.by_node()["make"].action == "computed"
