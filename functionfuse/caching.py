@@ -914,7 +914,7 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     same_view = same_view and len(nodes) >= len(listing.view) and all(name in nodes for name in listing.view)
     values: Any = None
     values_ref = None
-    if same_view and not computed_tree and listing.values_ref is not None:
+    if same_view and not computed_tree and listing.values_ref is not None and not listing.values_damaged:
         # The same keys as the last record's, nothing computed: the same small results,
         # so the same object is named again (not rebuilt, not read if it was not).
         values_ref = listing.values_ref
@@ -943,7 +943,7 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         storage.record_run(
             plan.workflow, plan.run_id or new_run_id(plan.started), nodes, listing=plan.listing,
             started=started, finished=utc_now_iso(), outcome=outcome, executor=executor, values=values,
-            values_ref=values_ref,
+            values_ref=values_ref, **({"values_replace": True} if listing.values_damaged else {}),
         )
     except Exception as exc:  # noqa: BLE001 - the results are stored; only the record is lost
         logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)

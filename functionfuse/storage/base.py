@@ -166,6 +166,9 @@ class Listing:
         self._values: dict[str, Any] | None = None if self._values_ref else {}
         self._fetch: Any = None  # set by the storage that made the listing (not pickled)
         self.loads = 0  # results loaded by the run planned from this listing
+        #: The small-results object was read and found damaged or unreadable: the
+        #: run's record must write it again rather than name it (see caching.record_run).
+        self.values_damaged = False
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -192,6 +195,7 @@ class Listing:
                 try:
                     values = self._fetch(self._values_ref)
                 except (StorageError, ValueError, TypeError, KeyError) as exc:
+                    self.values_damaged = True
                     logger.warning("the small results of the latest run record are unusable (%s); "
                                    "reading their manifests instead", exc)
             self._values = values if isinstance(values, dict) else {}
@@ -531,6 +535,9 @@ class Storage(ABC):
         extra["others"] = others
         values = fields.pop("values", None)
         values_ref = fields.pop("values_ref", None)
+        # The last record's object was found damaged: written again even when this
+        # run's small results hash to it (content addressing would keep the damage).
+        values_replace = bool(fields.pop("values_replace", False))
         if values_ref is not None:
             extra["values"] = values_ref  # the last record's object, named again as it is
         elif values:
@@ -538,7 +545,9 @@ class Storage(ABC):
             # not written again (a hash and a stat).
             from .manifests import fast_canonical_json
 
-            extra["values"] = self.results.objects.put_bytes(fast_canonical_json(values)).to_json()
+            extra["values"] = self.results.objects.put_bytes(
+                fast_canonical_json(values), replace=values_replace
+            ).to_json()
         return self.results.record_run(workflow_name, run_id, nodes, extra=extra, **fields)
 
     def begin_run(self, workflow_name: str, run_id: str, *, base: str | None, keys: list[str]) -> None:

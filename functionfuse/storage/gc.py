@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ class GcReport:
     over_max_size: bool = False
     leases: int = 0  # runs in progress whose results were kept
     stale_leases: list[str] = field(default_factory=list)  # leases of crashed runs, removed
+    side_data: list[str] = field(default_factory=list)  # side data no manifest names (crashed writers)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -199,10 +201,112 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
             report.temporaries = objects.remove_stale_temporaries(policy.grace_s)
         except StorageError as exc:
             logger.warning("temporaries left in place: %s", exc)
+    report.side_data = _orphaned_side_data(results, policy, dry_run=dry_run)
     report.manifests = sorted(doomed_keys)
     report.objects = sorted(doomed_objects)
     report.size_after = report.size_before - report.bytes_freed
     return report
+
+
+#: Side data that ``DaskArraySerializer`` names (``generate_name()`` + its extension):
+#: the only side data gc removes when no manifest names it.  Other serializers' files
+#: are theirs to name; gc removes them only with the manifest naming them.
+_OWN_SIDE = re.compile(r"^[0-9a-f]{32}\.(h5|zarr)$")
+
+
+def _orphaned_side_data(results: Any, policy: GcPolicy, *, dry_run: bool) -> list[str]:
+    """Remove side data of ``DaskArraySerializer`` that no manifest names and that is
+    older than the grace period: what a writer killed between writing the array and
+    publishing its manifest left (docs/cli.md, "gc").  Returns the paths (relative to
+    the store).
+
+    The side folders are listed first, then every manifest is read: side data whose
+    manifest is published after the listing was written before it, so it is younger
+    than the grace period unless its writer stopped for that long between the two.
+    An entry's age is its newest file's (a zarr array is a folder of chunks).
+    """
+    from ..serializers import persistent
+    from .base import SIDE
+
+    fs = results.objects.fs
+    top = results._path(SIDE)
+    cutoff = time.time() - policy.grace_s
+    with results.objects._io("listing", SIDE, top):
+        try:
+            found = fs.find(top, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return []
+    newest: dict[str, float] = {}  # "<workflow folder>/<entry>" -> newest file time
+    for path, info in found.items():
+        rel = path[len(top):].strip("/") if path.startswith(top) else path.split(f"/{SIDE}/", 1)[-1]
+        folder, _, rest = rel.partition("/")
+        entry = rest.split("/", 1)[0]
+        if not folder or not _OWN_SIDE.match(entry):
+            continue
+        name = f"{folder}/{entry}"
+        newest[name] = max(newest.get(name, 0.0), _info_time(info))
+    newest = {name: when for name, when in newest.items() if when < cutoff}
+    if not newest:
+        return []  # nothing old enough: no manifest needs reading
+    named: set[str] = set()
+    for key in Inventory(results).all_keys():
+        try:
+            doc = results.read_manifest(key)
+        except EntryNotFoundError:
+            continue
+        except CorruptEntryError:
+            logger.info("gc: orphaned side data kept: manifest %s is damaged, so what it names is unknown", key)
+            return []
+        for part in doc.get("parts", ()):
+            info = part.get("info") or {}
+            pids = [e[1] for e in info.get("persistent") or () if isinstance(e, list) and len(e) == 2]
+            if part.get("format") == persistent.SERIALIZER:
+                from .objects import ObjectRef
+
+                try:
+                    pids.append(persistent.read_pid(results.objects.get_bytes(ObjectRef.from_json(part)), safe=True)[1])
+                except (FunctionFuseError, ValueError, TypeError, KeyError) as exc:
+                    logger.info("gc: orphaned side data kept: the side data of key %s is unknown (%s)", key, exc)
+                    return []
+            for pid in pids:
+                named.update(_strings(pid))
+    removed = []
+    for name, when in sorted(newest.items()):
+        if name.rsplit("/", 1)[-1] in named:
+            continue
+        removed.append(f"{SIDE}/{name}")
+        if not dry_run:
+            with results.objects._io("removing", f"{SIDE}/{name}", f"{top}/{name}"):
+                try:
+                    fs.rm(f"{top}/{name}", recursive=True)
+                except FileNotFoundError:
+                    pass
+    if removed:
+        logger.info("gc: %s %d side data entries no manifest names", "would remove" if dry_run else "removed",
+                    len(removed))
+    return removed
+
+
+def _strings(value: Any) -> set[str]:
+    """Every string in a plain JSON value."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(_strings(v) for v in value.values()), set(map(str, value)))
+    if isinstance(value, (list, tuple)):
+        return set().union(*(_strings(v) for v in value)) if value else set()
+    return set()
+
+
+def _info_time(info: dict) -> float:
+    """Modification time of an fsspec listing entry (local ``mtime``, S3 ``LastModified``)."""
+    for name in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(name)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+    return time.time()  # unknown: as young as can be, so kept
 
 
 def _leases(inventory: Inventory, policy: GcPolicy, now: float) -> tuple[dict[str, set[str]], list[str]]:

@@ -329,3 +329,38 @@ def test_a_withdrawal_spares_a_manifest_written_again_since(tmp_path):
 
 def _keys(store):
     return [p.stem for p in (store / "manifests").rglob("*.json")]
+
+
+def test_a_damaged_small_results_object_is_written_again_by_the_next_run(tmp_path, caplog):
+    """Run records name one object holding the small results (docs/format.md); a run
+    whose results are the same names the same object.  Found damaged, it must be
+    written again, not named again: content addressing alone would keep the damage."""
+    import json
+
+    from functionfuse.storage.inventory import Inventory
+    from functionfuse.storage.results import ResultStore
+
+    store = tmp_path / "s"
+
+    def run_small():
+        wf = LocalWorkflow(*[plain(i).set_name(f"p{i}") for i in range(12)], workflow_name="small")
+        wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(store)}}))
+        return wf.run()
+
+    expected = run_small()
+    assert run_small() == expected  # cached: the values object is read (12 loads > 8)
+    [latest] = sorted((store / "runs" / "small").glob("*.json"))[-1:]
+    ref = json.loads(latest.read_bytes())["values"]
+    [obj] = list((store / "objects").rglob(ref["object"]))
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    obj.write_bytes(bytes(data))
+
+    assert run_small() == expected  # read from the manifests instead
+    assert "small results of the latest run record are unusable" in caplog.text
+    assert obj.read_bytes() != bytes(data), "the damaged object was named again, not written again"
+    _, damage = Inventory(ResultStore.from_url(str(store))).verify()
+    assert damage == []
+    caplog.clear()
+    assert run_small() == expected
+    assert "unusable" not in caplog.text
