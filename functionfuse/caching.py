@@ -293,6 +293,9 @@ class Plan:
     started: float = 0.0  # time.time() when the plan was made
     run_id: str | None = None  # set by begin_run: the id of the run's record (and lease)
     leased: bool = False  # whether begin_run wrote a lease
+    #: Called as ``waiting(node name, holder's lease)`` when a node waits for another
+    #: run that computes it (storage option ``lease``); the progress display's.
+    waiting: Any = None
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -712,14 +715,63 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     Returns the value children should see: the computed value, or, with
     ``storage.always_read``, the value read back from storage.
     """
-    start = time.perf_counter()
+    lease = None
+    if _leasing(plan, task):
+        lease = take_lease(plan, task)
+        if lease is None:  # stored by another run meanwhile: read, not computed
+            return read_instead(plan, task)
     try:
-        value = execute(task, args, kwargs, instance)
-    except NodeExecutionError as exc:
-        raise _failed_after(task, exc, time.perf_counter() - start) from exc.__cause__
+        start = time.perf_counter()
+        try:
+            value = execute(task, args, kwargs, instance)
+        except NodeExecutionError as exc:
+            raise _failed_after(task, exc, time.perf_counter() - start) from exc.__cause__
+        finally:
+            task.seconds = elapsed = time.perf_counter() - start
+        return store_node(plan, task, value, elapsed, instance)
     finally:
-        task.seconds = elapsed = time.perf_counter() - start
-    return store_node(plan, task, value, elapsed, instance)
+        if lease is not None:
+            lease.release()
+
+
+#: Reason of a node a run meant to compute but read: another run computed it meanwhile.
+BY_ANOTHER_RUN = "computed by another run"
+
+
+def _leasing(plan: Plan, task: Task) -> bool:
+    storage = plan.storage
+    return (storage is not None and task.store and task.reason != REPLAY
+            and getattr(storage, "lease_ttl", None) is not None)
+
+
+def take_lease(plan: Plan, task: Task, stop: Any = None) -> Any:
+    """The node lease of ``task`` (see :mod:`functionfuse.storage.leases`), or None when
+    another run stored its result meanwhile (waiting for it while that run computes it)."""
+    from .storage.leases import acquire
+
+    storage = plan.storage
+    forced = task.overwrite  # forced, or the stored entry is unusable: computed whatever is stored
+
+    def stored() -> bool:
+        return not forced and bool(storage.present([task.key]))
+
+    def on_wait(holder: dict) -> None:
+        if plan.waiting is not None:
+            plan.waiting(task.name, holder)
+
+    try:
+        return acquire(storage.results, task.key, ttl=storage.lease_ttl, workflow=plan.workflow, node=task.name,
+                       run_id=plan.run_id, stored=stored, on_wait=on_wait, stop=stop)
+    except StorageError as exc:
+        raise type(exc)(f"node {task.name!r}: taking its lease failed: {exc}") from exc
+
+
+def read_instead(plan: Plan, task: Task) -> Any:
+    """Load the result another run stored for ``task`` while this one waited."""
+    value, task.tree = plan.storage.load(plan.workflow, task.key, with_tree=True)
+    task.entry = task.key
+    task.action, task.reason, task.seconds = "read", BY_ANOTHER_RUN, 0.0
+    return value
 
 
 def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any = None) -> Any:

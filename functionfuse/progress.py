@@ -130,6 +130,9 @@ class NoProgress:
     def node_done(self, name: str, action: str, seconds: float, *, recomputed: bool = False) -> None:
         """Node ``name`` finished with ``action`` (a :class:`~functionfuse.caching.CacheEvent` action)."""
 
+    def node_waiting(self, name: str, holder: dict) -> None:
+        """Node ``name`` waits for another run that computes it (``holder``: its node lease)."""
+
     def close(self, counts: dict[str, int] | None = None) -> None:
         """The run is over; ``counts`` are its report's counts per action."""
 
@@ -192,6 +195,7 @@ class Progress(NoProgress):
         self.done = 0
         self.counts: dict[str, int] = {}
         self.running: dict[str, None] = {}  # names, in start order
+        self.waiting: dict[str, str] = {}  # name -> the run computing it (host:pid), see node_waiting
         self._bar: Any = None
         self._redirect: contextlib.ExitStack | None = None
         self._lock = threading.RLock()
@@ -204,6 +208,7 @@ class Progress(NoProgress):
             self.total, self.done = total, cached
             self.counts = {"cached": cached, "computed": 0}
             self.running.clear()
+            self.waiting.clear()
             if not self.show:
                 return
             if self._bar is None:
@@ -224,6 +229,13 @@ class Progress(NoProgress):
                 if time.time() - bar.last_print_t >= bar.mininterval:  # a new long node shows at once
                     bar.refresh()
 
+    def node_waiting(self, name: str, holder: dict) -> None:
+        with self._lock:
+            self.waiting[name] = f"{holder.get('host')}:{holder.get('pid')}"
+            bar = self._bar
+            if bar is not None:
+                bar.set_postfix_str(self._postfix())
+
     def node_done(self, name: str, action: str, seconds: float, *, recomputed: bool = False) -> None:
         """Node ``name`` finished with ``action`` after ``seconds``.
 
@@ -233,6 +245,7 @@ class Progress(NoProgress):
         """
         with self._lock:
             self.running.pop(name, None)
+            self.waiting.pop(name, None)
             self.counts[action] = self.counts.get(action, 0) + 1
             advance = 0
             if recomputed:
@@ -254,6 +267,7 @@ class Progress(NoProgress):
             self._ticker = None
         with self._lock:
             self.running.clear()
+            self.waiting.clear()
             if counts is not None:  # the report's word is final (failures, nodes never reached)
                 self.counts = _display_counts(counts)
                 self.done = self.total - counts.get("not run", 0)
@@ -304,6 +318,10 @@ class Progress(NoProgress):
                 parts.append(f"running={len(running)}")
             else:
                 parts.append(f"node={next(reversed(running))}")
+        if self.waiting:
+            name, holder = next(reversed(self.waiting.items()))
+            parts.append(f"waiting for {name} (computed by {holder})" if len(self.waiting) == 1
+                         else f"waiting={len(self.waiting)}")
         return ", ".join(parts)
 
     def _start_ticker(self) -> None:

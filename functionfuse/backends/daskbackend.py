@@ -183,9 +183,9 @@ class _DaskEngine(Engine):
         self.reported: dict[str, Task] = {}  # future key -> task, while reporting
         self.statuses: dict[int, tuple] = {}  # id(task) -> (action, seconds) the worker reported
 
-    def watch(self, progress: NoProgress) -> None:
-        super().watch(progress)
-        if progress.active and self.report is None:
+    def watch(self, progress: NoProgress, statuses: bool = False) -> None:
+        super().watch(progress, statuses)
+        if (progress.active or statuses) and self.report is None:
             _listen(self.client, self.run_id, self._on_status)
             self.report = (_TOPIC, self.run_id)
 

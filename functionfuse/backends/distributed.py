@@ -109,8 +109,10 @@ class Engine(ABC):
     #: Told about each node the driver learns has finished (see :meth:`watch`).
     progress: NoProgress = NO_PROGRESS
 
-    def watch(self, progress: NoProgress) -> None:
-        """Report finished nodes to ``progress`` (``progress.node_done``), from now on.
+    def watch(self, progress: NoProgress, statuses: bool = False) -> None:
+        """Report finished nodes to ``progress`` (``progress.node_done``), from now on;
+        ``statuses``: learn what each node did even without progress (a node a worker
+        meant to compute may be read: another run computed it, see storage leases).
 
         Called before anything is submitted.  Engines learn of finished
         nodes in their own way; with :data:`~functionfuse.progress.NO_PROGRESS`
@@ -270,7 +272,7 @@ class DistributedWorkflow(BaseWorkflow):
         start = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             engine = engine_factory()
-            engine.watch(reporter)
+            engine.watch(reporter, statuses=getattr(self.object_storage, "lease_ttl", None) is not None)
             plan = None
             error: BaseException | None = None
             retrying = False

@@ -303,6 +303,8 @@ class _LocalRun:
         self.plan = plan
         self.leaves = leaves
         self.reporter = reporter
+        if reporter.active:
+            plan.waiting = reporter.node_waiting  # a node waiting for another run's lease
         self.values: dict[int, Any] = {}
         by_node = plan.by_node
         for leaf in leaves:

@@ -33,6 +33,7 @@ import atexit
 import logging
 import multiprocessing
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import (
@@ -47,7 +48,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from ..caching import Task, argument_summary, node_error, run_node, store_node
+from ..caching import Task, _leasing, argument_summary, node_error, read_instead, run_node, store_node, take_lease
 from ..errors import ExecutorError, NodeExecutionError
 from ..graph import ClassCallNode, ClassInitNode, FunctionNode
 
@@ -188,6 +189,14 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
             for future in sorted(done, key=lambda f: order[id(futures[f])]):
                 task = futures.pop(future)
                 try:
+                    if processes and "payload" in task.__dict__:  # a lease thread is done
+                        if failure is not None:
+                            _drop_lease_step(task, future)
+                            continue
+                        submitted = _leased_step(pool, task, future)
+                        if submitted is not None:
+                            futures[submitted] = task
+                            continue
                     _collect(runner, task, future, processes)
                 except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
                     if failure is None:
@@ -200,11 +209,18 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
             raise failure
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        stop_waiting = runner.__dict__.get("stop_waiting")
+        if stop_waiting is not None:
+            stop_waiting.set()  # lease threads stop waiting
         for future in futures:
             future.cancel()
         if futures and not interrupted:
             wait(futures)  # what is running finishes, and is stored below
         for future, task in futures.items():
+            if "payload" in task.__dict__:  # a lease thread: nothing to store
+                if future.done() and not future.cancelled():
+                    _drop_lease_step(task, future)
+                continue
             if future.done() and not future.cancelled():
                 try:
                     _collect(runner, task, future, processes)
@@ -212,6 +228,10 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
                     logger.debug("node %r also failed: %s", task.name, late)
                 else:
                     _finished(runner, task, dependents, waiting_on, [], order)
+        for task in running:  # leases of nodes that were not stored: free for other runs
+            lease = task.__dict__.pop("lease", None)
+            if lease is not None:
+                lease.release()
         if owned:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
         elif interrupted or getattr(pool, "_broken", False):
@@ -256,23 +276,84 @@ def _submit(pool: Executor, runner: Any, task: Task, processes: bool) -> Future:
             f"cannot send node {task.name!r} to a worker process ({type(exc).__name__}: {exc}); "
             "run with processes=False (threads) or make its function and arguments picklable"
         )) from exc
+    if _leasing(runner.plan, task):
+        # The node lease is taken (or waited for) in a thread: the driver keeps
+        # collecting and storing other nodes, so the leases it holds are released
+        # (a driver blocked on a lease while holding another could deadlock with
+        # a second run doing the same).  The node is submitted once it is ours.
+        task.__dict__["payload"] = payload
+        return _lease_threads().submit(_take_lease, runner.plan, task, runner.__dict__.setdefault(
+            "stop_waiting", threading.Event()))
     with _main_hidden():  # a submit may start a worker process
         return pool.submit(_call_in_worker, payload)
+
+
+class _Leased:
+    """What a lease thread returns: the node's lease is held, or (``lease`` None) its
+    result was stored by another run and read."""
+
+    def __init__(self, lease: Any, value: Any = None) -> None:
+        self.lease, self.value = lease, value
+
+
+_LEASE_THREADS: list[ThreadPoolExecutor] = []
+
+
+def _lease_threads() -> ThreadPoolExecutor:
+    if not _LEASE_THREADS:
+        _LEASE_THREADS.append(ThreadPoolExecutor(max_workers=32, thread_name_prefix="functionfuse-lease"))
+    return _LEASE_THREADS[0]
+
+
+def _take_lease(plan: Any, task: Task, stop: threading.Event) -> _Leased:
+    lease = take_lease(plan, task, stop)
+    return _Leased(lease) if lease is not None else _Leased(None, read_instead(plan, task))
+
+
+def _drop_lease_step(task: Task, future: Future) -> None:
+    """A lease thread's outcome when the run is failing: nothing is submitted, and
+    a lease it took is released."""
+    task.__dict__.pop("payload", None)
+    try:
+        outcome = future.result()
+    except BaseException:  # noqa: BLE001 - the wait was stopped, or failed: nothing held
+        return
+    if outcome.lease is not None:
+        outcome.lease.release()
+
+
+def _leased_step(pool: Executor, task: Task, future: Future) -> Future | None:
+    """After a lease thread finished: the future of the node submitted to the pool
+    (its lease taken), or None when its value was read (kept on the task)."""
+    outcome = future.result()
+    if outcome.lease is None:
+        task.__dict__["read_value"] = outcome.value
+        return None
+    task.__dict__["lease"] = outcome.lease
+    with _main_hidden():
+        return pool.submit(_call_in_worker, task.__dict__.pop("payload"))
 
 
 def _collect(runner: Any, task: Task, future: Future, processes: bool) -> None:
     """Take a finished node's value (storing it when it was computed in a process)."""
     if not processes:
         value = future.result()  # run_node raised NodeExecutionError naming the node, or stored it
+    elif "read_value" in task.__dict__:  # another run computed it while this one waited
+        value = task.__dict__.pop("read_value")
     else:
+        lease = task.__dict__.pop("lease", None)
         try:
-            value, seconds = future.result()
-        except NodeExecutionError:
-            raise
-        except Exception as exc:
-            task.seconds = 0.0
-            raise node_error(task, exc) from exc
-        value = store_node(runner.plan, task, value, seconds)
+            try:
+                value, seconds = future.result()
+            except NodeExecutionError:
+                raise
+            except Exception as exc:
+                task.seconds = 0.0
+                raise node_error(task, exc) from exc
+            value = store_node(runner.plan, task, value, seconds)
+        finally:
+            if lease is not None:
+                lease.release()
     runner.values[id(task.node)] = value
 
 

@@ -142,8 +142,8 @@ class _RayEngine(Engine):
         self.named: dict[tuple[str, str], Any] = {}  # (kind, task name) -> remote function
         self.unreported: dict[Any, Task] | None = None  # status ref -> task, while progress is watched
 
-    def watch(self, progress: Any) -> None:
-        super().watch(progress)
+    def watch(self, progress: Any, statuses: bool = False) -> None:
+        super().watch(progress, statuses)
         if progress.active:
             self.unreported = {}
 

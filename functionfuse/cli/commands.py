@@ -277,6 +277,9 @@ def cmd_gc(args: argparse.Namespace) -> tuple[dict, str]:
         lines.append(f"kept what {report.leases} run(s) in progress use (their leases)")
     if report.stale_leases:
         lines.append(f"{'would remove' if args.dry_run else 'removed'} {len(report.stale_leases)} lease(s) of crashed runs")
+    if report.node_leases:
+        lines.append(f"{'would remove' if args.dry_run else 'removed'} {len(report.node_leases)} node lease(s) "
+                     "of killed runs")
     if report.side_data:
         lines.append(f"{'would remove' if args.dry_run else 'removed'} {len(report.side_data)} side data "
                      "entr(ies) no result names (left by crashed writers)")

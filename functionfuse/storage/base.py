@@ -40,7 +40,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, Iterable
 
-from ..errors import CorruptEntryError, EntryNotFoundError, SerializationError, StorageError
+from ..errors import CorruptEntryError, EntryNotFoundError, SerializationError, StorageConfigError, StorageError
 from ..serializers.base import FILE_PROTOCOL, FileProtocol
 from ..serializers.parts import plain_tree
 from ..serializers.registry import SerializerRegistry
@@ -216,6 +216,7 @@ class Storage(ABC):
         self._always_read = False
         self._safe = False
         self._compression: Any = None  # the option as given (see :mod:`.codecs`)
+        self._lease: bool | float = False  # the "lease" option (see :mod:`.leases`)
         self._results: Any = None
         self._results_pid = 0
         self._readers: dict[str, Any] = {}  # workflow -> Persistence used to load
@@ -309,23 +310,47 @@ class Storage(ABC):
         """The ``compression`` option (None, ``"zstd"``, ``"gzip"``, ``"lz4"`` or a preset dict)."""
         return self._compression
 
-    def _set_options(self, kind: str, safe: bool, compression: Any) -> None:
+    @property
+    def lease(self) -> bool | float:
+        """The ``lease`` option: False, True or a time to live in seconds (see :attr:`lease_ttl`)."""
+        return self._lease
+
+    @property
+    def lease_ttl(self) -> float | None:
+        """Seconds a node lease lives without renewal, or None when runs take no leases
+        (see :mod:`functionfuse.storage.leases`)."""
+        if self._lease is False:
+            return None
+        from .leases import DEFAULT_TTL
+
+        return DEFAULT_TTL if self._lease is True else float(self._lease)
+
+    def _set_options(self, kind: str, safe: bool, compression: Any, lease: bool | float = False) -> None:
         """Check and keep the options every storage kind takes."""
         from .codecs import normalize
         from .factory import check_option
 
         check_option(kind, "safe", safe)  # only True/False: "no" is truthy
+        check_option(kind, "lease", lease)
+        if not isinstance(lease, bool) and not (lease > 0 and lease != float("inf")):
+            raise StorageConfigError(
+                f"option 'lease' of storage kind {kind!r} must be True, False or a time to live in seconds > 0, "
+                f"got {lease!r}; e.g. {{'lease': 60}}"
+            )
         normalize(compression)  # a clear error now rather than at the first save
         self._safe = safe
         self._compression = compression
+        self._lease = lease
 
     def _option_kwargs(self) -> dict:
-        """``safe`` and ``compression`` for :meth:`_constructor_args`, when not the defaults."""
+        """``safe``, ``compression`` and ``lease`` for :meth:`_constructor_args`, when not the defaults."""
         kwargs: dict = {}
         if self._safe:
             kwargs["safe"] = True
         if self._compression is not None:
             kwargs["compression"] = self._compression
+        if self._lease is not False:
+            kwargs["lease"] = self._lease
         return kwargs
 
     def register_persistent_serializers(self, *serializers: Any) -> None:

@@ -40,6 +40,7 @@ class Option:
 _PATH = Option((str, os.PathLike), "a str or os.PathLike folder path", "'/data/cache'", required=True)
 _DURABLE = Option((bool,), "a bool (True or False)", "True")
 _SAFE = Option((bool,), "a bool (True or False)", "True")
+_LEASE = Option((bool, int, float), "True, False or a time to live in seconds", "60")
 _COMPRESSION = Option(
     (str, dict), "None, 'zstd', 'gzip', 'lz4' or a preset dict", "{'codec': 'zstd', 'level': 3}", none_ok=True
 )
@@ -48,7 +49,7 @@ _COMPRESSION = Option(
 OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
     "file": (
         "a folder on a disk every process can reach",
-        {"path": _PATH, "durable": _DURABLE, "safe": _SAFE, "compression": _COMPRESSION},
+        {"path": _PATH, "durable": _DURABLE, "safe": _SAFE, "compression": _COMPRESSION, "lease": _LEASE},
     ),
     "S3": (
         "an S3 bucket/prefix through s3fs",
@@ -68,6 +69,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
             ),
             "safe": _SAFE,
             "compression": _COMPRESSION,
+            "lease": _LEASE,
         },
     ),
     "ray": (
@@ -87,6 +89,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
             "timeout": Option((int, float), "a number of seconds", "30", none_ok=True),
             "safe": _SAFE,
             "compression": _COMPRESSION,
+            "lease": _LEASE,
         },
     ),
 }
@@ -194,7 +197,7 @@ def check_options(opt: Any) -> tuple[str, dict[str, Any]]:
     ... except StorageConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
     unknown option 'pth' for storage kind 'file'; did you mean 'path'?
-    It takes path, durable (optional), safe (optional), compression (optional)
+    It takes path, durable (optional), safe (optional), compression (optional), lease (optional)
     """
     example = "{'kind': 'file', 'options': {'path': ...}}"
     if not isinstance(opt, dict):
@@ -285,7 +288,8 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
         from .s3store import S3Storage
 
         return S3Storage(
-            options["path"], options["s3fs"], safe=options.get("safe", False), compression=options.get("compression")
+            options["path"], options["s3fs"], safe=options.get("safe", False), compression=options.get("compression"),
+            lease=options.get("lease", False),
         )
     if kind == "ray":
         from .raystore import RayStorage
@@ -298,6 +302,7 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
             timeout=options.get("timeout"),
             safe=options.get("safe", False),
             compression=options.get("compression"),
+            lease=options.get("lease", False),
         )
     from .local import FileStorage
 
@@ -306,4 +311,5 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
         durable=options.get("durable", False),
         safe=options.get("safe", False),
         compression=options.get("compression"),
+        lease=options.get("lease", False),
     )

@@ -66,6 +66,7 @@ class GcReport:
     leases: int = 0  # runs in progress whose results were kept
     stale_leases: list[str] = field(default_factory=list)  # leases of crashed runs, removed
     side_data: list[str] = field(default_factory=list)  # side data no manifest names (crashed writers)
+    node_leases: list[str] = field(default_factory=list)  # node leases of killed runs (storage.leases)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -202,6 +203,7 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
         except StorageError as exc:
             logger.warning("temporaries left in place: %s", exc)
     report.side_data = _orphaned_side_data(results, policy, dry_run=dry_run)
+    report.node_leases = _stale_node_leases(results, dry_run=dry_run)
     report.manifests = sorted(doomed_keys)
     report.objects = sorted(doomed_objects)
     report.size_after = report.size_before - report.bytes_freed
@@ -287,6 +289,30 @@ def _orphaned_side_data(results: Any, policy: GcPolicy, *, dry_run: bool) -> lis
     return removed
 
 
+def _stale_node_leases(results: Any, *, dry_run: bool) -> list[str]:
+    """Remove node leases whose holder is gone (see :func:`.leases.stale`); the paths."""
+    from .leases import LEASES, _read, _remove, stale
+
+    fs = results.objects.fs
+    top = results._path(LEASES)
+    with results.objects._io("listing", LEASES, top):
+        try:
+            found = [p for p in fs.find(top) if p.endswith(".json")]
+        except FileNotFoundError:
+            return []
+    removed = []
+    now = time.time()
+    for path in found:
+        key = path.rsplit("/", 1)[-1][: -len(".json")]
+        held = _read(results, key)
+        if held is None or stale(held, now) is None:
+            continue
+        removed.append(f"{LEASES}/{key}.json")
+        if not dry_run:
+            _remove(results, f"{LEASES}/{key}.json")
+    return removed
+
+
 def _strings(value: Any) -> set[str]:
     """Every string in a plain JSON value."""
     if isinstance(value, str):
@@ -315,7 +341,7 @@ def _leases(inventory: Inventory, policy: GcPolicy, now: float) -> tuple[dict[st
     A lease is live while younger than ``policy.lease_s`` and its process, when on
     this host, is alive.  A damaged lease stops gc (what its run uses is unknown).
     """
-    from .runs import _host
+    from .runs import _host, process_alive
 
     live: dict[str, set[str]] = {"keys": set(), "bases": set(), "paths": set()}
     stale: list[str] = []
@@ -327,7 +353,7 @@ def _leases(inventory: Inventory, policy: GcPolicy, now: float) -> tuple[dict[st
                 "if no run of that workflow is going on, delete the file and run gc again"
             )
         started = iso_seconds(lease.get("started"))
-        dead = lease.get("host") == host and isinstance(lease.get("pid"), int) and not _alive(lease["pid"])
+        dead = lease.get("host") == host and isinstance(lease.get("pid"), int) and not process_alive(lease["pid"])
         if dead or (started is not None and now - started > policy.lease_s):
             stale.append(path)
             continue
@@ -336,16 +362,6 @@ def _leases(inventory: Inventory, policy: GcPolicy, now: float) -> tuple[dict[st
             live["bases"].add(lease["base"])
         live["paths"].add(path)
     return live, stale
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _values_object(record: dict | None) -> str | None:

@@ -43,7 +43,8 @@ class FileStorage(Storage):
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, durable: bool = False, safe: bool = False, compression: Any = None
+        self, path: str | os.PathLike, *, durable: bool = False, safe: bool = False, compression: Any = None,
+        lease: bool | float = False,
     ) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -52,7 +53,7 @@ class FileStorage(Storage):
             )
         self.path = os.path.abspath(os.fspath(path))
         check_option("file", "durable", durable)  # only True/False: "no" is truthy
-        self._set_options("file", safe, compression)
+        self._set_options("file", safe, compression, lease)
         self.durable = durable
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StorageConfigError(

@@ -246,6 +246,7 @@ class RayStorage(Storage):
         timeout: float | None = None,
         safe: bool = False,
         compression: Any = None,
+        lease: bool | float = False,
     ) -> None:
         super().__init__()
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
@@ -261,7 +262,7 @@ class RayStorage(Storage):
         for name, value in self.ray_init_args.get(_ENVIRONMENT, {}).items():
             os.environ.setdefault(name, value)
         self.durable = durable
-        self._set_options("ray", safe, compression)
+        self._set_options("ray", safe, compression, lease)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):

@@ -50,6 +50,17 @@ def _host() -> str:
     return host or "host"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (one that is not ours counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def new_run_id(now: float | None = None, host: str | None = None, pid: int | None = None) -> str:
     """A run id that sorts by start time, then host, pid and a random tail.
 

@@ -201,7 +201,8 @@ class S3Storage(FsspecStorage):
     """
 
     def __init__(
-        self, path: str, s3fs_options: dict | None = None, *, safe: bool = False, compression: Any = None
+        self, path: str, s3fs_options: dict | None = None, *, safe: bool = False, compression: Any = None,
+        lease: bool | float = False,
     ) -> None:
         bucket, prefix = parse_s3_path(path)
         if s3fs_options is None:
@@ -220,7 +221,7 @@ class S3Storage(FsspecStorage):
         self.s3fs_options = dict(s3fs_options)
         url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         super().__init__(url, {**DEFAULT_OPTIONS, **self.s3fs_options})
-        self._set_options("S3", safe, compression)
+        self._set_options("S3", safe, compression, lease)
 
     def _constructor_args(self) -> tuple[tuple, dict]:
         return (self.url,), {"s3fs_options": self.s3fs_options, **self._option_kwargs()}

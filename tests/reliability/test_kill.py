@@ -14,7 +14,7 @@ object no manifest or record names, no side data no manifest names, and
 open.
 
 ``FUNCTIONFUSE_RELIABILITY_KILLS`` sets the number of kills on files (default
-14; S3 gets 6, or a third of it); the long mode uses 40 (so 40 + 13).
+14; S3 gets 6, or a third of it); the long mode uses 60 (so 60 + 20).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def torture(pipeline, fresh, copy_of, remove, kills, seed, options=None):
         if mode == "damaged":
             damage_one(ResultStore.from_url(location, options), rng)
         where = f"trial {trial} ({mode} run)"
-        if killed(script, location, mode, rng.uniform(0, duration * 1.1), options):
+        if killed(script, location, mode, rng.uniform(0, duration * 0.9), options):
             outcomes["kills"] += 1
         else:
             outcomes["ended before the kill"] += 1
