@@ -139,6 +139,7 @@ def test_damage_anywhere_gives_the_right_value_or_an_error_naming_the_node(prist
             got, _ = run(copy)
         except FunctionFuseError as exc:
             assert getattr(exc, "node", None) or "node '" in str(exc), f"{where}: {exc!r} names no node"
+            assert "storage" in str(exc), f"{where}: {exc!r} names no storage"
             outcomes["error naming a node"] += 1
         except Exception as exc:  # noqa: BLE001 - the point of the test
             pytest.fail(f"{where}: {type(exc).__name__}: {exc}")
@@ -188,6 +189,7 @@ def test_damage_anywhere_on_s3(s3_endpoint, s3_url):
             got = run_s3(f"s3://{copy}")
         except FunctionFuseError as exc:
             assert getattr(exc, "node", None) or "node '" in str(exc), f"{where}: {exc!r} names no node"
+            assert "storage" in str(exc), f"{where}: {exc!r} names no storage"
         except Exception as exc:  # noqa: BLE001 - the point of the test
             pytest.fail(f"{where}: {type(exc).__name__}: {exc}")
         else:
@@ -364,3 +366,72 @@ def test_a_damaged_small_results_object_is_written_again_by_the_next_run(tmp_pat
     caplog.clear()
     assert run_small() == expected
     assert "unusable" not in caplog.text
+
+
+@workflow
+def small(n):
+    return list(range(n))
+
+
+def test_a_missing_bucket_names_the_storage_says_what_to_do_and_keeps_the_botocore_error(s3_endpoint):
+    """Item 8: a bucket that does not exist (a typo in the path): the error names the
+    storage, says what to do, and keeps botocore's error in its causes."""
+    import botocore.exceptions
+
+    from functionfuse.errors import StorageError
+
+    url = "s3://functionfuse-no-such-bucket/prefix"
+    wf = LocalWorkflow(small(3).set_name("small"), workflow_name="errors")
+    wf.set_storage(storage_factory({"kind": "S3", "options": {"path": url, "s3fs": s3_endpoint.options}}))
+    with pytest.raises(StorageError) as caught:
+        wf.run()
+    message = str(caught.value)
+    assert "functionfuse-no-such-bucket" in message, message
+    causes, exc = [], caught.value
+    while exc is not None:
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert any(isinstance(c, botocore.exceptions.ClientError) for c in causes), [type(c) for c in causes]
+    assert "create it" in message or "fix the storage path" in message, message
+
+
+_SERVER: list = []
+
+
+@workflow
+def cut(n):
+    _SERVER[0].stop()  # the S3 endpoint goes away while the node runs
+    return list(range(n))
+
+
+def test_an_endpoint_cut_mid_run_names_the_node_and_the_storage_and_keeps_the_botocore_error():
+    import botocore.exceptions
+    from moto.server import ThreadedMotoServer
+
+    from functionfuse.errors import StorageError
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _SERVER[:] = [server]
+    host, port = server.get_host_and_port()
+    options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://{host}:{port}",
+                                                            "region_name": "us-west-2"},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("cut-bucket")
+    wf = LocalWorkflow(cut(3).set_name("cut"), workflow_name="errors")
+    wf.set_storage(storage_factory({"kind": "S3", "options": {"path": "s3://cut-bucket/p", "s3fs": options}}))
+    try:
+        with pytest.raises(StorageError) as caught:
+            wf.run()
+    finally:
+        _SERVER.clear()
+    message = str(caught.value)
+    assert "node 'cut'" in message and "s3://cut-bucket/p" in message, message
+    causes, exc = [], caught.value
+    while exc is not None:
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert any(isinstance(c, botocore.exceptions.BotoCoreError) for c in causes), [type(c) for c in causes]
+    print(message)
