@@ -106,3 +106,31 @@ def test_a_killed_worker_and_a_late_writer_never_change_what_the_latest_run_read
     wf3, third = run(2)
     assert third[0] == second[0]
     assert not wf3.last_report.nodes("computed"), wf3.last_report.summary()
+
+
+def test_a_late_writer_publishing_an_old_key_changes_nothing_deterministic(tmp_path):
+    """Without a cluster: run 1 (factor 1), run 2 (factor 2), then a writer publishes run 1's
+    entry of a node again, newest of all on disk (as a late task would)."""
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+
+    storage = FileStorage(tmp_path / "store")
+
+    def run(factor):
+        wf = LocalWorkflow(*build(factor), workflow_name="late")
+        wf.set_storage(storage)
+        return wf, wf.run()
+
+    run(1)
+    old = {name: storage.read_task_meta("late", name)["key"] for name in ("scale0", "total")}
+    _, second = run(2)
+    for name, key in old.items():
+        os.remove(next((tmp_path / "store" / "manifests").rglob(f"{key}.json")))
+    time.sleep(0.01)
+    storage.save("late", "scale0", old["scale0"], np.full(1000, 0.0), {})
+    storage.save("late", "total", old["total"], -1.0, {})  # and a value no run ever gave
+
+    assert storage.read_task("late", "total") == second[0]
+    assert np.array_equal(storage.read_task("late", "scale0"), second[1])
+    assert storage.read_task_meta("late", "total")["key"] != old["total"]
+    wf, third = run(2)
+    assert third[0] == second[0] and not wf.last_report.nodes("computed")
