@@ -69,6 +69,7 @@ from .errors import (
     StorageError,
 )
 from .arguments import _params, summarize_arguments
+from .storage import latecheck
 from .fingerprint import describe_change, planning, function_inputs, node_fingerprint
 from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name, user_stacklevel
@@ -796,12 +797,15 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
     if code is not None and code["refs"]:  # without references the fingerprint says it all
         meta["code"] = code
     try:
+        if latecheck.checking():
+            latecheck.ensure_clean(dep.key for dep in task.deps)  # never stored from a damaged memory map
         filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
     except BaseException:
         task.action = "failed"
         raise
     task.entry = filename
     task.tree = meta.get("inline")
+    latecheck.forget(task.key)
     if storage.always_read or (instance is not None and value is instance):
         # A method returning ``self`` hands children the object as it was
         # then, as a later run reading the entry would; later calls on the

@@ -48,6 +48,7 @@ from ..errors import SerializerNotRegisteredError
 from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
 from ..progress import NO_PROGRESS, NoProgress, progress_for
+from ..storage import latecheck
 from .base import BaseWorkflow
 
 __all__ = ["LocalWorkflow"]
@@ -154,6 +155,8 @@ class LocalWorkflow(BaseWorkflow):
             end_run(plan)
             self.last_report = plan.report(time.perf_counter() - start)
             _finish(self.last_report, reporter)
+        if latecheck.pending_failures():  # a memory-mapped part this run read may be damaged
+            latecheck.raise_failures(t.key for t in plan.tasks if t.action == "read")
         return results[0] if len(self.leaves) == 1 else results
 
     @property

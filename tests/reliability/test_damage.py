@@ -435,3 +435,73 @@ def test_an_endpoint_cut_mid_run_names_the_node_and_the_storage_and_keeps_the_bo
         exc = exc.__cause__ or exc.__context__
     assert any(isinstance(c, botocore.exceptions.BotoCoreError) for c in causes), [type(c) for c in causes]
     print(message)
+
+
+@workflow
+def big(n):
+    return np.arange(n, dtype=np.float64)  # 72 MiB for n = 9 << 20: memory-mapped when read
+
+
+@workflow
+def sampled_sum(a, step):
+    return float(a[::step].sum())
+
+
+def test_a_damaged_memory_mapped_array_is_found_after_its_load_and_recomputed(tmp_path):
+    """Item 2, memory maps: the load stays O(1); the part's XXH3 is checked in the
+    background.  A node computed from it is stored only once the check passed: here
+    it failed, so the node fails with a CorruptEntryError naming the damaged node and
+    file, stores nothing, and the entry is withdrawn; the next run recomputes both."""
+    store = tmp_path / "s"
+    n = 9 << 20
+
+    def run_big(step):
+        array = big(n).set_name("big")
+        wf = LocalWorkflow(sampled_sum(array, step).set_name("sum"), array, workflow_name="mapped")
+        wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(store)}}))
+        return wf, wf.run()
+
+    run_big(1)
+    meta = storage_factory({"kind": "file", "options": {"path": str(store)}}).read_task_meta("mapped", "big")
+    [part] = meta["parts"]
+    [obj] = list((store / "objects").rglob(part["object"]))
+    with open(obj, "r+b") as f:  # element n // 2, which the sum of every 1024th element reads
+        f.seek(part["size"] - 8 * (n // 2))
+        byte = f.read(1)
+        f.seek(part["size"] - 8 * (n // 2))
+        f.write(bytes([byte[0] ^ 0x20]))
+
+    with pytest.raises(CorruptEntryError) as caught:
+        run_big(1024)  # "sum" (a new key) reads "big", a memory map of the damaged file
+    message = str(caught.value)
+    assert "memory-mapped array" in message and "node 'big'" in message and str(obj) in message, message
+    assert "withdrawn: the next run recomputes the node" in message, message
+
+    wf, (total, array) = run_big(1024)
+    events = wf.last_report.by_node()
+    assert (events["big"].action, events["sum"].action) == ("computed", "computed")
+    assert total == float(np.arange(n, dtype=np.float64)[::1024].sum()) and array[n // 2] == n // 2
+
+
+def test_a_run_that_only_reads_a_damaged_memory_map_raises_when_the_check_is_over(tmp_path):
+    from functionfuse.storage import latecheck
+
+    store = tmp_path / "s"
+    n = 9 << 20
+
+    def run_big():
+        wf = LocalWorkflow(big(n).set_name("big"), workflow_name="mapped")
+        wf.set_storage(storage_factory({"kind": "file", "options": {"path": str(store)}}))
+        return wf, wf.run()
+
+    run_big()
+    [obj] = [p for p in (store / "objects").rglob("*") if p.is_file() and p.stat().st_size > n]
+    data = bytearray(obj.read_bytes())
+    data[-8] ^= 0x01
+    obj.write_bytes(bytes(data))
+    run_big()  # the load is O(1): the check runs after it, this run may end first
+    latecheck.wait_idle()
+    assert not list((store / "manifests").rglob("*.json"))  # withdrawn
+    assert latecheck.pending_failures()
+    wf, array = run_big()  # recomputed: not this run's read, so not raised here
+    assert wf.last_report.by_node()["big"].action == "computed" and array[-1] == n - 1
