@@ -58,8 +58,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .arguments import _params, summarize_arguments
 from .errors import (
     CorruptEntryError,
+    EntryNotFoundError,
     GraphError,
     HashingError,
     NodeExecutionError,
@@ -68,11 +70,10 @@ from .errors import (
     SerializerNotRegisteredError,
     StorageError,
 )
-from .arguments import _params, summarize_arguments
-from .storage import latecheck
-from .fingerprint import describe_change, planning, function_inputs, node_fingerprint
+from .fingerprint import describe_change, function_inputs, node_fingerprint, planning
 from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name, user_stacklevel
+from .storage import latecheck
 
 __all__ = [
     "Task",
@@ -297,6 +298,8 @@ class Plan:
     #: Called as ``waiting(node name, holder's lease)`` when a node waits for another
     #: run that computes it (storage option ``lease``); the progress display's.
     waiting: Any = None
+    #: Set (a ``threading.Event``) when a failing run stops waiting for node leases.
+    stop_waiting: Any = None
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -717,10 +720,14 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     ``storage.always_read``, the value read back from storage.
     """
     lease = None
-    if _leasing(plan, task):
+    if instance is None and _leasing(plan, task):
         lease = take_lease(plan, task)
         if lease is None:  # stored by another run meanwhile: read, not computed
-            return read_instead(plan, task)
+            try:
+                return read_instead(plan, task)
+            except LOAD_ERRORS as exc:  # its entry is unusable after all: computed here
+                entry_failed(task, exc)
+                lease = take_lease(plan, task)  # overwrite is set now: never None
     try:
         start = time.perf_counter()
         try:
@@ -740,9 +747,13 @@ BY_ANOTHER_RUN = "computed by another run"
 
 
 def _leasing(plan: Plan, task: Task) -> bool:
+    """Whether ``task`` takes a node lease before it is computed: stored nodes of a
+    storage with the ``lease`` option, but not the calls and constructors of stateful
+    classes (reading one instead of running it would leave the live object without
+    its effect; their chains are replayed, not shared)."""
     storage = plan.storage
     return (storage is not None and task.store and task.reason != REPLAY
-            and getattr(storage, "lease_ttl", None) is not None)
+            and getattr(storage, "lease_ttl", None) is not None and not isinstance(task.func, type))
 
 
 def take_lease(plan: Plan, task: Task, stop: Any = None) -> Any:
@@ -751,18 +762,25 @@ def take_lease(plan: Plan, task: Task, stop: Any = None) -> Any:
     from .storage.leases import acquire
 
     storage = plan.storage
-    forced = task.overwrite  # forced, or the stored entry is unusable: computed whatever is stored
+    forced = task.reason in (FORCED, UPSTREAM_FORCED)  # computed whatever is stored
+    waited: list[bool] = []
 
     def stored() -> bool:
-        return not forced and bool(storage.present([task.key]))
+        if forced or (task.overwrite and not waited):
+            # An unusable entry is replaced by this run unless another run replaced
+            # it while this one waited (then it is read, see run_node).
+            return False
+        return bool(storage.present([task.key]))
 
     def on_wait(holder: dict) -> None:
+        waited.append(True)
         if plan.waiting is not None:
             plan.waiting(task.name, holder)
 
     try:
         return acquire(storage.results, task.key, ttl=storage.lease_ttl, workflow=plan.workflow, node=task.name,
-                       run_id=plan.run_id, stored=stored, on_wait=on_wait, stop=stop)
+                       run_id=plan.run_id, stored=stored, on_wait=on_wait,
+                       stop=stop if stop is not None else plan.stop_waiting)
     except StorageError as exc:
         raise type(exc)(f"node {task.name!r}: taking its lease failed: {exc}") from exc
 
@@ -797,8 +815,8 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
     if code is not None and code["refs"]:  # without references the fingerprint says it all
         meta["code"] = code
     try:
-        if latecheck.checking():
-            latecheck.ensure_clean(dep.key for dep in task.deps)  # never stored from a damaged memory map
+        if latecheck.checking():  # never stored from a damaged memory map, however it was reached
+            latecheck.ensure_clean(_ancestor_keys(plan, task))
         filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
     except BaseException:
         task.action = "failed"
@@ -812,6 +830,28 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
         # live instance must not change it.
         value = storage.load(plan.workflow, filename)
     return value
+
+
+def _ancestor_keys(plan: Plan, task: Task) -> set[str]:
+    """Keys of every node ``task`` depends on, through nodes kept out of storage and
+    the constructors and earlier calls of class instances (on a Dask or Ray worker,
+    where the plan holds no graph: its direct inputs)."""
+    keys: set[str] = set()
+    seen: set[int] = set()
+    todo = [task]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current is not task and current.key is not None:
+            keys.add(current.key)
+        todo.extend(getattr(current, "deps", ()) or ())
+        node = current.node
+        if isinstance(node, ClassCallNode) and plan.by_node:
+            chain = [node.init, *node.init.calls[: node.index]]
+            todo.extend(plan.by_node[id(n)] for n in chain if id(n) in plan.by_node)
+    return keys
 
 
 def _snapshot(value: Any, instance: Any) -> Any:
@@ -970,7 +1010,11 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     same_view = same_view and len(nodes) >= len(listing.view) and all(name in nodes for name in listing.view)
     values: Any = None
     values_ref = None
-    if same_view and not computed_tree and listing.values_ref is not None and not listing.values_damaged:
+    reuse = same_view and not computed_tree and listing.values_ref is not None and not listing.values_damaged
+    if reuse and listing.values_unread and not _values_intact(storage, listing.values_ref):
+        # Named again unread, a damaged object would stay named by every record.
+        listing.values_damaged, reuse = True, False
+    if reuse:
         # The same keys as the last record's, nothing computed: the same small results,
         # so the same object is named again (not rebuilt, not read if it was not).
         values_ref = listing.values_ref
@@ -1003,6 +1047,22 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - the results are stored; only the record is lost
         logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)
+
+
+def _values_intact(storage: Any, ref: dict) -> bool:
+    """Whether the small-results object a record names passes its size and XXH3 check
+    (one read of at most 1 MiB, no parsing).  True when it cannot be told here."""
+    from .storage.objects import ObjectRef
+
+    try:
+        storage.results.objects.get_bytes(ObjectRef.from_json(ref))
+    except (CorruptEntryError, EntryNotFoundError, ValueError):
+        logger.warning("the small-results object %s of the latest run record is damaged; this run writes its own",
+                       ref.get("object") if isinstance(ref, dict) else ref)
+        return False
+    except Exception as exc:  # noqa: BLE001 - e.g. a storage whose I/O runs elsewhere
+        logger.debug("small-results object not checked: %s", exc)
+    return True
 
 
 def unusable_reason(exc: BaseException) -> str:

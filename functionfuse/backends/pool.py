@@ -48,7 +48,18 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from ..caching import Task, _leasing, argument_summary, node_error, read_instead, run_node, store_node, take_lease
+from ..caching import (
+    LOAD_ERRORS,
+    Task,
+    _leasing,
+    argument_summary,
+    entry_failed,
+    node_error,
+    read_instead,
+    run_node,
+    store_node,
+    take_lease,
+)
 from ..errors import ExecutorError, NodeExecutionError
 from ..graph import ClassCallNode, ClassInitNode, FunctionNode
 
@@ -171,6 +182,7 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
 
     futures: dict[Future, Task] = {}
     failure: BaseException | None = None
+    plan.stop_waiting = threading.Event()  # set when the run fails: node lease waits end
     pool, owned = _executor(max_workers, processes)
     try:
         while ready or futures:
@@ -205,15 +217,17 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
                 _finished(runner, task, dependents, waiting_on, ready, order)
             if failure is not None:
                 ready.clear()
+                plan.stop_waiting.set()
         if failure is not None:
             raise failure
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        stop_waiting = runner.__dict__.get("stop_waiting")
-        if stop_waiting is not None:
-            stop_waiting.set()  # lease threads stop waiting
+        plan.stop_waiting.set()  # threads waiting for node leases stop waiting
         for future in futures:
             future.cancel()
+        leasing = [f for f, t in futures.items() if "payload" in t.__dict__]
+        if leasing:
+            wait(leasing)  # quick once stopped: a lease one of them took is released below
         if futures and not interrupted:
             wait(futures)  # what is running finishes, and is stored below
         for future, task in futures.items():
@@ -282,8 +296,7 @@ def _submit(pool: Executor, runner: Any, task: Task, processes: bool) -> Future:
         # (a driver blocked on a lease while holding another could deadlock with
         # a second run doing the same).  The node is submitted once it is ours.
         task.__dict__["payload"] = payload
-        return _lease_threads().submit(_take_lease, runner.plan, task, runner.__dict__.setdefault(
-            "stop_waiting", threading.Event()))
+        return _lease_threads().submit(_take_lease, runner.plan, task)
     with _main_hidden():  # a submit may start a worker process
         return pool.submit(_call_in_worker, payload)
 
@@ -305,9 +318,15 @@ def _lease_threads() -> ThreadPoolExecutor:
     return _LEASE_THREADS[0]
 
 
-def _take_lease(plan: Any, task: Task, stop: threading.Event) -> _Leased:
-    lease = take_lease(plan, task, stop)
-    return _Leased(lease) if lease is not None else _Leased(None, read_instead(plan, task))
+def _take_lease(plan: Any, task: Task) -> _Leased:
+    lease = take_lease(plan, task)  # stops waiting when plan.stop_waiting is set
+    if lease is not None:
+        return _Leased(lease)
+    try:
+        return _Leased(None, read_instead(plan, task))
+    except LOAD_ERRORS as exc:  # its entry is unusable after all: computed here
+        entry_failed(task, exc)
+        return _Leased(take_lease(plan, task))
 
 
 def _drop_lease_step(task: Task, future: Future) -> None:
@@ -327,6 +346,7 @@ def _leased_step(pool: Executor, task: Task, future: Future) -> Future | None:
     (its lease taken), or None when its value was read (kept on the task)."""
     outcome = future.result()
     if outcome.lease is None:
+        task.__dict__.pop("payload", None)
         task.__dict__["read_value"] = outcome.value
         return None
     task.__dict__["lease"] = outcome.lease

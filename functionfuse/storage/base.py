@@ -331,7 +331,8 @@ class Storage(ABC):
         from .factory import check_option
 
         check_option(kind, "safe", safe)  # only True/False: "no" is truthy
-        check_option(kind, "lease", lease)
+        if lease is not False:
+            check_option(kind, "lease", lease)
         if not isinstance(lease, bool) and not (lease > 0 and lease != float("inf")):
             raise StorageConfigError(
                 f"option 'lease' of storage kind {kind!r} must be True, False or a time to live in seconds > 0, "

@@ -89,7 +89,6 @@ OPTIONS: dict[str, tuple[str, dict[str, Option]]] = {
             "timeout": Option((int, float), "a number of seconds", "30", none_ok=True),
             "safe": _SAFE,
             "compression": _COMPRESSION,
-            "lease": _LEASE,
         },
     ),
 }
@@ -302,7 +301,6 @@ def storage_factory(opt: dict[str, Any]) -> Storage:
             timeout=options.get("timeout"),
             safe=options.get("safe", False),
             compression=options.get("compression"),
-            lease=options.get("lease", False),
         )
     from .local import FileStorage
 

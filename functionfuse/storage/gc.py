@@ -202,7 +202,12 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
             report.temporaries = objects.remove_stale_temporaries(policy.grace_s)
         except StorageError as exc:
             logger.warning("temporaries left in place: %s", exc)
-    report.side_data = _orphaned_side_data(results, policy, dry_run=dry_run)
+    if leased["paths"]:
+        # A run in progress may be writing side data whose manifest is not published
+        # yet, however long ago it started: orphans wait for a gc with no run going on.
+        logger.info("gc: orphaned side data left for later: %d run(s) in progress", len(leased["paths"]))
+    else:
+        report.side_data = _orphaned_side_data(results, policy, dry_run=dry_run)
     report.node_leases = _stale_node_leases(results, dry_run=dry_run)
     report.manifests = sorted(doomed_keys)
     report.objects = sorted(doomed_objects)
@@ -291,7 +296,7 @@ def _orphaned_side_data(results: Any, policy: GcPolicy, *, dry_run: bool) -> lis
 
 def _stale_node_leases(results: Any, *, dry_run: bool) -> list[str]:
     """Remove node leases whose holder is gone (see :func:`.leases.stale`); the paths."""
-    from .leases import LEASES, _read, _remove, stale
+    from .leases import LEASES, _delete_if, _read, stale
 
     fs = results.objects.fs
     top = results._path(LEASES)
@@ -304,12 +309,12 @@ def _stale_node_leases(results: Any, *, dry_run: bool) -> list[str]:
     now = time.time()
     for path in found:
         key = path.rsplit("/", 1)[-1][: -len(".json")]
-        held = _read(results, key)
+        held = _read(results, key, repair=False)
         if held is None or stale(held, now) is None:
             continue
         removed.append(f"{LEASES}/{key}.json")
         if not dry_run:
-            _remove(results, f"{LEASES}/{key}.json")
+            _delete_if(results, key, held.get("token"))  # not a lease a waiting run took over since
     return removed
 
 

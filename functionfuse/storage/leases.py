@@ -172,9 +172,10 @@ def _encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _read(results: Any, key: str) -> dict[str, Any] | None:
+def _read(results: Any, key: str, *, repair: bool = True) -> dict[str, Any] | None:
     """The lease document of ``key``; None when there is none.  A damaged one is
-    deleted (a half-written lease of a killed writer) and None returned."""
+    deleted (a half-written lease of a killed writer; not with ``repair=False``)
+    and None returned."""
     relative = lease_path(key)
     path = results._path(relative)
     try:
@@ -192,8 +193,9 @@ def _read(results: Any, key: str) -> dict[str, Any] | None:
             raise ValueError("not a lease")
         return doc
     except ValueError:
-        logger.warning("lease %s is damaged; deleting it", relative)
-        _remove(results, relative)
+        if repair:
+            logger.warning("lease %s is damaged; deleting it", relative)
+            _remove(results, relative)
         return None
 
 

@@ -262,7 +262,12 @@ class RayStorage(Storage):
         for name, value in self.ray_init_args.get(_ENVIRONMENT, {}).items():
             os.environ.setdefault(name, value)
         self.durable = durable
-        self._set_options("ray", safe, compression, lease)
+        if lease is not False:
+            raise StorageConfigError(
+                "option 'lease' is not available on the ray storage kind (its I/O runs in Ray tasks, node "
+                "leases are taken where nodes run); use the 'file' kind on a folder every worker reaches"
+            )
+        self._set_options("ray", safe, compression)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
         ):

@@ -75,8 +75,13 @@ leaf = total(*sorted(nodes, key=lambda n: n.name)).set_name("total")
 wf = LocalWorkflow(leaf, *nodes, workflow_name=SPEC.get("wf", "lease"))
 wf.set_storage(storage())
 print("READY", flush=True)
+if SPEC.get("go"):  # start together: wait for the test to say go
+    while not os.path.exists(SPEC["go"]):
+        time.sleep(0.005)
 values = wf.run(**SPEC.get("run", {}))
-print(json.dumps({"total": values[0], "events": {e.node: e.action for e in wf.last_report.events}}), flush=True)
+events = wf.last_report.events
+print(json.dumps({"total": values[0], "events": {e.node: e.action for e in events},
+                  "reasons": {e.node: e.reason for e in events}}), flush=True)
 '''
 
 
@@ -93,6 +98,36 @@ def start(script, location, counts, spec, host="-", sleep=None):
         env["LEASE_TEST_SLEEP"] = str(sleep)
     return subprocess.Popen([sys.executable, str(script), location, str(counts), json.dumps(spec), host],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def together(script, location, counts, spec, hosts, tmp_path):
+    """Start one run per host name (``spec`` for all, or one spec per run), all waiting
+    at the start line, then let them go at once."""
+    go = tmp_path / f"go-{len(list(tmp_path.glob('go-*')))}"
+    specs = spec if isinstance(spec, list) else [spec] * len(hosts)
+    procs = [start(script, location, counts, {**sp, "go": str(go)}, host=h) for sp, h in zip(specs, hosts)]
+    for proc in procs:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", line + proc.stderr.read()
+    go.touch()
+    return procs
+
+
+def waited(outs):
+    """How many nodes were read because another run computed them meanwhile."""
+    return sum(r == "computed by another run" for o in outs for r in o["reasons"].values())
+
+
+def hold(store, key, *, node, run, pid, ttl):
+    """Publish a node lease of ``key`` as another run holding it would."""
+    from functionfuse.storage.base import utc_now_iso
+    from functionfuse.storage.leases import _encode
+    from functionfuse.storage.runs import _host
+
+    holder = {"format": "functionfuse-node-lease", "key": key, "workflow": "other", "node": node, "run": run,
+              "host": _host(), "pid": pid, "token": "t", "ttl": ttl, "acquired": utc_now_iso(),
+              "renewed": utc_now_iso()}
+    assert store.results._publish(lease_path(key), _encode(holder), replace=False)
 
 
 def finish(proc, timeout=120):
@@ -114,13 +149,16 @@ def no_leases_left(fs, root):
 
 def test_four_processes_compute_each_node_once_on_files(script, tmp_path):
     store, counts = str(tmp_path / "store"), tmp_path / "counts"
-    procs = [start(script, store, counts, {"seconds": 0.3}) for _ in range(4)]
+    procs = together(script, store, counts, {"seconds": 0.3}, ["-"] * 4, tmp_path)
     outs = [finish(p) for p in procs]
     assert all(o["total"] == 60 for o in outs)
     assert computations(counts) == {f"slow{i}": 1 for i in range(4)} | {"total": 1}
     actions = collections.Counter(a for o in outs for a in o["events"].values())
     assert actions["computed"] == 5 and actions["read"] == 15, outs
+    assert waited(outs) >= 1, outs  # they ran at once: some waited for another
     assert not list((tmp_path / "store").rglob("leases/*.json"))
+    print(f"4 processes, 5 nodes: {sum(computations(counts).values())} computations, "
+          f"{waited(outs)} nodes read after waiting")
 
 
 def test_four_processes_on_two_hosts_compute_each_node_once_on_s3(script, tmp_path, s3_endpoint, s3_url):
@@ -128,10 +166,12 @@ def test_four_processes_on_two_hosts_compute_each_node_once_on_s3(script, tmp_pa
 
     counts = tmp_path / "counts"
     spec = {"seconds": 0.3, "s3fs": s3_endpoint.options}
-    procs = [start(script, s3_url, counts, spec, host=("host-a" if i % 2 else "host-b")) for i in range(4)]
+    procs = together(script, s3_url, counts, spec, ["host-a", "host-b", "host-a", "host-b"], tmp_path)
     outs = [finish(p) for p in procs]
     assert all(o["total"] == 60 for o in outs)
     assert computations(counts) == {f"slow{i}": 1 for i in range(4)} | {"total": 1}
+    assert waited(outs) >= 1, outs
+    print(f"4 processes on 2 hosts (S3), 5 nodes: {sum(computations(counts).values())} computations")
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_endpoint.options)
     assert no_leases_left(fs, s3_url.removeprefix("s3://")) == []
 
@@ -139,8 +179,9 @@ def test_four_processes_on_two_hosts_compute_each_node_once_on_s3(script, tmp_pa
 def test_pools_of_processes_compute_each_node_once(script, tmp_path):
     store, counts = str(tmp_path / "store"), tmp_path / "counts"
     spec = {"seconds": 0.3, "run": {"max_workers": 2, "processes": True}}
-    procs = [start(script, store, counts, spec) for _ in range(3)]
+    procs = together(script, store, counts, spec, ["-"] * 3, tmp_path)
     outs = [finish(p) for p in procs]
+    assert waited(outs) >= 1, outs
     assert all(o["total"] == 60 for o in outs)
     assert computations(counts) == {f"slow{i}": 1 for i in range(4)} | {"total": 1}
     assert not list((tmp_path / "store").rglob("leases/*.json"))
@@ -187,11 +228,25 @@ def test_two_runs_needing_each_others_nodes_both_finish(script, tmp_path):
     """Run A computes slow0 then slow1; run B slow1 then slow0 (same keys in two
     workflows): each waits for the node the other computes, never both at once."""
     store, counts = str(tmp_path / "store"), tmp_path / "counts"
-    a = start(script, store, counts, {"seconds": 0.5, "order": [0, 1], "wf": "a"})
-    b = start(script, store, counts, {"seconds": 0.5, "order": [1, 0], "wf": "b"})
+    specs = [{"seconds": 0.5, "order": [0, 1], "wf": "a"}, {"seconds": 0.5, "order": [1, 0], "wf": "b"}]
+    a, b = together(script, store, counts, specs, ["-", "-"], tmp_path)
     outs = [finish(a, timeout=60), finish(b, timeout=60)]
     assert [o["total"] == 10 for o in outs] == [True, True]
     assert computations(counts)["slow0"] == 1 and computations(counts)["slow1"] == 1
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_two_pooled_runs_needing_each_others_nodes_both_finish(script, tmp_path, processes):
+    """The same with pools, where a run holds several leases at once while its driver
+    goes on: two runs each holding some of the other's nodes."""
+    store, counts = str(tmp_path / "store"), tmp_path / "counts"
+    run = {"max_workers": 2, "processes": processes}
+    specs = [{"seconds": 0.5, "order": [0, 1, 2, 3], "wf": "a", "run": run},
+             {"seconds": 0.5, "order": [3, 2, 1, 0], "wf": "b", "run": run}]
+    a, b = together(script, store, counts, specs, ["-", "-"], tmp_path)
+    outs = [finish(a, timeout=60), finish(b, timeout=60)]
+    assert [o["total"] for o in outs] == [60, 60]
+    assert all(computations(counts)[f"slow{i}"] == 1 for i in range(4)), computations(counts)
 
 
 @workflow
@@ -202,8 +257,6 @@ def quick(i):
 def test_waiting_is_logged_and_shown_in_progress(tmp_path, caplog):
     """A lease held by a live process, not renewed: the run waits (log line and
     progress postfix), then takes it over once its time to live has passed."""
-    from functionfuse.storage.base import utc_now_iso
-    from functionfuse.storage.leases import _encode
     from functionfuse.storage.runs import _host
 
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s"), "lease": 1}})
@@ -212,10 +265,7 @@ def test_waiting_is_logged_and_shown_in_progress(tmp_path, caplog):
     [key] = [t.key for t in wf._make_plan(None).tasks]
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        holder = {"format": "functionfuse-node-lease", "key": key, "workflow": "other", "node": "q", "run": "r1",
-                  "host": _host(), "pid": sleeper.pid, "token": "t", "ttl": 1.0, "acquired": utc_now_iso(),
-                  "renewed": utc_now_iso()}
-        store.results._publish(lease_path(key), _encode(holder), replace=False)
+        hold(store, key, node="q", run="r1", pid=sleeper.pid, ttl=1.0)
         seen = []
         original = Progress.node_waiting
 
@@ -244,18 +294,12 @@ def test_a_dask_worker_waits_for_another_run_and_reads_its_result(tmp_path, dask
     import threading
 
     from functionfuse.backends.builtin.daskback import DaskWorkflow
-    from functionfuse.storage.base import utc_now_iso
-    from functionfuse.storage.leases import _encode
-    from functionfuse.storage.runs import _host
 
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s"), "lease": 30}})
     wf = DaskWorkflow(quick(41).set_name("q"), workflow_name="w", client=dask_client)
     wf.set_storage(store)
     [key] = [t.key for t in wf._make_plan(None).tasks]
-    holder = {"format": "functionfuse-node-lease", "key": key, "workflow": "other", "node": "q", "run": "r1",
-              "host": _host(), "pid": os.getpid(), "token": "t", "ttl": 30.0, "acquired": utc_now_iso(),
-              "renewed": utc_now_iso()}
-    store.results._publish(lease_path(key), _encode(holder), replace=False)
+    hold(store, key, node="q", run="r1", pid=os.getpid(), ttl=30.0)
 
     def other_run_finishes():  # stores the node's result, then drops its lease
         time.sleep(1.0)
@@ -322,3 +366,70 @@ def test_the_lease_option_travels_with_the_storage(tmp_path):
     assert pickle.loads(pickle.dumps(storage)).lease_ttl == 7.5
     assert storage_factory({"kind": "file", "options": {"path": str(tmp_path), "lease": True}}).lease_ttl == 60.0
     assert storage_factory({"kind": "file", "options": {"path": str(tmp_path)}}).lease_ttl is None
+
+
+def test_the_ray_kind_refuses_the_lease_option(tmp_path):
+    from functionfuse.errors import StorageConfigError
+    from functionfuse.storage import RayStorage
+
+    with pytest.raises(StorageConfigError, match="unknown option 'lease' for storage kind 'ray'"):
+        storage_factory({"kind": "ray", "options": {"path": str(tmp_path), "remoteArgs": {}, "lease": True}})
+    with pytest.raises(StorageConfigError, match="option 'lease' is not available on the ray storage kind"):
+        RayStorage(str(tmp_path), {}, lease=True)
+
+
+@workflow
+class Counter:
+    def __init__(self):
+        self.items = []
+
+    def put(self, x):
+        self.items.append(x)
+        return list(self.items)
+
+
+def test_calls_of_stateful_classes_take_no_lease(tmp_path):
+    """Reading another run's result of a method call would leave the live object
+    without the call's effect: such calls are computed (replayed), never waited for."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s"), "lease": 30}})
+    box = Counter().set_name("box")
+    first = box.put(1).set_name("first")
+    second = box.put(2).set_name("second")
+    wf = LocalWorkflow(first, second, workflow_name="w")
+    wf.set_storage(store)
+    plan = wf._make_plan(None)
+
+    key = next(t.key for t in plan.tasks if t.name == "first")
+    hold(store, key, node="first", run="r", pid=os.getpid(), ttl=30.0)
+    started = time.monotonic()
+    assert wf.run() == [[1], [1, 2]]  # the object saw both calls
+    assert time.monotonic() - started < 10  # no wait for the held lease (its time to live is 30 s)
+
+
+def test_an_unusable_result_of_another_run_is_computed_here(tmp_path):
+    """The waited-for run stored a result this run cannot load (damaged since): the node
+    is computed here instead of failing the run."""
+    import threading
+
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s"), "lease": 30}})
+    wf = LocalWorkflow(quick(5).set_name("q"), workflow_name="w")
+    wf.set_storage(store)
+    [key] = [t.key for t in wf._make_plan(None).tasks]
+
+    hold(store, key, node="q", run="r", pid=os.getpid(), ttl=30.0)
+
+    def other_run_stores_garbage():
+        time.sleep(0.5)
+        store.save("other", "q", key, {"big": list(range(300))}, {})
+        [manifest] = list((tmp_path / "s" / "manifests").rglob(f"{key}.json"))
+        data = bytearray(manifest.read_bytes())
+        data[-5] ^= 0x01
+        manifest.write_bytes(bytes(data))
+        os.remove(tmp_path / "s" / lease_path(key))
+
+    other = threading.Thread(target=other_run_stores_garbage)
+    other.start()
+    with pytest.warns(Warning, match="node 'q'"):
+        assert wf.run() == 6
+    other.join()
+    assert wf.last_report.by_node()["q"].action == "computed"
