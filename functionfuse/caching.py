@@ -722,12 +722,12 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     lease = None
     if instance is None and _leasing(plan, task):
         lease = take_lease(plan, task)
-        if lease is None:  # stored by another run meanwhile: read, not computed
+        while lease is None:  # stored by another run meanwhile: read, not computed
             try:
                 return read_instead(plan, task)
-            except LOAD_ERRORS as exc:  # its entry is unusable after all: computed here
+            except LOAD_ERRORS as exc:  # that entry is unusable: wait for another, or compute it here
                 entry_failed(task, exc)
-                lease = take_lease(plan, task)  # overwrite is set now: never None
+                lease = take_lease(plan, task)
     try:
         start = time.perf_counter()
         try:
@@ -763,17 +763,20 @@ def take_lease(plan: Plan, task: Task, stop: Any = None) -> Any:
 
     storage = plan.storage
     forced = task.reason in (FORCED, UPSTREAM_FORCED)  # computed whatever is stored
-    waited: list[bool] = []
+    # An unusable entry is replaced by this run, unless another run replaces it
+    # meanwhile (its manifest changes): then that one is read (see run_node).
+    unusable = task.overwrite and not forced
+    before = storage.results.manifest_digest(task.key) if unusable else None
 
     def stored() -> bool:
-        if forced or (task.overwrite and not waited):
-            # An unusable entry is replaced by this run unless another run replaced
-            # it while this one waited (then it is read, see run_node).
+        if forced:
             return False
+        if unusable:
+            now = storage.results.manifest_digest(task.key)
+            return now is not None and now != before
         return bool(storage.present([task.key]))
 
     def on_wait(holder: dict) -> None:
-        waited.append(True)
         if plan.waiting is not None:
             plan.waiting(task.name, holder)
 

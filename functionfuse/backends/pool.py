@@ -320,13 +320,13 @@ def _lease_threads() -> ThreadPoolExecutor:
 
 def _take_lease(plan: Any, task: Task) -> _Leased:
     lease = take_lease(plan, task)  # stops waiting when plan.stop_waiting is set
-    if lease is not None:
-        return _Leased(lease)
-    try:
-        return _Leased(None, read_instead(plan, task))
-    except LOAD_ERRORS as exc:  # its entry is unusable after all: computed here
-        entry_failed(task, exc)
-        return _Leased(take_lease(plan, task))
+    while lease is None:
+        try:
+            return _Leased(None, read_instead(plan, task))
+        except LOAD_ERRORS as exc:  # that entry is unusable: wait for another, or compute it here
+            entry_failed(task, exc)
+            lease = take_lease(plan, task)
+    return _Leased(lease)
 
 
 def _drop_lease_step(task: Task, future: Future) -> None:

@@ -505,6 +505,24 @@ class ResultStore:
                        self.objects.url, key, damage)
         return True
 
+    def manifest_digest(self, key: str) -> str | None:
+        """XXH3-128 of the stored bytes of ``key``'s manifest, damaged or not; None when
+        there is none (tells a manifest written again from the one read before)."""
+        import xxhash
+
+        relative = manifest_path(key)
+        final = self._path(relative)
+        try:
+            with self.objects._io("reading", relative, final):
+                data = _read_local(final) if self._local else self._get(final)
+        except FileNotFoundError:
+            return None
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return None
+            raise
+        return xxhash.xxh3_128(data).hexdigest()
+
     def present(self, keys: Iterable[str]) -> set[str]:
         """The keys among ``keys`` whose manifest exists (one stat each locally; on S3,
         concurrent HEADs, or for many keys a listing of ``manifests/`` while it is short)."""

@@ -100,12 +100,13 @@ def start(script, location, counts, spec, host="-", sleep=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def together(script, location, counts, spec, hosts, tmp_path):
+def together(script, location, counts, spec, hosts, tmp_path, sleep=None):
     """Start one run per host name (``spec`` for all, or one spec per run), all waiting
     at the start line, then let them go at once."""
     go = tmp_path / f"go-{len(list(tmp_path.glob('go-*')))}"
     specs = spec if isinstance(spec, list) else [spec] * len(hosts)
-    procs = [start(script, location, counts, {**sp, "go": str(go)}, host=h) for sp, h in zip(specs, hosts)]
+    procs = [start(script, location, counts, {**sp, "go": str(go)}, host=h, sleep=sleep)
+             for sp, h in zip(specs, hosts)]
     for proc in procs:
         line = proc.stdout.readline()
         assert line.strip() == "READY", line + proc.stderr.read()
@@ -433,3 +434,19 @@ def test_an_unusable_result_of_another_run_is_computed_here(tmp_path):
         assert wf.run() == 6
     other.join()
     assert wf.last_report.by_node()["q"].action == "computed"
+
+
+def test_an_entry_two_runs_find_damaged_is_replaced_once(script, tmp_path):
+    store, counts = str(tmp_path / "store"), tmp_path / "counts"
+    finish(start(script, store, counts, {"seconds": 0.3, "order": [0]}))
+    for manifest in (tmp_path / "store" / "manifests").rglob("*.json"):
+        if json.loads(manifest.read_bytes()).get("node") == "slow0":
+            data = bytearray(manifest.read_bytes())
+            data[-3] ^= 0x01
+            manifest.write_bytes(bytes(data))
+    # The same key (seconds=0.3), computed slowly now: both runs find the entry damaged at once.
+    procs = together(script, store, counts, {"seconds": 0.3, "order": [0]}, ["-", "-"], tmp_path, sleep=1.0)
+    outs = [finish(p) for p in procs]
+    assert [o["total"] for o in outs] == [0, 0]
+    assert computations(counts)["slow0"] == 2, outs  # the first run, then one replacement
+    assert sorted(o["events"]["slow0"] for o in outs) == ["computed", "read"], outs
