@@ -3,9 +3,17 @@
 ``DaskWorkflow`` runs on the ``Client`` it is given, or starts a
 ``LocalCluster`` (worker processes) for the run and closes it afterwards.
 
-* Dependencies are futures passed as task arguments: the scheduler orders the
-  tasks and moves values between workers; workers load cached inputs and store
-  results themselves.
+* Nodes are submitted in batches, not one ``Client.submit`` each: the engine
+  buffers them (up to :data:`BATCH`) and submits each run of consecutive nodes
+  with the same options as one graph with ``Client.get`` (``dask._task_spec``
+  tasks; a dependency is a reference to its key, in the same graph or held by
+  a future from an earlier batch).  One graph is one update of the scheduler
+  instead of one per node.  The buffer is flushed when it is full, before a
+  pinned instance task (submitted one by one, on its worker), when the run
+  waits (``settle``, ``throttle``) and when a value is fetched.  A released
+  node's future is dropped only after its buffered consumers are submitted.
+* The scheduler orders the tasks and moves values between workers; workers
+  load cached inputs and store results themselves.
 * ``query(pattern).set_remote_args({...})`` gives nodes Dask's per-task
   options: ``resources``, ``retries``, ``priority``, ``workers``,
   ``allow_other_workers``.
@@ -157,6 +165,21 @@ def _unlisten(client: Any, run_id: str) -> None:
 # -- driver side ------------------------------------------------------------------------
 
 
+#: Nodes buffered before they are submitted as one graph (see :meth:`_DaskEngine._flush`).
+BATCH = 1000
+
+
+class _Pending:
+    """A node submitted to the engine: its key, and its Dask future once the batch
+    holding it has reached the scheduler."""
+
+    __slots__ = ("key", "future")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.future: Any = None
+
+
 class _Host:
     __slots__ = ("key", "worker", "last", "name")
 
@@ -182,6 +205,8 @@ class _DaskEngine(Engine):
         self.report: tuple | None = None  # (topic, run id) when workers report finished nodes
         self.reported: dict[str, Task] = {}  # future key -> task, while reporting
         self.statuses: dict[int, tuple] = {}  # id(task) -> (action, seconds) the worker reported
+        self._batch: list[tuple] = []  # (task, handle, func, args, options) not submitted yet
+        self._drop: list[Any] = []  # handles released while their consumers were buffered
 
     def watch(self, progress: NoProgress, statuses: bool = False) -> None:
         super().watch(progress, statuses)
@@ -209,20 +234,61 @@ class _DaskEngine(Engine):
     def submit(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
         key = self._key("", task)
         if self.report is None:
-            fut = self.client.submit(remote.run_value, blob, *deps, key=key, pure=False, **options)
-        else:
-            fut = self.client.submit(_run_reported, self.report, blob, *deps, key=key, pure=False, **options)
-        self._track(task, fut)
-        return fut
+            return self._buffer(task, key, remote.run_value, (blob, *deps), options)
+        return self._buffer(task, key, _run_reported, (self.report, blob, *deps), options)
 
     def submit_load(self, task: Task, blob: bytes, options: dict) -> Any:
         key = self._key("load-", task)
         if self.report is None:
-            fut = self.client.submit(remote.load_value, blob, key=key, pure=False)
-        else:
-            fut = self.client.submit(_load_reported, self.report, blob, key=key, pure=False)
-        self._track(task, fut)
-        return fut
+            return self._buffer(task, key, remote.load_value, (blob,), {})
+        return self._buffer(task, key, _load_reported, (self.report, blob), {})
+
+    # -- batches: one graph per run of nodes with the same options -----------------------
+    def _buffer(self, task: Task, key: str, func: Any, args: tuple, options: dict) -> _Pending:
+        handle = _Pending(key)
+        self._batch.append((task, handle, func, args, options))
+        if len(self._batch) >= BATCH:
+            self._flush()
+        return handle
+
+    def _flush(self) -> None:
+        """Submit the buffered nodes: one ``Client.get`` of a graph per run of consecutive
+        nodes with the same options (Dask applies options per submission), dependencies
+        as references to keys.  Then drop the futures released meanwhile: their
+        consumers are on the scheduler now, which keeps the values as long as needed."""
+        if not self._batch:
+            return
+        from dask._task_spec import Task as DaskTask
+        from dask._task_spec import TaskRef
+
+        batch, self._batch = self._batch, []
+        start = 0
+        while start < len(batch):
+            options = batch[start][4]
+            end = start + 1
+            while end < len(batch) and batch[end][4] == options:
+                end += 1
+            group = batch[start:end]
+            graph = {}
+            for task, handle, func, args, _ in group:
+                refs = [TaskRef(a.key) if isinstance(a, _Pending) else a for a in args]
+                graph[handle.key] = DaskTask(handle.key, func, *refs)
+            futures = self.client.get(graph, list(graph), sync=False, **options)
+            for (task, handle, *_), fut in zip(group, futures):
+                handle.future = fut
+                self._track(task, fut)
+            start = end
+        for handle in self._drop:
+            self._release_now(handle)
+        self._drop = []
+
+    def _future(self, handle: Any) -> Any:
+        """The Dask future of a handle (submitting what is buffered first)."""
+        if isinstance(handle, _Pending):
+            if handle.future is None:
+                self._flush()
+            return handle.future
+        return handle
 
     def _pick_worker(self, task: Task, options: dict) -> str:
         given = options.get("workers")
@@ -245,6 +311,8 @@ class _DaskEngine(Engine):
         return fit[next(self._cycle) % len(fit)]
 
     def new_instance(self, task: Task, blob: bytes, deps: list[Any], options: dict) -> tuple[Any, Any]:
+        self._flush()  # pinned tasks are submitted one by one, after what they depend on
+        deps = [self._future(d) for d in deps]
         worker = self._pick_worker(task, options)
         host = _Host(f"{self.run_id}/{task.name}", worker, task.name)
         extra = {k: v for k, v in options.items() if k == "priority"}
@@ -267,6 +335,8 @@ class _DaskEngine(Engine):
         return host, fut
 
     def call(self, host: Any, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
+        self._flush()
+        deps = [self._future(d) for d in deps]
         fut = self.client.submit(
             _call_instance,
             host.key,
@@ -293,18 +363,30 @@ class _DaskEngine(Engine):
 
     def release(self, handle: Any) -> None:
         # Dropping the future lets Dask free the value once its consumers ran.
-        # A failure still surfaces: it is passed on to those consumers.
+        # A failure still surfaces: it is passed on to those consumers.  Consumers
+        # still buffered must reach the scheduler first: dropped at the next flush.
+        if self._batch:
+            self._drop.append(handle)
+        else:
+            self._release_now(handle)
+
+    def _release_now(self, handle: Any) -> None:
         entry = self.submitted.pop(handle.key, None)
         if entry is not None:
             self.released.append(entry[0])
+        if isinstance(handle, _Pending):
+            handle.future = None
 
     def throttle(self, limit: int) -> None:
+        if len(self.pending) + len(self._batch) >= limit:
+            self._flush()
         while len(self.pending) >= limit:
             with self.client.as_current():  # ``wait`` looks for a default client
                 done = self.distributed.wait(self.pending, return_when="FIRST_COMPLETED")
             self.pending = list(done.not_done)
 
     def settle(self) -> list[tuple[Task, BaseException | None, Any]]:
+        self._flush()
         self.pending = []
         futures = [f for _, f in self.submitted.values()]
         lost: dict[str, BaseException] = {}
@@ -365,9 +447,10 @@ class _DaskEngine(Engine):
         return lost
 
     def fetch(self, handle: Any) -> Any:
-        return handle.result()
+        return self._future(handle).result()
 
     def cancel(self) -> None:
+        self._batch = []  # never submitted: nothing to cancel
         futures = [f for _, f in self.submitted.values()]
         if futures:
             try:

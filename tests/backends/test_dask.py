@@ -254,3 +254,40 @@ def test_task_keys_are_named_after_the_function(dask_client, tmp_path):
     with distributed.get_task_stream(client=dask_client) as stream:
         wf.run(force="key")  # 'first' is cached: a worker loads it for 'key'
     assert sorted(key_split(t["key"]) for t in stream.data) == ["current_key", "load-inc"]
+
+
+@workflow
+def add_up(*xs):
+    return sum(xs)
+
+
+def test_a_run_is_submitted_as_one_graph_per_group_of_options(dask_client, tmp_path, monkeypatch):
+    """Issue 12: not one Client.submit per node.  Plain nodes go to the scheduler in
+    batches, one Client.get per run of consecutive nodes with the same options."""
+    calls = {"get": 0, "submit": 0}
+    get, submit = dask_client.get, dask_client.submit
+
+    def counting_get(*args, **kwargs):
+        calls["get"] += 1
+        return get(*args, **kwargs)
+
+    def counting_submit(*args, **kwargs):
+        calls["submit"] += 1
+        return submit(*args, **kwargs)
+
+    monkeypatch.setattr(dask_client, "get", counting_get)
+    monkeypatch.setattr(dask_client, "submit", counting_submit)
+    incs = [inc(i).set_name(f"inc{i}") for i in range(60)]
+    wf = DaskWorkflow(add_up(*incs).set_name("total"), workflow_name="batched", client=dask_client)
+    assert wf.run() == sum(range(1, 61))
+    assert calls == {"get": 1, "submit": 0}
+
+    # A node with its own options splits the batch: before it, it, after it.
+    calls.update(get=0, submit=0)
+    incs = [inc(i).set_name(f"inc{i}") for i in range(60)]
+    wf = DaskWorkflow(add_up(*incs).set_name("total"), workflow_name="batched2", client=dask_client)
+    wf.set_storage(FileStorage(tmp_path / "s"))
+    wf.query("inc30").set_remote_args({"retries": 2})
+    assert wf.run() == sum(range(1, 61))
+    assert calls == {"get": 3, "submit": 0}
+    assert wf.run() == sum(range(1, 61))  # cached: the total is loaded on a worker, in one batch
