@@ -417,6 +417,24 @@ def fig_work(eng: Any, reps: int, branches: int, group: int) -> float:
     return o
 
 
+def driver_memory(eng: Any, ours: Callable[[], Any], base: Callable[[], Any], label: str, n: int) -> str:
+    """Peak Python memory the driver allocates during one run (tracemalloc), per node."""
+    import tracemalloc
+
+    peaks = {}
+    for name, fn in (("ours", ours), (label, base)):
+        eng.settle()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            fn()
+            peaks[name] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    return (f"driver memory (tracemalloc peak of one run, per node): ours {peaks['ours'] / n / 1024:.1f} KiB, "
+            f"{label} {peaks[label] / n / 1024:.1f} KiB")
+
+
 def fig_trivial(eng: Any, reps: int, width: int, group: int) -> None:
     """(b) trivial nodes: ours within 1.1x of the same graph written for the engine (issue 12)."""
     n = trivial_nodes(width, group)
@@ -437,6 +455,7 @@ def fig_trivial(eng: Any, reps: int, width: int, group: int) -> None:
            f"vs {first}; N={n} nodes: 1 root -> {width} x inc -> add_all by {group} -> add_all; "
            f"overhead per node (ours - {first}) / N = {extra_ms:.3f} ms; {first} itself {b / n * 1e3:.2f} ms/node")
     details(t, first, list(bases)[1:], n)
+    info(driver_memory(eng, fns["ours"], fns[first], first, n))
     # Where ours spends its time: building the graph + the workflow object, then run().
     tb, tr = [], []
     for _ in range(max(2, reps // 2)):
