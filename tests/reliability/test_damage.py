@@ -99,19 +99,42 @@ def run(store):
     return outputs(wf.run()), wf.last_report
 
 
-def damage(path, rng):
-    data = bytearray(path.read_bytes())
-    if not data:
-        return "empty file left alone"
+def damaged(data, rng):
+    """``(damaged bytes, what was done)``: a truncation (a quarter of the time) or one
+    flipped bit, half of the flips in the first 4 KiB."""
+    data = bytearray(data)
     if rng.random() < 0.25:
         cut = rng.randrange(len(data))
-        path.write_bytes(bytes(data[:cut]))
-        return f"truncated to {cut} of {len(data)} bytes"
+        return bytes(data[:cut]), f"truncated to {cut} of {len(data)} bytes"
     limit = min(len(data), 4096) if rng.random() < 0.5 else len(data)
     offset = rng.randrange(limit)
     data[offset] ^= 1 << rng.randrange(8)
-    path.write_bytes(bytes(data))
-    return f"bit flipped at {offset} of {len(data)}"
+    return bytes(data), f"bit flipped at {offset} of {len(data)}"
+
+
+def damage(path, rng):
+    data = path.read_bytes()
+    if not data:
+        return "empty file left alone"
+    data, how = damaged(data, rng)
+    path.write_bytes(data)
+    return how
+
+
+def judge(where, attempt, expected, outcomes):
+    """Run ``attempt()``: the right value, or a FunctionFuseError naming a node and the
+    storage; anything else fails the test.  Counts the outcome."""
+    try:
+        got = attempt()
+    except FunctionFuseError as exc:
+        assert getattr(exc, "node", None) or "node '" in str(exc), f"{where}: {exc!r} names no node"
+        assert "storage" in str(exc), f"{where}: {exc!r} names no storage"
+        outcomes["error naming a node"] += 1
+    except Exception as exc:  # noqa: BLE001 - the point of the test
+        pytest.fail(f"{where}: {type(exc).__name__}: {exc}")
+    else:
+        assert got == expected, f"{where}: a wrong value"
+        outcomes["right value"] += 1
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +158,7 @@ def test_damage_anywhere_gives_the_right_value_or_an_error_naming_the_node(prist
         target = copy / files[rng.randrange(len(files))]
         how = damage(target, rng)
         where = f"trial {trial}: {target.relative_to(copy)} {how}"
-        try:
-            got, _ = run(copy)
-        except FunctionFuseError as exc:
-            assert getattr(exc, "node", None) or "node '" in str(exc), f"{where}: {exc!r} names no node"
-            assert "storage" in str(exc), f"{where}: {exc!r} names no storage"
-            outcomes["error naming a node"] += 1
-        except Exception as exc:  # noqa: BLE001 - the point of the test
-            pytest.fail(f"{where}: {type(exc).__name__}: {exc}")
-        else:
-            assert got == expected, f"{where}: a wrong value"
-            outcomes["right value"] += 1
+        judge(where, lambda: run(copy)[0], expected, outcomes)
         healthy, _ = run(copy)  # the next run is healthy
         assert healthy == expected, f"{where}: the run after it is wrong"
         shutil.rmtree(copy)
@@ -176,27 +189,13 @@ def test_damage_anywhere_on_s3(s3_endpoint, s3_url):
         copy = f"{root}-t{trial}"
         fs.copy(root, copy, recursive=True)
         target = files[rng.randrange(len(files))]
-        data = bytearray(fs.cat_file(f"{copy}/{target}"))
+        data = fs.cat_file(f"{copy}/{target}")
         if not data:
             continue
-        if rng.random() < 0.25:
-            data = data[: rng.randrange(len(data))]
-        else:
-            offset = rng.randrange(min(len(data), 4096) if rng.random() < 0.5 else len(data))
-            data[offset] ^= 1 << rng.randrange(8)
-        fs.pipe_file(f"{copy}/{target}", bytes(data))
-        where = f"trial {trial}: {target}"
-        try:
-            got = run_s3(f"s3://{copy}")
-        except FunctionFuseError as exc:
-            assert getattr(exc, "node", None) or "node '" in str(exc), f"{where}: {exc!r} names no node"
-            assert "storage" in str(exc), f"{where}: {exc!r} names no storage"
-            outcomes["error naming a node"] += 1
-        except Exception as exc:  # noqa: BLE001 - the point of the test
-            pytest.fail(f"{where}: {type(exc).__name__}: {exc}")
-        else:
-            assert got == expected, f"{where}: a wrong value"
-            outcomes["right value"] += 1
+        data, how = damaged(data, rng)
+        fs.pipe_file(f"{copy}/{target}", data)
+        where = f"trial {trial}: {target} {how}"
+        judge(where, lambda: run_s3(f"s3://{copy}"), expected, outcomes)
         assert run_s3(f"s3://{copy}") == expected, f"{where}: the run after it is wrong"
     print(f"{trials} trials on S3: {outcomes}")
 
