@@ -398,7 +398,7 @@ def test_a_missing_bucket_names_the_storage_says_what_to_do_and_keeps_the_botoco
     causes, exc = [], caught.value
     while exc is not None:
         causes.append(exc)
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__  # botocore's error kept as the cause, not only as context
     assert any(isinstance(c, botocore.exceptions.ClientError) for c in causes), [type(c) for c in causes]
     assert "create it" in message or "fix the storage path" in message, message
 
@@ -440,7 +440,7 @@ def test_an_endpoint_cut_mid_run_names_the_node_and_the_storage_and_keeps_the_bo
     causes, exc = [], caught.value
     while exc is not None:
         causes.append(exc)
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__  # botocore's error kept as the cause, not only as context
     assert any(isinstance(c, botocore.exceptions.BotoCoreError) for c in causes), [type(c) for c in causes]
     print(message)
 
