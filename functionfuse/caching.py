@@ -721,13 +721,9 @@ def run_node(plan: Plan, task: Task, args: tuple, kwargs: dict, instance: Any = 
     """
     lease = None
     if instance is None and _leasing(plan, task):
-        lease = take_lease(plan, task)
-        while lease is None:  # stored by another run meanwhile: read, not computed
-            try:
-                return read_instead(plan, task)
-            except LOAD_ERRORS as exc:  # that entry is unusable: wait for another, or compute it here
-                entry_failed(task, exc)
-                lease = take_lease(plan, task)
+        lease, value = lease_or_value(plan, task)
+        if lease is None:  # stored by another run meanwhile: read, not computed
+            return value
     try:
         start = time.perf_counter()
         try:
@@ -786,6 +782,20 @@ def take_lease(plan: Plan, task: Task, stop: Any = None) -> Any:
                        stop=stop if stop is not None else plan.stop_waiting)
     except StorageError as exc:
         raise type(exc)(f"node {task.name!r}: taking its lease failed: {exc}") from exc
+
+
+def lease_or_value(plan: Plan, task: Task) -> tuple[Any, Any]:
+    """``(lease, None)`` when this run computes ``task``, or ``(None, value)`` when another
+    run stored it meanwhile and it was read.  An unusable entry of another run is
+    waited out in turn (it may be replaced), or computed here."""
+    lease = take_lease(plan, task)
+    while lease is None:
+        try:
+            return None, read_instead(plan, task)
+        except LOAD_ERRORS as exc:
+            entry_failed(task, exc)
+            lease = take_lease(plan, task)
+    return lease, None
 
 
 def read_instead(plan: Plan, task: Task) -> Any:

@@ -48,18 +48,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from ..caching import (
-    LOAD_ERRORS,
-    Task,
-    _leasing,
-    argument_summary,
-    entry_failed,
-    node_error,
-    read_instead,
-    run_node,
-    store_node,
-    take_lease,
-)
+from ..caching import Task, _leasing, argument_summary, lease_or_value, node_error, run_node, store_node
 from ..errors import ExecutorError, NodeExecutionError
 from ..graph import ClassCallNode, ClassInitNode, FunctionNode
 
@@ -319,14 +308,7 @@ def _lease_threads() -> ThreadPoolExecutor:
 
 
 def _take_lease(plan: Any, task: Task) -> _Leased:
-    lease = take_lease(plan, task)  # stops waiting when plan.stop_waiting is set
-    while lease is None:
-        try:
-            return _Leased(None, read_instead(plan, task))
-        except LOAD_ERRORS as exc:  # that entry is unusable: wait for another, or compute it here
-            entry_failed(task, exc)
-            lease = take_lease(plan, task)
-    return _Leased(lease)
+    return _Leased(*lease_or_value(plan, task))  # stops waiting when plan.stop_waiting is set
 
 
 def _drop_lease_step(task: Task, future: Future) -> None:
