@@ -30,6 +30,50 @@ def store_files(root, *folders):
     return sorted(out)
 
 
+def manifest_span(root, key):
+    """``(file, start, end)`` of the stored bytes of ``key``'s manifest in a local store:
+    its loose file, else its first line in the packs (docs/format.md, "Packs")."""
+    loose = os.path.join(str(root), "manifests", key[:2], key + ".json")
+    if os.path.exists(loose):
+        return loose, 0, os.path.getsize(loose)
+    folder = os.path.join(str(root), "packs")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        at = data.find(b"\n" + key.encode() + b" ")
+        if at >= 0:
+            start = at + 34
+            return path, start, data.index(b"\n", start)
+    raise FileNotFoundError(f"no manifest of {key} under {root}")
+
+
+def stored_keys(root):
+    """Keys with a manifest in a local store: loose files and lines of packs."""
+    keys = set()
+    for _, _, files in os.walk(os.path.join(str(root), "manifests")):
+        keys.update(f[:-5] for f in files if f.endswith(".json"))
+    folder = os.path.join(str(root), "packs")
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        with open(os.path.join(folder, name), "rb") as fh:
+            lines = fh.read().split(b"\n")[1:-1]
+        keys.update(line[:32].decode() for line in lines if line[32:33] == b" ")
+    return keys
+
+
+def damage_manifest(root, key, change):
+    """Replace the stored bytes of ``key``'s manifest (loose or packed) by
+    ``change(bytearray of them)``; returns the file changed."""
+    path, start, end = manifest_span(root, key)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    new = bytes(change(bytearray(data[start:end])))
+    os.chmod(path, 0o644)
+    with open(path, "wb") as fh:
+        fh.write(data[:start] + new + data[end:])
+    return path
+
+
 def result_files(storage, workflow, node):
     """``(manifest path, [object paths])`` of a node's current version in a local store."""
     meta = storage.read_task_meta(workflow, node)

@@ -21,7 +21,6 @@ from typing import Any
 from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
 from .base import current_view, iso_seconds
 from .inventory import Inventory, RunInfo
-from .manifests import manifest_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +66,7 @@ class GcReport:
     stale_leases: list[str] = field(default_factory=list)  # leases of crashed runs, removed
     side_data: list[str] = field(default_factory=list)  # side data no manifest names (crashed writers)
     node_leases: list[str] = field(default_factory=list)  # node leases of killed runs (storage.leases)
+    packs: list[str] = field(default_factory=list)  # packs of gone writers with cut or damaged lines, rewritten
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -167,7 +167,7 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
             if doc is not None and persistence is not None:
                 for part in doc.get("parts", ()):
                     results._remove_side_data(part, persistence, _persistent())
-            _delete(results, manifest_path(key))
+        results.delete_manifests(doomed_keys)
         # A second look at the manifests just before deleting objects: one published
         # since the first listing may name an object that existed already (dedup).
         fresh = Inventory(results)
@@ -209,6 +209,7 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
     else:
         report.side_data = _orphaned_side_data(results, policy, dry_run=dry_run)
     report.node_leases = _stale_node_leases(results, dry_run=dry_run)
+    report.packs = results.clean_packs(policy.grace_s, dry_run=dry_run)
     report.manifests = sorted(doomed_keys)
     report.objects = sorted(doomed_objects)
     report.size_after = report.size_before - report.bytes_freed

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, StorageError
 from .base import current_view
-from .manifests import decode_manifest, manifest_path
+from .manifests import manifest_path
 from .objects import ObjectRef
 from .results import MARKER, ResultStore
 from .runs import LEASE_SUFFIX, SUFFIX, decode_lease, decode_record
@@ -229,17 +229,12 @@ class Inventory:
     def _manifest(self, key: str) -> _Manifest:
         got = self._manifests.get(key)
         if got is None:
-            relative = manifest_path(key)
-            final = self._path(relative)
             try:
-                with self.results.objects._io("reading", relative, final):
-                    data = self.results._get(final)
-                got = _Manifest(decode_manifest(data, key, f"{relative} of storage {self.url}"), len(data))
+                doc, data = self.results.manifest_entry(key)
+                got = _Manifest(doc, len(data))
             except CorruptEntryError as exc:
                 got = _Manifest(None, problem=str(exc))
-            except StorageError as exc:
-                if not isinstance(exc.__cause__, FileNotFoundError):
-                    raise
+            except EntryNotFoundError:
                 got = _Manifest(None, missing=True)
             self._manifests[key] = got
         return got
@@ -284,18 +279,8 @@ class Inventory:
         return sum(int(info.get("size") or 0) for info in found.values())
 
     def all_keys(self) -> list[str]:
-        """Every manifest's key (one listing of ``manifests/``)."""
-        top = self._path("manifests")
-        fs = self.results.objects.fs
-        with self.results.objects._io("listing", "manifests", top):
-            try:
-                if self.results._local:
-                    paths = [e.path for d in os.scandir(top) if d.is_dir() for e in os.scandir(d.path)]
-                else:
-                    paths = fs.find(top)
-            except FileNotFoundError:
-                paths = []
-        return sorted(posixpath.basename(p)[:-5] for p in paths if p.endswith(".json"))
+        """Every manifest's key (one listing of ``manifests/``, and the packs' lines)."""
+        return self.results.manifest_keys()
 
     def all_objects(self) -> dict[str, int]:
         """Every object's hash -> size (one listing of ``objects/``)."""

@@ -39,6 +39,7 @@ from ..serializers.formats import MMAP_THRESHOLD
 from ..serializers.parts import join, plain_tree, split
 from .manifests import decode_manifest, encode_manifest, manifest_doc, manifest_path
 from .objects import ObjectRef, ObjectStore
+from .packs import HEADER, PACKS, PackIndex, PackWriter, pack_writer_alive, rewrite, scan
 from .runs import decode_record, encode_lease, encode_record, latest_run_id, lease_path, run_folder, run_path
 
 __all__ = ["ResultStore"]
@@ -69,6 +70,8 @@ class ResultStore:
         self.safe = safe
         self.compression = normalize(compression)
         self._marked = False
+        self._pack_writer: PackWriter | None = None
+        self._pack_index: PackIndex | None = None
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict | None = None, *, safe: bool = False,
@@ -123,7 +126,7 @@ class ResultStore:
                     entries.append({**part.entry(), **sink.ref.to_json(), "codec": codec})
             fields = {**(meta or {}), "key": key, "result": tree, "parts": entries}
             data = encode_manifest(fields)
-            published = self._publish(manifest_path(key), data, replace=replace)
+            published = self._commit(key, data, replace=replace, packed=not entries)
         except BaseException:
             if persistence is not None:
                 persistence.undo()  # nothing names the side data written so far
@@ -139,12 +142,45 @@ class ResultStore:
     def save_plain(self, key: str, tree: dict, meta: dict[str, Any] | None = None, *, replace: bool = False
                    ) -> dict[str, Any]:
         """:meth:`save` of a small plain result given as its tree (from
-        :func:`~functionfuse.serializers.parts.plain_tree`): the manifest alone."""
+        :func:`~functionfuse.serializers.parts.plain_tree`): the manifest alone,
+        appended to this process's pack on a local folder (docs/format.md, "Packs";
+        a replacement is a loose file, which readers take first)."""
         self._mark()
         fields = {**(meta or {}), "key": key, "result": tree, "parts": []}
-        if not self._publish(manifest_path(key), encode_manifest(fields), replace=replace):
+        if not self._commit(key, encode_manifest(fields), replace=replace, packed=True):
             return self.read_manifest(key)  # another writer published this key first
         return manifest_doc(fields)
+
+    def _commit(self, key: str, data: bytes, *, replace: bool, packed: bool) -> bool:
+        """Publish the manifest bytes of ``key`` (the commit of a save): a loose file
+        create-if-absent, or, for a manifest without parts (``packed``) on a local
+        folder, a line appended to this process's pack (docs/format.md, "Packs").
+        A replacement is always a loose file: readers take it first.  Returns False
+        when another writer had published the key first."""
+        if not (packed and self._local and not replace):
+            return self._publish(manifest_path(key), data, replace=replace)
+        index, writer = self._pack_index, self._pack_writer
+        if writer is None:
+            writer = self._pack_writer = PackWriter(self._path(PACKS), durable=self.objects.durable)
+        if key in writer.appended or (index is not None and key in index):  # packed first, as far as we know
+            with suppress(CorruptEntryError, EntryNotFoundError):
+                self.read_manifest(key)
+                return False
+        with self.objects._io("appending to a pack", PACKS, writer.folder):
+            writer.append(key, data)
+        return True
+
+    def close_pack(self) -> None:
+        """Stop appending to this process's current pack (at the end of a run)."""
+        if self._pack_writer is not None:
+            self._pack_writer.close()
+
+    @property
+    def packs(self) -> PackIndex:
+        """The index of this store's packs (local folders; empty elsewhere)."""
+        if self._pack_index is None:
+            self._pack_index = PackIndex(self._path(PACKS))
+        return self._pack_index
 
     def _mark(self) -> None:
         """Once per process and store, before its first write: write ``FFSTORE.json``
@@ -253,6 +289,7 @@ class ResultStore:
         relative = run_path(workflow, run_id)
         self._mark()
         self._publish(relative, encode_record(workflow, run_id, nodes, **fields), replace=False)
+        self.close_pack()  # the run's small manifests are all appended: its pack is done
         return relative
 
     def begin_run(self, workflow: str, run_id: str, *, base: str | None, keys: Iterable[str]) -> str:
@@ -338,10 +375,8 @@ class ResultStore:
         keys = set(keys)
         if not keys:
             return
-        fs = self.objects.fs
         candidates: set[str] = set()
         for key in keys:
-            relative = manifest_path(key)
             try:
                 doc = self.read_manifest(key)
             except (CorruptEntryError, EntryNotFoundError):
@@ -350,9 +385,7 @@ class ResultStore:
                 candidates.add(part.get("object"))
                 if persistence is not None:
                     self._remove_side_data(part, persistence, persistent)
-            with self.objects._io("deleting", relative, self._path(relative)):
-                with suppress(FileNotFoundError):
-                    fs.rm_file(self._path(relative))
+        self.delete_manifests(keys)
         candidates.discard(None)
         if candidates:
             for doc in self.iter_manifests():
@@ -374,37 +407,123 @@ class ResultStore:
         except Exception as exc:  # noqa: BLE001 - removal goes on; the leftovers are only space
             logger.warning("side data of a removed result left in place (%s)", exc)
 
-    def iter_manifests(self) -> Iterator[dict[str, Any]]:
-        """Every readable manifest of the store (damaged ones are skipped)."""
-        top = self._path("manifests")
+    def delete_manifests(self, keys: Iterable[str]) -> None:
+        """Delete the manifests of ``keys``: loose files, and their lines in packs (by
+        rewriting those packs, see :func:`.packs.rewrite`).  Objects are left alone."""
+        keys = set(keys)
         fs = self.objects.fs
-        with self.objects._io("listing", "manifests", top):
-            try:
-                paths = fs.find(top)
-            except FileNotFoundError:
-                paths = []
-        for path in paths:
-            name = posixpath.basename(path)
-            if not name.endswith(".json"):
+        for key in sorted(keys):
+            relative = manifest_path(key)
+            with self.objects._io("deleting", relative, self._path(relative)):
+                with suppress(FileNotFoundError):
+                    fs.rm_file(self._path(relative))
+        if self._local and keys:
+            self.rewrite_packs(lambda key, _: key not in keys, only=keys)
+
+    def rewrite_packs(self, keep: Any, *, only: set[str] | None = None, dead_after_s: float | None = None
+                      ) -> list[str]:
+        """Rewrite the packs holding a line of ``only`` (None: every pack) with the lines
+        ``keep(key, manifest bytes)`` accepts; with ``dead_after_s``, only the packs
+        whose writer is gone (see :func:`.packs.pack_writer_alive`).  Returns the
+        names of the packs rewritten."""
+        index = self.packs
+        index.refresh()
+        names = sorted(index.packs_of(only)) if only is not None else index.names()
+        done = []
+        now = time.time()
+        for name in names:
+            path = posixpath.join(index.folder, name)
+            if dead_after_s is not None and pack_writer_alive(name, path, dead_after_s, now):
+                continue
+            with self.objects._io("rewriting", f"{PACKS}/{name}", path):
+                rewrite(index.folder, name, keep, durable=self.objects.durable)
+            done.append(name)
+        if done:
+            index.refresh()
+        return done
+
+    def clean_packs(self, grace_s: float, *, dry_run: bool = False) -> list[str]:
+        """Rewrite the packs of writers that are gone (see :func:`.packs.pack_writer_alive`)
+        holding a cut last line, a damaged line or no line at all, keeping their good
+        lines; returns their names (``gc``: what killed writers leave in packs)."""
+        if not self._local:
+            return []
+        index = self.packs
+        index.refresh()
+        now = time.time()
+        cleaned = []
+        for name in index.names():
+            path = posixpath.join(index.folder, name)
+            if pack_writer_alive(name, path, grace_s, now):
                 continue
             try:
-                yield self.read_manifest(name[:-5])
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            lines, consumed = scan(data)
+            whole = data.startswith(HEADER) and lines and consumed == len(data)
+            if whole and all(self._good_line(k, data[o:o + n]) for k, o, n in lines):
+                continue
+            cleaned.append(name)
+            if not dry_run:
+                with self.objects._io("rewriting", f"{PACKS}/{name}", path):
+                    rewrite(index.folder, name, self._good_line, durable=self.objects.durable)
+        if cleaned and not dry_run:
+            index.refresh()
+        return cleaned
+
+    def _good_line(self, key: str, data: bytes) -> bool:
+        try:
+            decode_manifest(data, key, "a pack line")
+        except CorruptEntryError:
+            return False
+        return True
+
+    def manifest_keys(self) -> list[str]:
+        """Every key with a manifest: loose files (one listing of ``manifests/``) and
+        lines of packs (sorted)."""
+        top = self._path("manifests")
+        with self.objects._io("listing", "manifests", top):
+            try:
+                if self._local:
+                    paths = [e.path for d in os.scandir(top) if d.is_dir() for e in os.scandir(d.path)]
+                else:
+                    paths = self.objects.fs.find(top)
+            except FileNotFoundError:
+                paths = []
+        keys = {posixpath.basename(p)[:-5] for p in paths if p.endswith(".json")}
+        if self._local:
+            self.packs.refresh()
+            keys |= self.packs.keys()
+        return sorted(keys)
+
+    def iter_manifests(self) -> Iterator[dict[str, Any]]:
+        """Every readable manifest of the store (damaged ones are skipped)."""
+        for key in self.manifest_keys():
+            try:
+                yield self.read_manifest(key)
             except (CorruptEntryError, EntryNotFoundError):
                 continue
 
     # -- reading ----------------------------------------------------------------
     def read_manifest(self, key: str) -> dict[str, Any]:
         """The checked manifest of ``key`` (EntryNotFoundError / CorruptEntryError)."""
+        return self.manifest_entry(key)[0]
+
+    def manifest_entry(self, key: str) -> tuple[dict[str, Any], bytes]:
+        """``(checked manifest, its stored bytes)`` of ``key``: the loose file, or on a
+        local folder the first good line of the packs (docs/format.md, "Packs")."""
         relative = manifest_path(key)
         final = self._path(relative)
         if self._local:  # the cache-hit hot path: one open and one read, no fsspec
             try:
                 data = _read_local(final)
             except FileNotFoundError:
-                raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}") from None
+                return self._packed_entry(key)
             except OSError as exc:
                 raise StorageError(f"reading {final} of storage {self.objects.url} failed: {exc}") from exc
-            return decode_manifest(data, key, lambda: f"{relative} of storage {self.objects.url}")
+            return decode_manifest(data, key, lambda: f"{relative} of storage {self.objects.url}"), data
         try:
             with self.objects._io("reading", relative, final):
                 data = self._get(final)
@@ -412,7 +531,36 @@ class ResultStore:
             if isinstance(exc.__cause__, FileNotFoundError):
                 raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}") from None
             raise
-        return decode_manifest(data, key, f"{relative} of storage {self.objects.url}")
+        return decode_manifest(data, key, f"{relative} of storage {self.objects.url}"), data
+
+    def _packed_entry(self, key: str) -> tuple[dict[str, Any], bytes]:
+        """The first good pack line of ``key`` (after a look at ``packs/`` when the
+        index does not know it, or a pack it names is gone)."""
+        index = self.packs
+        damage: CorruptEntryError | None = None
+        for attempt in range(3):
+            spots = index.candidates(key)
+            if not spots or attempt:
+                index.refresh()
+                spots = index.candidates(key)
+            if not spots:
+                break
+            try:
+                for name, offset, length in spots:
+                    data = index.read(name, offset, length)
+                    where = f"{PACKS}/{name} (byte {offset}) of storage {self.objects.url}"
+                    try:
+                        return decode_manifest(data, key, where), data
+                    except CorruptEntryError as exc:
+                        damage = damage or exc
+                break
+            except FileNotFoundError:
+                continue  # rewritten meanwhile: look again
+            except OSError as exc:
+                raise StorageError(f"reading {PACKS}/{name} of storage {self.objects.url} failed: {exc}") from exc
+        if damage is not None:
+            raise damage
+        raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}")
 
     def load(
         self, key: str, manifest: dict[str, Any] | None = None, *, persistence: Any = None,
@@ -489,7 +637,6 @@ class ResultStore:
         ``docs/format.md``).  The damaged side data is left to ``gc``.  A
         manifest replaced meanwhile (the node recomputed elsewhere) is kept.
         """
-        relative = manifest_path(key)
         try:
             doc = self.read_manifest(key)
         except EntryNotFoundError:
@@ -498,9 +645,7 @@ class ResultStore:
             doc = None  # damaged itself: withdrawn all the same
         if doc is not None and _identity(doc) != identity:
             return False
-        with self.objects._io("deleting", relative, self._path(relative)):
-            with suppress(FileNotFoundError):
-                self.objects.fs.rm_file(self._path(relative))
+        self.delete_manifests([key])
         logger.warning("storage %s: the entry of key %s was withdrawn (%s); the next run recomputes it",
                        self.objects.url, key, damage)
         return True
@@ -516,12 +661,19 @@ class ResultStore:
             with self.objects._io("reading", relative, final):
                 data = _read_local(final) if self._local else self._get(final)
         except FileNotFoundError:
-            return None
+            data = None
         except StorageError as exc:
-            if isinstance(exc.__cause__, FileNotFoundError):
-                return None
-            raise
-        return xxhash.xxh3_128(data).hexdigest()
+            if not isinstance(exc.__cause__, FileNotFoundError):
+                raise
+            data = None
+        if data is None and self._local:  # the first line of the packs, damaged or not
+            index = self.packs
+            index.refresh()
+            for name, offset, length in index.candidates(key):
+                with suppress(FileNotFoundError):
+                    data = index.read(name, offset, length)
+                    break
+        return None if data is None else xxhash.xxh3_128(data).hexdigest()
 
     def present(self, keys: Iterable[str]) -> set[str]:
         """The keys among ``keys`` whose manifest exists (one stat each locally; on S3,
@@ -541,6 +693,10 @@ class ResultStore:
                     there = folders[folder] = os.path.isdir(folder)
                 if there and os.path.exists(p):
                     found.add(k)
+            if len(found) < len(keys):  # the others may be lines of packs
+                index = self.packs
+                index.refresh()
+                found.update(k for k in keys if k in index)
             return found
         if not self.objects._s3:
             return {k for k, p in zip(keys, paths) if fs.exists(p)}

@@ -11,6 +11,7 @@ import threading
 
 import cloudpickle
 import pytest
+from helpers import damage_manifest
 
 from functionfuse import workflow
 from functionfuse.backends.builtin.daskback import DaskWorkflow
@@ -134,9 +135,7 @@ def test_resume_is_lazy_and_changes_recompute_downstream_only(backend, tmp_path)
     for name in ("a", "b", "c"):
         (entry,) = storage.list_tasks("wf", name)
         key = wf.last_report.by_node()[name].key
-        path = tmp_path / "s" / "manifests" / key[:2] / f"{key}.json"
-        assert path.exists(), entry
-        path.write_bytes(path.read_bytes()[:-3])
+        damage_manifest(tmp_path / "s", key, lambda raw: raw[:-3])
     wf2 = backend(d)
     wf2.set_storage(storage)
     assert backend.run(wf2) == 15
@@ -269,8 +268,7 @@ def test_corrupt_entry_needed_by_a_running_node_is_recomputed(backend, tmp_path)
     wf.set_storage(storage)
     backend.run(wf)
     key_b = wf.last_report.by_node()["b"].key
-    path = tmp_path / "s" / "manifests" / key_b[:2] / f"{key_b}.json"
-    path.write_bytes(path.read_bytes()[:-5])
+    damage_manifest(tmp_path / "s", key_b, lambda raw: raw[:-5])
     e = inc(d).set_name("e")
     f = add(b, 100).set_name("f")  # needs b's value
     g = add(b, 1).set_name("g")  # so does g: still one warning

@@ -23,6 +23,7 @@ import textwrap
 import time
 
 import numpy as np
+from helpers import stored_keys
 
 from functionfuse.cli import main
 from functionfuse.storage import FileStorage
@@ -193,8 +194,7 @@ def cli_process(*argv):
 
 
 def manifest_keys(store):
-    top = os.path.join(store, "manifests")
-    return {f[:-5] for d in os.listdir(top) for f in os.listdir(os.path.join(top, d)) if f.endswith(".json")}
+    return stored_keys(store)
 
 
 def object_hashes(store):

@@ -20,6 +20,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import stored_keys
 
 from functionfuse import storage_factory, workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
@@ -333,7 +334,7 @@ def test_a_withdrawal_spares_a_manifest_written_again_since(tmp_path):
 
 
 def _keys(store):
-    return [p.stem for p in (store / "manifests").rglob("*.json")]
+    return sorted(stored_keys(store))
 
 
 @pytest.mark.parametrize("nodes", [12, 3])  # 3: too few loads for the run to read the object

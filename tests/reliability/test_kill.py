@@ -217,8 +217,7 @@ def referenced(results):
 
 
 def _keys(results):
-    fs = results.objects.fs
-    return [p.rsplit("/", 1)[-1][:-5] for p in fs.find(results._path("manifests")) if p.endswith(".json")]
+    return results.manifest_keys()
 
 
 def leftovers(results):
@@ -236,7 +235,9 @@ def leftovers(results):
             found.append(f"{rel} (an object nothing names)")
         elif top == "side" and rel.split("/")[2] not in side:
             found.append(f"{rel} (side data nothing names)")
-        elif top not in ("objects", "side", "manifests", "runs", "FFSTORE.json", "tmp"):
+        elif top == "packs" and not fs.cat_file(path).endswith(b"\n"):
+            found.append(f"{rel} (a pack with a cut last line)")
+        elif top not in ("objects", "side", "manifests", "packs", "runs", "FFSTORE.json", "tmp"):
             found.append(f"{rel} (unexpected)")
     return found
 

@@ -21,6 +21,7 @@ import sys
 import time
 
 import pytest
+from helpers import damage_manifest, manifest_span, stored_keys
 
 from functionfuse import storage_factory, workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
@@ -422,10 +423,12 @@ def test_an_unusable_result_of_another_run_is_computed_here(tmp_path):
     def other_run_stores_garbage():
         time.sleep(0.5)
         store.save("other", "q", key, {"big": list(range(300))}, {})
-        [manifest] = list((tmp_path / "s" / "manifests").rglob(f"{key}.json"))
-        data = bytearray(manifest.read_bytes())
-        data[-5] ^= 0x01
-        manifest.write_bytes(bytes(data))
+
+        def flip(data):
+            data[-5] ^= 0x01
+            return data
+
+        damage_manifest(tmp_path / "s", key, flip)
         os.remove(tmp_path / "s" / lease_path(key))
 
     other = threading.Thread(target=other_run_stores_garbage)
@@ -439,11 +442,17 @@ def test_an_unusable_result_of_another_run_is_computed_here(tmp_path):
 def test_an_entry_two_runs_find_damaged_is_replaced_once(script, tmp_path):
     store, counts = str(tmp_path / "store"), tmp_path / "counts"
     finish(start(script, store, counts, {"seconds": 0.3, "order": [0]}))
-    for manifest in (tmp_path / "store" / "manifests").rglob("*.json"):
-        if json.loads(manifest.read_bytes()).get("node") == "slow0":
-            data = bytearray(manifest.read_bytes())
-            data[-3] ^= 0x01
-            manifest.write_bytes(bytes(data))
+    for key in stored_keys(tmp_path / "store"):
+        path, begin, end = manifest_span(tmp_path / "store", key)
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read()[begin:end])
+        if doc.get("node") == "slow0":
+
+            def flip(data):
+                data[-3] ^= 0x01
+                return data
+
+            damage_manifest(tmp_path / "store", key, flip)
     # The same key (seconds=0.3), computed slowly now: both runs find the entry damaged at once.
     procs = together(script, store, counts, {"seconds": 0.3, "order": [0]}, ["-", "-"], tmp_path, sleep=1.0)
     outs = [finish(p) for p in procs]

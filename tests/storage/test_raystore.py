@@ -13,6 +13,7 @@ import time
 
 import cloudpickle
 import pytest
+from helpers import damage_manifest, run_script, stored_keys
 
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
@@ -27,7 +28,6 @@ from functionfuse.serializers import FILE_PROTOCOL
 from functionfuse.serializers.base import generate_name
 from functionfuse.storage import RayStorage, storage_factory
 from functionfuse.testing.stores import StorageContract, _save
-from helpers import run_script
 
 # Classes and functions of this module travel to Ray workers by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -200,8 +200,7 @@ def test_list_read_remove_by_name_pattern_and_workflow(ray_cluster, tmp_path):
     assert s.read_task("wf", "fit_0001") == {"name": "fit_0001"}
     assert s.remove_task("wf", pattern="fit_*") == ["fit_0000", "fit_0001"]
     assert s.list_tasks("wf") == ["score_0000"]
-    manifests = [f for _, _, files in os.walk(tmp_path / "manifests") for f in files]
-    assert len(manifests) == 2  # score_0000 and other's fit_0000
+    assert stored_keys(tmp_path) == {"2" * 32, "9" * 32}  # score_0000 and other's fit_0000
     assert s.remove_task("wf", pattern="nothing*") == []
     with pytest.raises(FileNotFoundError):
         s.read_task("wf", "fit_0000")
@@ -240,10 +239,7 @@ def test_errors_keep_their_types(ray_cluster, ray_storage):
 
     # corrupt entry detected in the task
     _save(ray_storage, "wf", "n", b"x" * 1000, "0" * 32)
-    path = os.path.join(ray_storage.path, "manifests", "00", "0" * 32 + ".json")
-    with open(path, "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        f.write(b"\0")
+    damage_manifest(ray_storage.path, "0" * 32, lambda raw: raw[:-1] + b"\0")
     with pytest.raises(CorruptEntryError, match="checksum") as info:
         ray_storage.read_task("wf", "n")
     assert type(info.value) is CorruptEntryError

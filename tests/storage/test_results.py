@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import damage_manifest
 
 from functionfuse.errors import CorruptEntryError, EntryNotFoundError, SerializationError
 from functionfuse.storage.results import ResultStore
@@ -65,13 +66,13 @@ def test_a_damaged_part_or_manifest_is_detected_never_decoded(tmp_path):
         fh.write(data)
     with pytest.raises(CorruptEntryError, match=part["object"]):
         store.load(KEY_A)
-    mpath = os.path.join(store.objects.root, "manifests", KEY_B[:2], KEY_B + ".json")
-    store.save(KEY_B, [1, 2, 3])
-    with open(mpath, "rb") as fh:
-        raw = bytearray(fh.read())
-    raw[-5] ^= 0x01
-    with open(mpath, "wb") as fh:
-        fh.write(raw)
+    store.save(KEY_B, [1, 2, 3])  # a small result: a line of a pack
+
+    def flip(raw):
+        raw[-5] ^= 0x01
+        return raw
+
+    assert damage_manifest(store.objects.root, KEY_B, flip).endswith(".pack")
     with pytest.raises(CorruptEntryError, match="checksum"):
         store.load(KEY_B)
 

@@ -1,0 +1,295 @@
+"""Packs (docs/format.md, "Packs"): the manifests of small results one process writes,
+appended to one file, on local folders."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import ROOT
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.errors import CorruptEntryError
+from functionfuse.storage import FileStorage
+from functionfuse.storage.gc import GcPolicy, collect
+from functionfuse.storage.inventory import Inventory
+from functionfuse.storage.manifests import encode_manifest
+from functionfuse.storage.packs import HEADER, PackIndex, PackWriter, rewrite, scan
+
+
+@workflow
+def seed():
+    return 0
+
+
+@workflow
+def item(s, i):
+    return {"i": s + i, "name": f"item-{i}", "vals": [i, i * 2]}
+
+
+@workflow
+def nested(s, i):  # not a "plain" tree (a tuple), but still no part: packed too
+    return {"i": s + i, "pair": (i, None)}
+
+
+def run(storage, n, *, base=0, name="wf", node=item, **kw):
+    s = seed()
+    wf = LocalWorkflow(*[node(s, base + i).set_name(f"n{i}") for i in range(n)], workflow_name=name)
+    wf.set_storage(storage)
+    out = wf.run(**kw)
+    return out, wf.last_report
+
+
+def packs_of(root):
+    folder = os.path.join(str(root), "packs")
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def lines_of(root, name):
+    with open(os.path.join(str(root), "packs", name), "rb") as fh:
+        data = fh.read()
+    found, consumed = scan(data)
+    return [(k, data[o:o + n]) for k, o, n in found], data, consumed
+
+
+def loose_manifests(root):
+    top = os.path.join(str(root), "manifests")
+    return sorted(f for _, _, files in os.walk(top) for f in files)
+
+
+def manifest(key, value=1):
+    return encode_manifest({"key": key, "result": {"json": value}, "parts": []})
+
+
+@pytest.mark.parametrize("node", [item, nested])
+def test_a_run_of_small_results_appends_to_one_pack_and_creates_no_manifest_file(tmp_path, node):
+    storage = FileStorage(tmp_path)
+    out, rep = run(storage, 40, node=node)
+    assert len(rep.computed) == 41
+    assert loose_manifests(tmp_path) == []
+    (pack,) = packs_of(tmp_path)
+    lines, data, consumed = lines_of(tmp_path, pack)
+    assert data.startswith(HEADER) and consumed == len(data)
+    assert len(lines) == 41 and len({k for k, _ in lines}) == 41
+    assert {k for k, _ in lines} == {rep.by_node()[n].key for n in rep.computed}
+    # another process (a new storage object) reads every node; nothing is appended
+    again = FileStorage(tmp_path)
+    out2, rep2 = run(again, 40, node=node)
+    assert out2 == out and rep2.computed == []
+    assert again.read_task("wf", "n7") == out[7]
+    assert again.read_task_meta("wf", "n7")["node"] == "n7"
+    assert packs_of(tmp_path) == [pack]
+    # a new parameter: a new run, its own pack
+    run(again, 3, base=1000)
+    assert len(packs_of(tmp_path)) == 2
+
+
+def of_a_dead_writer(root, name):
+    """Rename pack ``name`` as if a process that is gone had written it; returns the new name."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    parts = name.split("-")
+    parts[-2] = dead.stdout.strip()
+    killed = "-".join(parts)
+    os.rename(os.path.join(str(root), "packs", name), os.path.join(str(root), "packs", killed))
+    return killed
+
+
+def test_a_cut_last_line_is_skipped_and_gc_removes_it_once_the_writer_is_gone(tmp_path):
+    storage = FileStorage(tmp_path)
+    out, rep = run(storage, 5)
+    (pack,) = packs_of(tmp_path)
+    killed = of_a_dead_writer(tmp_path, pack)
+    with open(tmp_path / "packs" / killed, "ab") as fh:
+        fh.write(b"f" * 32 + b' {"checksum":"cut')
+    fresh = FileStorage(tmp_path)
+    assert fresh.read_task("wf", "n4") == out[4]
+    assert run(fresh, 5)[1].computed == []
+    report = collect(Inventory(fresh.results), GcPolicy(grace_s=0))
+    assert report.packs == [killed]
+    (clean,) = packs_of(tmp_path)
+    lines, data, consumed = lines_of(tmp_path, clean)
+    assert consumed == len(data) and len(lines) == 6  # the cut line is gone, every good one kept
+    assert FileStorage(tmp_path).read_task("wf", "n4") == out[4]
+    assert collect(Inventory(fresh.results), GcPolicy(grace_s=0)).packs == []  # nothing left to clean
+
+
+def test_a_damaged_header_costs_no_line_and_gc_writes_it_again(tmp_path):
+    out, _ = run(FileStorage(tmp_path), 4)
+    (pack,) = packs_of(tmp_path)
+    killed = of_a_dead_writer(tmp_path, pack)
+    path = tmp_path / "packs" / killed
+    data = bytearray(path.read_bytes())
+    data[3] ^= 0x20
+    path.write_bytes(bytes(data))
+    again = FileStorage(tmp_path)
+    assert run(again, 4)[1].computed == []
+    assert collect(Inventory(again.results), GcPolicy(grace_s=0)).packs == [killed]
+    (clean,) = packs_of(tmp_path)
+    lines, data, _ = lines_of(tmp_path, clean)
+    assert data.startswith(HEADER) and len(lines) == 5
+
+
+def test_a_live_writers_pack_is_left_alone_by_gc(tmp_path):
+    storage = FileStorage(tmp_path)
+    run(storage, 3)
+    (pack,) = packs_of(tmp_path)  # written by this (live) process
+    with open(tmp_path / "packs" / pack, "ab") as fh:
+        fh.write(b"f" * 32 + b' {"checksum":"being written')
+    assert collect(Inventory(storage.results), GcPolicy(grace_s=0)).packs == []
+    assert packs_of(tmp_path) == [pack]
+
+
+def test_a_damaged_line_is_recomputed_and_replaced_by_a_loose_manifest(tmp_path):
+    storage = FileStorage(tmp_path)
+    out, rep = run(storage, 3)
+    key = storage.read_task_meta("wf", "n1")["key"]
+    (pack,) = packs_of(tmp_path)
+    path = tmp_path / "packs" / pack
+    data = bytearray(path.read_bytes())
+    at = data.index(key.encode() + b" ") + 33 + 120
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptEntryError, match=r"packs/.*\.pack \(byte \d+\)"):
+        FileStorage(tmp_path).read_task("wf", "n1")
+    with pytest.warns(Warning):
+        out2, rep2 = run(FileStorage(tmp_path), 3)
+    assert out2 == out
+    assert [(n, rep2.by_node()[n].reason) for n in rep2.computed] == [("n1", "corrupt entry")]
+    assert loose_manifests(tmp_path) == [key + ".json"]  # the replacement, which readers take first
+    assert FileStorage(tmp_path).read_task("wf", "n1") == out[1]
+
+
+def test_lookup_order_is_the_loose_file_then_the_first_pack_by_name(tmp_path):
+    storage = FileStorage(tmp_path)
+    results = storage.results
+    key = "ab" * 16
+    folder = str(tmp_path / "packs")
+    late, early = PackWriter(folder), PackWriter(folder)
+    late.append(key, manifest(key, "late"))  # opened first, so its name sorts first...
+    early.append(key, manifest(key, "early"))
+    first, second = sorted(os.listdir(folder))
+    assert results.read_manifest(key)["result"] == {"json": "late"}
+    os.remove(os.path.join(folder, first))  # ...until it is gone
+    results.packs.refresh()
+    assert results.read_manifest(key)["result"] == {"json": "early"}
+    results._publish(f"manifests/{key[:2]}/{key}.json", manifest(key, "loose"), replace=False)
+    assert results.read_manifest(key)["result"] == {"json": "loose"}
+    assert results.present([key, "cd" * 16]) == {key}
+
+
+def test_a_damaged_first_line_falls_back_to_the_next_good_one(tmp_path):
+    key = "ab" * 16
+    folder = str(tmp_path / "packs")
+    writer = PackWriter(folder)
+    good = manifest(key, "good")
+    writer.append(key, good.replace(b'"good"', b'"bad!"'))  # seal no longer matches
+    writer.append(key, good)
+    assert FileStorage(tmp_path).results.read_manifest(key)["result"] == {"json": "good"}
+
+
+def test_removing_results_rewrites_their_packs(tmp_path):
+    storage = FileStorage(tmp_path)
+    out, rep = run(storage, 5)
+    keys = {n: storage.read_task_meta("wf", n)["key"] for n in ("n1", "n3", "n4")}
+    assert storage.remove_task("wf", pattern="n[13]") == ["n1", "n3"]
+    (pack,) = packs_of(tmp_path)
+    lines, _, _ = lines_of(tmp_path, pack)
+    left = {k for k, _ in lines}
+    assert keys["n1"] not in left and keys["n3"] not in left and keys["n4"] in left
+    assert len(left) == 4  # n0, n2, n4 and the seed
+    fresh = FileStorage(tmp_path)
+    assert fresh.present(keys.values()) == {keys["n4"]}
+    assert fresh.read_task("wf", "n4") == out[4]
+    storage.remove_workflow("wf")
+    assert packs_of(tmp_path) == []  # no line left: no pack
+
+
+def test_an_index_sees_what_another_process_appends(tmp_path):
+    storage = FileStorage(tmp_path)
+    run(storage, 2)
+    key = storage.read_task_meta("wf", "n1")["key"]
+    assert storage.present([key]) == {key}
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        from functionfuse.storage import FileStorage
+        from functionfuse.backends.builtin.localback import LocalWorkflow
+        from functionfuse import workflow
+
+        @workflow
+        def seed():
+            return 0
+
+        @workflow
+        def item(s, i):
+            return {{"i": s + i, "name": f"item-{{i}}", "vals": [i, i * 2]}}
+
+        wf = LocalWorkflow(item(seed(), 7).set_name("other"), workflow_name="other")
+        wf.set_storage(FileStorage({str(tmp_path)!r}))
+        wf.run()
+        print(wf.last_report.by_node()["other"].key)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    other = done.stdout.split()[-1]
+    assert storage.present([other]) == {other}  # the same storage object, its index refreshed
+    assert storage.load("wf", other) == {"i": 7, "name": "item-7", "vals": [7, 14]}
+
+
+def test_a_forked_child_appends_to_a_pack_of_its_own(tmp_path):
+    folder = str(tmp_path / "packs")
+    writer = PackWriter(folder)
+    writer.append("a" * 32, manifest("a" * 32))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            writer.append("b" * 32, manifest("b" * 32))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    writer.append("c" * 32, manifest("c" * 32))
+    names = sorted(os.listdir(folder))
+    assert len(names) == 2
+    keys = {}
+    for name in names:
+        lines, _, _ = lines_of(tmp_path, name)
+        keys[name] = [k for k, _ in lines]
+    assert sorted(keys.values()) == [["a" * 32, "c" * 32], ["b" * 32]]
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    from functionfuse.storage.packs import PackWriter
+
+    folder, n = sys.argv[1], int(sys.argv[2])
+    writer = PackWriter(folder)
+    for i in range(n):
+        key = f"{i:032x}"
+        writer.append(key, b'{"checksum":"' + key.encode() * 2 + b'","n":' + str(i).encode() + b"}")
+""")
+
+
+def test_a_writer_and_a_rewriter_at_once_lose_no_line(tmp_path):
+    """The lock-free protocol of docs/format.md: the rewriter reads the unlinked pack
+    again, the writer appends again when its pack lost its name. Every line the
+    rewriter keeps survives, whenever it was appended."""
+    folder = str(tmp_path / "packs")
+    os.makedirs(folder)
+    n = 10000
+    doomed = {f"{i:032x}" for i in range(0, n, 2)}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, folder, str(n), ROOT])
+    rewrites = 0
+    while writer.poll() is None:
+        for name in sorted(os.listdir(folder)):
+            rewrite(folder, name, lambda key, _: key not in doomed)
+            rewrites += 1
+    assert writer.returncode == 0
+    for name in sorted(os.listdir(folder)):
+        rewrite(folder, name, lambda key, _: key not in doomed)
+    index = PackIndex(folder)
+    index.refresh()
+    kept = {f"{i:032x}" for i in range(1, n, 2)}
+    assert index.keys() == kept, (len(kept - index.keys()), "lines lost", rewrites, "rewrites")
+    assert rewrites > 3
