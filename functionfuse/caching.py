@@ -893,9 +893,10 @@ def load_node(plan: Plan, task: Task) -> Any:
             value = plan.storage.load(plan.workflow, task.entry)
         else:
             # The record's small results are one object: worth reading once several
-            # nodes are loaded; the first few read their own manifests.
+            # nodes are loaded (or known to be coming); the first few read their own manifests.
             listing.loads += 1
-            tree = listing.values.get(task.entry) if listing.loads > FEW_LOADS else None
+            many = listing.loads > FEW_LOADS or listing.loads_ahead > FEW_LOADS
+            tree = listing.values.get(task.entry) if many else None
             value = _inline_value(tree) if tree is not None else _NOTHING
             if value is _NOTHING:
                 value, task.tree = plan.storage.load(plan.workflow, task.entry, with_tree=True)

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..caching import (
+    FEW_LOADS,
     INTERRUPTED,
     LOAD_ERRORS,
     NO_STORAGE,
@@ -357,6 +358,10 @@ class _LocalRun:
     def leaf_values(self) -> list[Any]:
         """The values of the nodes the run returns (cached ones are loaded now)."""
         by_node = self.plan.by_node
+        listing = self.plan.listing
+        if listing is not None and len(self.leaves) > FEW_LOADS:  # many cached leaves: one values object
+            tasks = [by_node[id(leaf.node if isinstance(leaf, NodeItem) else leaf)] for leaf in self.leaves]
+            listing.loads_ahead = sum(t.entry is not None and id(t.node) not in self.values for t in tasks)
         out = []
         for leaf in self.leaves:
             if isinstance(leaf, NodeItem):

@@ -166,6 +166,7 @@ class Listing:
         self._values: dict[str, Any] | None = None if self._values_ref else {}
         self._fetch: Any = None  # set by the storage that made the listing (not pickled)
         self.loads = 0  # results loaded by the run planned from this listing
+        self.loads_ahead = 0  # loads the executor knows are coming (the cached leaves it returns)
         #: The small-results object was read and found damaged or unreadable: the
         #: run's record must write it again rather than name it (see caching.record_run).
         self.values_damaged = False

@@ -444,14 +444,20 @@ class ResultStore:
 
     def clean_packs(self, grace_s: float, *, dry_run: bool = False) -> list[str]:
         """Rewrite the packs of writers that are gone (see :func:`.packs.pack_writer_alive`)
-        holding a cut last line, a damaged line or no line at all, keeping their good
-        lines; returns their names (``gc``: what killed writers leave in packs)."""
+        holding a cut last line, a damaged line or no line at all, or lacking a good
+        index file, keeping their good lines; remove index files whose pack is gone.
+        Returns the names of the packs rewritten (``gc``: what killed writers leave)."""
         if not self._local:
             return []
         index = self.packs
         index.refresh()
         now = time.time()
         cleaned = []
+        with suppress(FileNotFoundError):
+            for orphan in sorted(set(os.listdir(index.folder)) - {n[:-5] + ".idx" for n in index.names()}):
+                if orphan.endswith(".idx") and not dry_run:
+                    with suppress(FileNotFoundError):
+                        os.unlink(posixpath.join(index.folder, orphan))
         for name in index.names():
             path = posixpath.join(index.folder, name)
             if pack_writer_alive(name, path, grace_s, now):
@@ -463,7 +469,8 @@ class ResultStore:
                 continue
             lines, consumed = scan(data)
             whole = data.startswith(HEADER) and lines and consumed == len(data)
-            if whole and all(self._good_line(k, data[o:o + n]) for k, o, n in lines):
+            indexed = whole and index.has_index(name, len(data))
+            if indexed and all(self._good_line(k, data[o:o + n]) for k, o, n in lines):
                 continue
             cleaned.append(name)
             if not dry_run:
@@ -534,30 +541,15 @@ class ResultStore:
         return decode_manifest(data, key, f"{relative} of storage {self.objects.url}"), data
 
     def _packed_entry(self, key: str) -> tuple[dict[str, Any], bytes]:
-        """The first good pack line of ``key`` (after a look at ``packs/`` when the
-        index does not know it, or a pack it names is gone)."""
-        index = self.packs
+        """The first good pack line of ``key`` (docs/format.md, "Packs")."""
         damage: CorruptEntryError | None = None
-        for attempt in range(3):
-            spots = index.candidates(key)
-            if not spots or attempt:
-                index.refresh()
-                spots = index.candidates(key)
-            if not spots:
-                break
+        with self.objects._io("reading", PACKS, self._path(PACKS)):
+            lines = self.packs.lines(key)
+        for name, offset, data in lines:
             try:
-                for name, offset, length in spots:
-                    data = index.read(name, offset, length)
-                    where = f"{PACKS}/{name} (byte {offset}) of storage {self.objects.url}"
-                    try:
-                        return decode_manifest(data, key, where), data
-                    except CorruptEntryError as exc:
-                        damage = damage or exc
-                break
-            except FileNotFoundError:
-                continue  # rewritten meanwhile: look again
-            except OSError as exc:
-                raise StorageError(f"reading {PACKS}/{name} of storage {self.objects.url} failed: {exc}") from exc
+                return decode_manifest(data, key, f"{PACKS}/{name} (byte {offset}) of storage {self.objects.url}"), data
+            except CorruptEntryError as exc:
+                damage = damage or exc
         if damage is not None:
             raise damage
         raise EntryNotFoundError(f"no result stored for key {key} in {self.objects.url}")
@@ -667,12 +659,8 @@ class ResultStore:
                 raise
             data = None
         if data is None and self._local:  # the first line of the packs, damaged or not
-            index = self.packs
-            index.refresh()
-            for name, offset, length in index.candidates(key):
-                with suppress(FileNotFoundError):
-                    data = index.read(name, offset, length)
-                    break
+            lines = self.packs.lines(key)
+            data = lines[0][2] if lines else None
         return None if data is None else xxhash.xxh3_128(data).hexdigest()
 
     def present(self, keys: Iterable[str]) -> set[str]:

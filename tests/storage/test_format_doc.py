@@ -331,7 +331,7 @@ def test_small_results_in_a_pack_read_back_following_only_the_format_page(tmp_pa
     wf.set_storage(storage)
     returned = wf.run()
     assert not os.path.exists(tmp_path / "store" / "manifests")  # no loose manifest at all
-    (pack,) = os.listdir(tmp_path / "store" / "packs")
+    (pack,) = [n for n in os.listdir(tmp_path / "store" / "packs") if n.endswith(".pack")]
     with open(tmp_path / "store" / "packs" / pack, "ab") as fh:
         fh.write(b"0" * 32 + b' {"checksum":"cut by a kil')  # a killed writer's last line
     for i in (0, 4):

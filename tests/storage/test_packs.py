@@ -16,7 +16,7 @@ from functionfuse.storage import FileStorage
 from functionfuse.storage.gc import GcPolicy, collect
 from functionfuse.storage.inventory import Inventory
 from functionfuse.storage.manifests import encode_manifest
-from functionfuse.storage.packs import HEADER, PackIndex, PackWriter, rewrite, scan
+from functionfuse.storage.packs import HEADER, PackIndex, PackWriter, decode_index, encode_index, rewrite, scan
 
 
 @workflow
@@ -44,7 +44,7 @@ def run(storage, n, *, base=0, name="wf", node=item, **kw):
 
 def packs_of(root):
     folder = os.path.join(str(root), "packs")
-    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return sorted(n for n in os.listdir(folder) if n.endswith(".pack")) if os.path.isdir(folder) else []
 
 
 def lines_of(root, name):
@@ -92,8 +92,50 @@ def of_a_dead_writer(root, name):
     parts = name.split("-")
     parts[-2] = dead.stdout.strip()
     killed = "-".join(parts)
-    os.rename(os.path.join(str(root), "packs", name), os.path.join(str(root), "packs", killed))
+    folder = os.path.join(str(root), "packs")
+    os.rename(os.path.join(folder, name), os.path.join(folder, killed))
+    if os.path.exists(os.path.join(folder, name[:-5] + ".idx")):
+        os.rename(os.path.join(folder, name[:-5] + ".idx"), os.path.join(folder, killed[:-5] + ".idx"))
     return killed
+
+
+def index_of(root, name):
+    return os.path.join(str(root), "packs", name[:-5] + ".idx")
+
+
+def test_a_closed_pack_has_an_index_file_and_a_bad_one_only_costs_a_search(tmp_path):
+    out, rep = run(FileStorage(tmp_path), 30)
+    (pack,) = packs_of(tmp_path)
+    lines, data, _ = lines_of(tmp_path, pack)
+    with open(index_of(tmp_path, pack), "rb") as fh:
+        entries = decode_index(fh.read(), len(data))
+    assert sorted((k.hex(), o, n) for k, o, n in entries) == sorted((k, data.index(m), len(m)) for k, m in lines)
+    assert [k for k, _, _ in entries] == sorted(k for k, _, _ in entries)
+    key = rep.by_node()["n17"].key
+    # an index whose entries point elsewhere (a valid checksum, wrong offsets): the line
+    # found there is not the key's, so the pack is searched
+    shifted = encode_index([(k.hex(), o + 40, n) for k, o, n in entries], len(data))
+    with open(index_of(tmp_path, pack), "wb") as fh:
+        fh.write(shifted)
+    assert FileStorage(tmp_path).read_task("wf", "n17") == out[17]
+    assert FileStorage(tmp_path).results.read_manifest(key)["key"] == key
+    # a damaged one (checksum): ignored; in-memory index built from the pack itself
+    with open(index_of(tmp_path, pack), "r+b") as fh:
+        fh.seek(40)
+        fh.write(b"\xff")
+    fresh = FileStorage(tmp_path)
+    assert fresh.present([rep.by_node()[f"n{i}"].key for i in range(30)]) == {rep.by_node()[f"n{i}"].key
+                                                                              for i in range(30)}
+    assert run(fresh, 30)[1].computed == []
+    # gc gives a gone writer's pack a good index again, and removes an index without pack
+    killed = of_a_dead_writer(tmp_path, pack)
+    open(tmp_path / "packs" / "20200101T000000.000000Z-h-1-abcd.idx", "wb").close()
+    assert collect(Inventory(fresh.results), GcPolicy(grace_s=0)).packs == [killed]
+    (clean,) = packs_of(tmp_path)
+    assert sorted(os.listdir(tmp_path / "packs")) == sorted([clean, clean[:-5] + ".idx"])
+    _, data, _ = lines_of(tmp_path, clean)
+    with open(index_of(tmp_path, clean), "rb") as fh:
+        assert len(decode_index(fh.read(), len(data))) == 31
 
 
 def test_a_cut_last_line_is_skipped_and_gc_removes_it_once_the_writer_is_gone(tmp_path):
@@ -282,11 +324,11 @@ def test_a_writer_and_a_rewriter_at_once_lose_no_line(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", WRITER, folder, str(n), ROOT])
     rewrites = 0
     while writer.poll() is None:
-        for name in sorted(os.listdir(folder)):
+        for name in packs_of(tmp_path):
             rewrite(folder, name, lambda key, _: key not in doomed)
             rewrites += 1
     assert writer.returncode == 0
-    for name in sorted(os.listdir(folder)):
+    for name in packs_of(tmp_path):
         rewrite(folder, name, lambda key, _: key not in doomed)
     index = PackIndex(folder)
     index.refresh()
