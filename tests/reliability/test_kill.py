@@ -235,7 +235,7 @@ def leftovers(results):
             found.append(f"{rel} (an object nothing names)")
         elif top == "side" and rel.split("/")[2] not in side:
             found.append(f"{rel} (side data nothing names)")
-        elif top == "packs" and not fs.cat_file(path).endswith(b"\n"):
+        elif top == "packs" and rel.endswith(".pack") and not fs.cat_file(path).endswith(b"\n"):
             found.append(f"{rel} (a pack with a cut last line)")
         elif top not in ("objects", "side", "manifests", "packs", "runs", "FFSTORE.json", "tmp"):
             found.append(f"{rel} (unexpected)")

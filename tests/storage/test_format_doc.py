@@ -113,17 +113,36 @@ def checked(data):
     return doc
 
 
+def index_entries(name, pack):
+    """The pack's index file, read as the page's table says (None without one)."""
+    path = os.path.join(root, "packs", name[: -len(".pack")] + ".idx")
+    if not os.path.exists(path):
+        return None
+    data = read("packs", os.path.basename(path))
+    assert data[:8] == b"FFPKIDX1"
+    if struct.unpack("<Q", data[8:16])[0] != len(pack):
+        return None  # the index of another size of the pack: ignored
+    assert xxhash.xxh3_128(data[32:]).digest() == data[16:32]
+    return [struct.unpack("<16sQI", data[i:i + 28]) for i in range(32, len(data), 28)]
+
+
 def from_packs():
     folder = os.path.join(root, "packs")
     for name in sorted(n for n in os.listdir(folder) if n.endswith(".pack")):
-        lines = read("packs", name).split(b"\n")
+        pack = read("packs", name)
+        lines = pack.split(b"\n")
         assert lines[0] == b'{"format":"functionfuse-pack","version":1}', name
+        entries = index_entries(name, pack)
         for line in lines[1:-1]:  # the last piece has no newline: cut, or empty
             if line.startswith(key.encode() + b" "):
                 try:
-                    return checked(line[33:]), "pack"
+                    doc = checked(line[33:])
                 except (AssertionError, ValueError):
                     continue
+                if entries is not None:  # the index says where the same line is
+                    (offset, length), = [(o, n) for k, o, n in entries if k == bytes.fromhex(key)]
+                    assert pack[offset:offset + length] == line[33:]
+                return doc, "pack+index" if entries is not None else "pack"
     raise AssertionError(f"no manifest for {key}")
 
 
@@ -332,12 +351,15 @@ def test_small_results_in_a_pack_read_back_following_only_the_format_page(tmp_pa
     returned = wf.run()
     assert not os.path.exists(tmp_path / "store" / "manifests")  # no loose manifest at all
     (pack,) = [n for n in os.listdir(tmp_path / "store" / "packs") if n.endswith(".pack")]
+    proc = _read(tmp_path, tmp_path / "store", "small_2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["in"] == "pack+index"
     with open(tmp_path / "store" / "packs" / pack, "ab") as fh:
         fh.write(b"0" * 32 + b' {"checksum":"cut by a kil')  # a killed writer's last line
     for i in (0, 4):
         proc = _read(tmp_path, tmp_path / "store", f"small_{i}")
         assert proc.returncode == 0, proc.stderr
-        assert json.loads(proc.stdout)["in"] == "pack"
+        assert json.loads(proc.stdout)["in"] == "pack"  # the cut line changed its size: no valid index
         with open(tmp_path / "value.pickle", "rb") as fh:
             read_back = pickle.load(fh)
         _same(read_back, storage.read_task(WORKFLOW, f"small_{i}"))
