@@ -498,13 +498,15 @@ class Storage(ABC):
                 f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
                 f"cannot be serialized: {type(exc).__name__}: {exc}. " + _FIX
             ) from exc
-        persistent = _serializers_of(manifest)
-        if persistent:
-            meta["persistent"] = list(persistent)
-            meta["persistent_versions"] = persistent
-        tree = small_tree(manifest)
-        if tree is not None:
-            meta["inline"] = tree  # for the run record (see Listing.values)
+        if manifest["parts"]:
+            persistent = _serializers_of(manifest)
+            if persistent:
+                meta["persistent"] = list(persistent)
+                meta["persistent_versions"] = persistent
+        else:
+            tree = small_tree(manifest)
+            if tree is not None:
+                meta["inline"] = tree  # for the run record (see Listing.values)
         return key
 
     def load(self, workflow_name: str, key: str, *, with_tree: bool = False) -> Any:
@@ -647,7 +649,7 @@ def small_tree(manifest: dict) -> Any:
         return None
     tree = manifest.get("result")
     try:
-        import orjson
+        import orjson  # not at module level: `import functionfuse` stays light
 
         size = len(orjson.dumps(tree))
     except TypeError:  # integers beyond 64 bits: not worth a record's space

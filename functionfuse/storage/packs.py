@@ -56,9 +56,11 @@ def line_of(key: str, manifest: bytes) -> bytes:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    written = os.write(fd, data)
+    if written < len(data):  # a short write (a signal, a nearly full disk): the rest
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def _create(folder: str, durable: bool) -> tuple[str, int]:
@@ -112,14 +114,14 @@ class PackWriter:
         """
         line = line_of(key, manifest)
         with self._lock:
-            where = self._write(line)
+            where = self._write(key, line)
             # Rewritten (unlinked) meanwhile: the rewriter may have missed this line.
             if os.fstat(self._fd).st_nlink == 0:
                 self._close()
-                where = self._write(line)
+                where = self._write(key, line)
             return where
 
-    def _write(self, line: bytes) -> tuple[str, int]:
+    def _write(self, key: str, line: bytes) -> tuple[str, int]:
         if self._fd < 0 or self._pid != os.getpid():
             self._fd = -1  # a forked child leaves the parent's descriptor alone
             self.appended = set()
@@ -135,7 +137,6 @@ class PackWriter:
             self._close()
             raise
         self._size += len(line)
-        key = line[:32].decode("ascii")
         self.appended.add(key)
         self._lines.append((key, offset + 33, len(line) - 34))
         assert self.name is not None

@@ -37,7 +37,16 @@ from ..errors import CorruptEntryError, EntryNotFoundError, FunctionFuseError, S
 from ..serializers import persistent
 from ..serializers.formats import MMAP_THRESHOLD
 from ..serializers.parts import join, plain_tree, split
-from .manifests import decode_manifest, encode_manifest, manifest_doc, manifest_path
+from .manifests import (
+    FORMAT,
+    VERSION,
+    decode_manifest,
+    encode_manifest,
+    fast_canonical_json,
+    manifest_doc,
+    manifest_path,
+    seal,
+)
 from .objects import ObjectRef, ObjectStore
 from .packs import HEADER, PACKS, PackIndex, PackWriter, pack_writer_alive, rewrite, scan
 from .runs import decode_record, encode_lease, encode_record, latest_run_id, lease_path, run_folder, run_path
@@ -145,11 +154,14 @@ class ResultStore:
         :func:`~functionfuse.serializers.parts.plain_tree`): the manifest alone,
         appended to this process's pack on a local folder (docs/format.md, "Packs";
         a replacement is a loose file, which readers take first)."""
-        self._mark()
-        fields = {**(meta or {}), "key": key, "result": tree, "parts": []}
-        if not self._commit(key, encode_manifest(fields), replace=replace, packed=True):
+        if not self._marked:
+            self._mark()
+        doc = dict(meta) if meta else {}
+        doc.pop("checksum", None)
+        doc["key"], doc["result"], doc["parts"], doc["format"], doc["version"] = key, tree, [], FORMAT, VERSION
+        if not self._commit(key, seal(fast_canonical_json(doc)), replace=replace, packed=True):
             return self.read_manifest(key)  # another writer published this key first
-        return manifest_doc(fields)
+        return doc
 
     def _commit(self, key: str, data: bytes, *, replace: bool, packed: bool) -> bool:
         """Publish the manifest bytes of ``key`` (the commit of a save): a loose file
@@ -166,8 +178,12 @@ class ResultStore:
             with suppress(CorruptEntryError, EntryNotFoundError):
                 self.read_manifest(key)
                 return False
-        with self.objects._io("appending to a pack", PACKS, writer.folder):
+        try:
             writer.append(key, data)
+        except FunctionFuseError:
+            raise
+        except Exception as exc:  # the disk is full ...: named like any write failure
+            raise self.objects._error(exc, "appending to a pack", PACKS, writer.folder) from exc
         return True
 
     def close_pack(self) -> None:
