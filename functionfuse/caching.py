@@ -991,6 +991,21 @@ def end_run(plan: Plan | None) -> None:
         logger.warning("workflow %r: the run lease was not removed (%s: %s)", plan.workflow, type(exc).__name__, exc)
 
 
+def packing(plan: Plan, on: bool) -> None:
+    """Start (``on``) or end packing the small results this process stores for the run
+    (local folders; docs/format.md, "Packs").  Executors whose workers store results
+    do not pack: a worker process outlives runs, and a pack being written cannot have
+    lines removed."""
+    if plan.storage is None or not getattr(plan.storage, "packs_small_results", False):
+        return
+    try:
+        results = plan.storage.results
+        results.start_pack() if on else results.close_pack()
+    except Exception as exc:  # noqa: BLE001 - a pack not closed is searched, never wrong
+        logger.warning("workflow %r: the run's pack was not closed cleanly (%s: %s)", plan.workflow,
+                       type(exc).__name__, exc)
+
+
 def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     """Write the run record of a finished, failed or interrupted run (one small write).
 

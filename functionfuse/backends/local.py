@@ -42,6 +42,7 @@ from ..caching import (
     format_seconds,
     load_node,
     node_error,
+    packing,
     record_run,
     run_node,
 )
@@ -136,6 +137,7 @@ class LocalWorkflow(BaseWorkflow):
             return self._run_unstored(reporter)
         plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
         begin_run(plan)
+        packing(plan, True)
         runner = _LocalRun(plan, self.leaves, reporter)
         start = time.perf_counter()
         error: BaseException | None = None
@@ -153,6 +155,7 @@ class LocalWorkflow(BaseWorkflow):
         finally:
             finish_report(plan, error)
             record_run(plan, error, "local")
+            packing(plan, False)
             end_run(plan)
             self.last_report = plan.report(time.perf_counter() - start)
             _finish(self.last_report, reporter)

@@ -443,6 +443,10 @@ class Storage(ABC):
 
         return parse_json(self.results.objects.get_bytes(ObjectRef.from_json(ref)), "the small results object")
 
+    #: Whether a run of the local executor packs the small results it saves here
+    #: (docs/format.md, "Packs"): storages whose saves run in this process.
+    packs_small_results = True
+
     def present(self, keys: Iterable[str]) -> set[str]:
         """The keys among ``keys`` whose result is stored (one ``stat`` or ``HEAD`` each, batched)."""
         return self.results.present(keys)

@@ -1,22 +1,25 @@
-"""Packs: the manifests of small results one process writes, appended to one file.
+"""Packs: the manifests of small results one run writes, appended to one file.
 
 The format and the rules are in docs/format.md ("Packs"); in short:
 
 * ``packs/<pack-id>.pack`` (local folders only) starts with :data:`HEADER`;
   every other line is ``<key> <sealed manifest>\\n``.  Only its opener appends
-  to a pack, one ``write()`` per line, and no line changes in place.
+  to a pack, one line per save, and no line changes in place.  The opener holds
+  an exclusive ``flock`` on the pack while it may append (the run), and writes
+  the pack's index file (:func:`encode_index`) before letting go.
 * A reader finds a key's manifest loose first, then in the first line of the
-  packs (name order, then file order) that passes the manifest checks.
-  :class:`PackIndex` keeps key -> (pack, offset, length) in memory, reading
-  each pack once and then only what was appended since.
-* Lines are removed by :func:`rewrite`: survivors go to a new pack, the old one
-  is unlinked and read again through the open descriptor (lines appended
-  meanwhile are copied).  :class:`PackWriter` checks after each append that its
-  pack still has a name, and appends the line to a new pack when it has none.
+  packs (name order, then file order) that passes the manifest checks:
+  through index files, by searching packs, or through :class:`PackIndex`'s
+  in-memory index.  A pack that vanishes between a listing and its reading was
+  rewritten: the reader lists again.
+* Lines are removed by :func:`rewrite`, which takes the pack's lock (a pack
+  still being written is left alone: :data:`BUSY`), writes the survivors to a
+  new pack named to sort just before the old one, then unlinks the old one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import mmap
 import os
@@ -25,13 +28,13 @@ import struct
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import xxhash
 
 from .runs import new_run_id
 
-__all__ = ["HEADER", "PACKS", "PackIndex", "PackWriter", "pack_writer_alive", "rewrite"]
+__all__ = ["BUSY", "HEADER", "PACKS", "PackIndex", "PackWriter", "rewrite"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +49,11 @@ _INDEX_HEAD = 8 + 8 + 16  # magic, pack size, XXH3-128 of the entries
 #: The first line of every pack.
 HEADER = b'{"format":"functionfuse-pack","version":1}\n'
 _KEY = re.compile(rb"[0-9a-f]{32}\Z")
-_NAME = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)-([A-Za-z0-9.-]{1,40})-(\d+)-[0-9a-f]{4,}\.pack\Z")
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+#: What :func:`rewrite` returns for a pack whose writer still holds it.
+BUSY = "busy"
+#: Listings of ``packs/`` a reader makes when packs vanish under it (rewritten).
+RELIST = 8
 
 
 def line_of(key: str, manifest: bytes) -> bytes:
@@ -63,10 +69,11 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
 
 
-def _create(folder: str, durable: bool) -> tuple[str, int]:
-    """A new, empty pack (header written): ``(name, fd)``."""
+def _locked_new(folder: str, name_of: Callable[[], str], durable: bool) -> tuple[str, int]:
+    """A new, empty pack (header written) named by ``name_of()``, locked (``flock``
+    exclusive) before anything is in it: ``(name, fd)``."""
     for _ in range(8):
-        name = new_run_id() + SUFFIX
+        name = name_of()
         path = os.path.join(folder, name)
         try:
             fd = os.open(path, _FLAGS, 0o644)
@@ -76,9 +83,17 @@ def _create(folder: str, durable: bool) -> tuple[str, int]:
         except FileExistsError:  # pragma: no cover - 16 random bits and the time alike
             continue
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A rewriter may have taken the empty file between its creation and the
+            # lock (and unlinked it): then it is not ours to fill.
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise FileNotFoundError(path)
             _write_all(fd, HEADER)
             if durable:
                 os.fsync(fd)
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            continue
         except BaseException:
             os.close(fd)
             raise
@@ -87,11 +102,11 @@ def _create(folder: str, durable: bool) -> tuple[str, int]:
 
 
 class PackWriter:
-    """The pack this process appends small manifests to, in ``folder`` (``<root>/packs``).
+    """The pack a run appends small manifests to, in ``folder`` (``<root>/packs``).
 
-    Opened at the first :meth:`append`, closed by :meth:`close` (the run's end);
-    a forked child opens its own.  Thread-safe (a Dask worker saves from several
-    threads).
+    Opened (and locked) at the first :meth:`append`; :meth:`close` (the run's end)
+    writes its index file and lets go of it.  A forked child opens its own.
+    Thread-safe (several threads of one process may save).
     """
 
     def __init__(self, folder: str, *, durable: bool = False) -> None:
@@ -102,9 +117,14 @@ class PackWriter:
         self.appended: set[str] = set()
         self._lines: list[tuple[str, int, int]] = []  # (key, offset, length), for the index
         self._fd = -1
-        self._pid = 0
+        self._pid = os.getpid()
         self._size = 0
         self._lock = threading.Lock()
+
+    def _forked(self) -> None:
+        """In a forked child: forget the parent's pack (and a lock a parent thread held)."""
+        self._pid, self._fd, self.name = os.getpid(), -1, None
+        self.appended, self._lines, self._lock = set(), [], threading.Lock()
 
     def append(self, key: str, manifest: bytes) -> tuple[str, int]:
         """Append ``key``'s manifest; returns ``(pack name, offset of the manifest)``.
@@ -112,56 +132,49 @@ class PackWriter:
         Raises OSError when the write fails; the pack is then abandoned (its cut
         last line is skipped by readers) and the next append opens a new one.
         """
+        if self._pid != os.getpid():
+            self._forked()
         line = line_of(key, manifest)
         with self._lock:
-            where = self._write(key, line)
-            # Rewritten (unlinked) meanwhile: the rewriter may have missed this line.
-            if os.fstat(self._fd).st_nlink == 0:
-                self._close()
-                where = self._write(key, line)
-            return where
-
-    def _write(self, key: str, line: bytes) -> tuple[str, int]:
-        if self._fd < 0 or self._pid != os.getpid():
-            self._fd = -1  # a forked child leaves the parent's descriptor alone
-            self.appended = set()
-            self._lines = []
-            self.name, self._fd = _create(self.folder, self.durable)
-            self._pid, self._size = os.getpid(), len(HEADER)
-        offset = self._size
-        try:
-            _write_all(self._fd, line)
-            if self.durable:
-                os.fsync(self._fd)
-        except BaseException:
-            self._close()
-            raise
-        self._size += len(line)
-        self.appended.add(key)
-        self._lines.append((key, offset + 33, len(line) - 34))
-        assert self.name is not None
-        return self.name, offset + 33
+            if self._fd < 0:
+                self.appended, self._lines = set(), []
+                self.name, self._fd = _locked_new(self.folder, lambda: new_run_id() + SUFFIX, self.durable)
+                self._size = len(HEADER)
+            offset = self._size
+            try:
+                _write_all(self._fd, line)
+                if self.durable:
+                    os.fsync(self._fd)
+            except BaseException:
+                self._close(index=False)
+                raise
+            self._size += len(line)
+            self.appended.add(key)
+            self._lines.append((key, offset + 33, len(line) - 34))
+            return self.name, offset + 33  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Stop appending to the current pack and write its index file (the next
-        append opens a new pack)."""
+        """Write the pack's index file and let go of the pack (the next append opens
+        a new one)."""
+        if self._pid != os.getpid():
+            self._forked()
+            return
         with self._lock:
             self._close(index=True)
 
-    def _close(self, index: bool = False) -> None:
-        if self._fd >= 0 and self._pid == os.getpid():
-            if index and self.name is not None and os.fstat(self._fd).st_nlink:
+    def _close(self, index: bool) -> None:
+        if self._fd >= 0:
+            if index and self.name is not None:
                 try:
                     write_index(self.folder, self.name, self._lines, self._size, durable=self.durable)
                 except OSError as exc:  # readers search the pack instead
                     logger.warning("the index of pack %s was not written: %s", self.name, exc)
             try:
-                os.close(self._fd)
+                os.close(self._fd)  # lets go of the lock
             except OSError:  # pragma: no cover - closing a descriptor we own
                 pass
         self._fd, self.name = -1, None
-        self.appended = set()
-        self._lines = []
+        self.appended, self._lines = set(), []
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order
         try:
@@ -256,11 +269,16 @@ class _Seen:
     consumed: int  # bytes indexed (up to the last complete line)
 
 
-#: Packs smaller than this in all are searched for one key (:meth:`PackIndex.lines`)
-#: rather than indexed: a search of 1 MB takes about 0.15 ms, indexing it 2 ms.
+#: Packs without index file smaller than this in all are searched for one key
+#: (:meth:`PackIndex.lines`) rather than indexed: a search of 1 MB takes about 0.15 ms,
+#: indexing it 2 ms.
 SEARCH_BELOW = 8 << 20
-#: Single-key lookups searched before the index is built all the same.
+#: Single-key lookups made before the in-memory index is built all the same.
 SEARCHES = 4
+
+
+class _Vanished(Exception):
+    """A listed pack was gone when read: rewritten meanwhile, list again."""
 
 
 class PackIndex:
@@ -268,7 +286,7 @@ class PackIndex:
 
     The in-memory index (:meth:`refresh`) is built on the first batch question
     (:meth:`keys`, ``in``) or after :data:`SEARCHES` single lookups; until then
-    :meth:`lines` searches the packs for the key, which is cheaper for a few keys.
+    :meth:`lines` goes pack by pack, through index files or by searching.
     """
 
     def __init__(self, folder: str) -> None:
@@ -280,22 +298,35 @@ class PackIndex:
         self._searches = 0
         self._indexes: dict[tuple[str, int], bytes | None] = {}  # (pack, size) -> checked index entries
 
+    def _listing(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.folder) if n.endswith(SUFFIX))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
     def refresh(self) -> None:
         """Look at ``packs/`` again: new packs, appended lines, packs gone or replaced."""
         self._built = True
-        try:
-            names = {n for n in os.listdir(self.folder) if n.endswith(SUFFIX)}
-        except (FileNotFoundError, NotADirectoryError):
-            names = set()
-        for name in set(self._seen) - names:
+        for _ in range(RELIST):
+            try:
+                return self._refresh()
+            except _Vanished:
+                continue  # a pack was rewritten under us: its successor is listed now
+        self._refresh(final=True)
+
+    def _refresh(self, final: bool = False) -> None:
+        names = self._listing()
+        for name in set(self._seen) - set(names):
             self._drop(name)
-        for name in sorted(names):
+        for name in names:
             path = os.path.join(self.folder, name)
             try:
                 st = os.stat(path)
             except FileNotFoundError:
                 self._drop(name)
-                continue
+                if final:
+                    continue
+                raise _Vanished(name) from None
             seen = self._seen.get(name)
             if seen is not None and seen.ino != st.st_ino:
                 self._drop(name)
@@ -319,7 +350,9 @@ class PackIndex:
                     data = fh.read()
             except FileNotFoundError:
                 self._drop(name)
-                continue
+                if final:
+                    continue
+                raise _Vanished(name) from None
             if seen is None:
                 seen = self._seen[name] = _Seen(st.st_ino, 0, 0)
                 if not data.startswith(HEADER) and b"\n" in data:  # its lines are checked one by one
@@ -363,38 +396,64 @@ class PackIndex:
 
     def lines(self, key: str) -> list[tuple[str, int, bytes]]:
         """``(pack name, offset, manifest bytes)`` of every complete line of ``key``, in
-        lookup order, as the packs are now (searched, or from the refreshed index)."""
+        lookup order, as the packs are now."""
+        for _ in range(RELIST):
+            try:
+                return self._lines(key)
+            except _Vanished:
+                continue
+        return self._lines(key, final=True)
+
+    def _lines(self, key: str, final: bool = False) -> list[tuple[str, int, bytes]]:
         if not self._built and self._searches < SEARCHES:
             self._searches += 1
-            found = self._search(key)
+            found = self._search(key, final)
             if found is not None:
                 return found
         self.refresh()
         out = []
         for name, offset, length in self.candidates(key):
             try:
-                out.append((name, offset, self.read(name, offset, length)))
-            except FileNotFoundError:  # rewritten since the refresh: look again
-                return self.lines(key)
+                data = self._read_line(name, offset, length, key)
+            except FileNotFoundError:
+                if final:
+                    continue
+                raise _Vanished(name) from None
+            if data is None:  # not where the index file said: index the pack from its lines
+                self._indexes[(name, self._seen[name].size)] = None
+                self._drop(name)
+                if final:
+                    continue
+                raise _Vanished(name)
+            out.append((name, offset, data))
         return out
 
-    def _search(self, key: str) -> list[tuple[str, int, bytes]] | None:
+    def _read_line(self, name: str, offset: int, length: int, key: str) -> bytes | None:
+        """The manifest of ``key``'s line at ``offset``, or None when no such line is there."""
+        fd = os.open(os.path.join(self.folder, name), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length + 34, offset - 33)
+        finally:
+            os.close(fd)
+        if data[:33] != key.encode("ascii") + b" " or data[-1:] != b"\n" or len(data) != length + 34:
+            return None
+        return data[33:-1]
+
+    def _search(self, key: str, final: bool) -> list[tuple[str, int, bytes]] | None:
         """:meth:`lines` pack by pack: through a pack's index file when it has a good
         one, else by searching the pack (None when packs without index are too big
         for that: then the in-memory index is built)."""
-        try:
-            names = sorted(n for n in os.listdir(self.folder) if n.endswith(SUFFIX))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
         wanted = key.encode("ascii")
         needle = b"\n" + wanted + b" "
         out: list[tuple[str, int, bytes]] = []
         searched = 0
-        for name in names:
+        for name in self._listing():
             try:
                 fd = os.open(os.path.join(self.folder, name), os.O_RDONLY)
             except FileNotFoundError:
-                continue  # rewritten meanwhile: its lines are in a newer pack
+                if final:
+                    continue
+                raise _Vanished(name) from None
             try:
                 size = os.fstat(fd).st_size
                 indexed = self._index_of(name, size)
@@ -403,6 +462,7 @@ class PackIndex:
                     if found is not None:
                         out.extend((name, offset, data) for offset, data in found)
                         continue
+                    self._indexes[(name, size)] = None  # it points elsewhere: search the pack
                 searched += size
                 if searched > SEARCH_BELOW:
                     return None
@@ -441,14 +501,6 @@ class PackIndex:
         self._indexes[(name, size)] = got
         return got
 
-    def read(self, name: str, offset: int, length: int) -> bytes:
-        """The manifest bytes at ``offset`` of pack ``name`` (FileNotFoundError when gone)."""
-        fd = os.open(os.path.join(self.folder, name), os.O_RDONLY)
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-
 
 def _lines_by_index(fd: int, entries: bytes, key: bytes) -> list[tuple[int, bytes]] | None:
     """``(offset, manifest bytes)`` of ``key``'s lines in the pack open as ``fd``, found
@@ -476,71 +528,86 @@ def _lines_by_index(fd: int, entries: bytes, key: bytes) -> list[tuple[int, byte
     return out
 
 
-def writer_of(name: str) -> tuple[str, int] | None:
-    """``(host, pid)`` of the process that opened pack ``name`` (None for another name)."""
-    m = _NAME.match(name)
-    return (m.group(2), int(m.group(3))) if m else None
+_REWRITTEN = re.compile(r"(.*)-r([0-9a-f]{8})\Z")
 
 
-def pack_writer_alive(name: str, path: str, grace_s: float, now: float) -> bool:
-    """Whether the opener of pack ``name`` may still append to it: its process is alive
-    on this host, or (another host) the pack changed less than ``grace_s`` ago."""
-    from .runs import _host, process_alive
+def _successors(name: str) -> Callable[[], str]:
+    """Names for the pack that replaces ``name`` when it is rewritten, tried in turn:
+    ``<base>-r<8 hex>.pack`` with the number one less than ``name``'s (``ffffffff`` for
+    a first rewrite).  Each sorts just before ``name`` and after every other pack
+    sorting before it (``-`` sorts before ``.``), so the lines keep their place in the
+    lookup order, and the name does not grow with rewrites."""
+    stem = name[: -len(SUFFIX)]
+    m = _REWRITTEN.match(stem)
+    base, number = (m.group(1), int(m.group(2), 16)) if m else (stem, 1 << 32)
+    state = [number]
 
-    who = writer_of(name)
-    try:
-        mtime = os.stat(path).st_mtime
-    except FileNotFoundError:
-        return False
-    if who is not None and who[0] == _host():
-        return who[1] == os.getpid() or process_alive(who[1])
-    return now - mtime < grace_s
+    def next_name() -> str:
+        state[0] -= 1  # a name left by a rewriter that crashed is skipped
+        return f"{base}-r{max(state[0], 0):08x}{SUFFIX}"
+
+    return next_name
 
 
 def rewrite(folder: str, name: str, keep: Callable[[str, bytes], bool], *, durable: bool = False) -> str | None:
-    """Rewrite pack ``name`` with the lines ``keep(key, manifest)`` accepts; returns the
-    new pack's name (None when no line survives, or the pack is gone).
+    """Rewrite pack ``name`` with the lines ``keep(key, manifest)`` accepts (a cut last
+    line goes); returns the new pack's name, None when no line survived or the pack is
+    gone, or :data:`BUSY` when its writer still holds it (nothing done).
 
-    Survivors are written to a new pack, the old one is unlinked and then read again
-    through the descriptor still open: lines appended meanwhile (``keep``-filtered)
-    go to the new pack too.  A cut last line is dropped.
+    The pack's lock is taken first (the writer's, or another rewriter's, makes this
+    one step back); the survivors are written to a new pack, locked while it is
+    filled, with its index file; only then is the old pack unlinked.  A crash in
+    between leaves both, whose common lines are the same bytes.
     """
     path = os.path.join(folder, name)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    new_name = None
     new_fd = -1
-    new_lines: list[tuple[str, int, int]] = []
-    new_size = 0
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return BUSY
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return None  # rewritten by another meanwhile
+        except FileNotFoundError:
+            return None
         data = _read_from(fd, 0)
-        lines, consumed = scan(data, 0)
+        lines, _ = scan(data, 0)
         survivors = _kept(data, lines, keep)
+        new_name = None
         if survivors:
-            new_name, new_fd = _create(folder, durable)
-            new_size = _append_lines(new_fd, survivors, len(HEADER), new_lines, durable)
+            new_name, new_fd = _locked_new(folder, _successors(name), durable)
+            where: list[tuple[str, int, int]] = []
+            size = _append_lines(new_fd, survivors, len(HEADER), where, durable)
+            write_index(folder, new_name, where, size, durable=durable)
         os.unlink(path)
-        with_index = index_path(folder, name)
-        if os.path.exists(with_index):
-            os.unlink(with_index)
-        later = _read_from(fd, consumed)
-        if later:
-            more, _ = scan(later, consumed)
-            late = _kept(later, [(k, o - consumed, n) for k, o, n in more], keep)
-            if late:
-                if new_fd < 0:
-                    new_name, new_fd = _create(folder, durable)
-                    new_size = len(HEADER)
-                new_size = _append_lines(new_fd, late, new_size, new_lines, durable)
-        if new_name is not None:
-            write_index(folder, new_name, new_lines, new_size, durable=durable)
+        old_index = index_path(folder, name)
+        if os.path.exists(old_index):
+            os.unlink(old_index)
         return new_name
     finally:
         os.close(fd)
         if new_fd >= 0:
             os.close(new_fd)
+
+
+def is_busy(folder: str, name: str) -> bool:
+    """Whether pack ``name``'s writer still holds it (it may append)."""
+    try:
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _append_lines(fd: int, lines: list[bytes], size: int, where: list[tuple[str, int, int]], durable: bool) -> int:
@@ -571,12 +638,3 @@ def _kept(data: bytes, lines: list[tuple[str, int, int]], keep: Callable[[str, b
         if keep(key, manifest):
             out.append(line_of(key, manifest))
     return out
-
-
-def iter_lines(folder: str, name: str) -> Iterator[tuple[str, bytes]]:
-    """``(key, manifest bytes)`` of every complete line of pack ``name``."""
-    with open(os.path.join(folder, name), "rb") as fh:
-        data = fh.read()
-    lines, _ = scan(data, 0)
-    for key, offset, length in lines:
-        yield key, data[offset:offset + length]

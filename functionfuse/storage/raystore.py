@@ -236,6 +236,8 @@ class RayStorage(Storage):
         }})
     """
 
+    packs_small_results = False  # its saves run in Ray tasks: manifests are loose files
+
     def __init__(
         self,
         path: str | os.PathLike,

@@ -48,7 +48,7 @@ from .manifests import (
     seal,
 )
 from .objects import ObjectRef, ObjectStore
-from .packs import HEADER, PACKS, PackIndex, PackWriter, pack_writer_alive, rewrite, scan
+from .packs import BUSY, HEADER, PACKS, PackIndex, PackWriter, is_busy, rewrite, scan
 from .runs import decode_record, encode_lease, encode_record, latest_run_id, lease_path, run_folder, run_path
 
 __all__ = ["ResultStore"]
@@ -61,6 +61,9 @@ LIST_OVER = 64
 LIST_PAGES = 16
 #: Local parquet parts from this size on are checked in place and read from their file.
 NATIVE_READ = 4 << 20
+#: Looks again at packs another process holds before leaving their lines to a later gc
+#: (about a second in all).
+BUSY_WAITS = 8
 #: Run records tried, newest first, when the latest is damaged.
 RECORD_FALLBACK = 3
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
@@ -80,6 +83,8 @@ class ResultStore:
         self.compression = normalize(compression)
         self._marked = False
         self._pack_writer: PackWriter | None = None
+        #: Small manifests go to a pack (a run of the local executor is under way here).
+        self.packing = False
         self._pack_index: PackIndex | None = None
 
     @classmethod
@@ -166,10 +171,10 @@ class ResultStore:
     def _commit(self, key: str, data: bytes, *, replace: bool, packed: bool) -> bool:
         """Publish the manifest bytes of ``key`` (the commit of a save): a loose file
         create-if-absent, or, for a manifest without parts (``packed``) on a local
-        folder, a line appended to this process's pack (docs/format.md, "Packs").
-        A replacement is always a loose file: readers take it first.  Returns False
-        when another writer had published the key first."""
-        if not (packed and self._local and not replace):
+        folder during a run (:attr:`packing`), a line appended to the run's pack
+        (docs/format.md, "Packs").  A replacement is always a loose file: readers take
+        it first.  Returns False when another writer had published the key first."""
+        if not (packed and self.packing and self._local and not replace):
             return self._publish(manifest_path(key), data, replace=replace)
         index, writer = self._pack_index, self._pack_writer
         if writer is None:
@@ -186,8 +191,14 @@ class ResultStore:
             raise self.objects._error(exc, "appending to a pack", PACKS, writer.folder) from exc
         return True
 
+    def start_pack(self) -> None:
+        """Pack the small manifests saved from now on (a run starts in this process)."""
+        self.packing = self._local
+
     def close_pack(self) -> None:
-        """Stop appending to this process's current pack (at the end of a run)."""
+        """Stop packing; write the index file of the run's pack and let go of it (the
+        run ended)."""
+        self.packing = False
         if self._pack_writer is not None:
             self._pack_writer.close()
 
@@ -436,47 +447,56 @@ class ResultStore:
         if self._local and keys:
             self.rewrite_packs(lambda key, _: key not in keys, only=keys)
 
-    def rewrite_packs(self, keep: Any, *, only: set[str] | None = None, dead_after_s: float | None = None
-                      ) -> list[str]:
-        """Rewrite the packs holding a line of ``only`` (None: every pack) with the lines
-        ``keep(key, manifest bytes)`` accepts; with ``dead_after_s``, only the packs
-        whose writer is gone (see :func:`.packs.pack_writer_alive`).  Returns the
-        names of the packs rewritten."""
+    def rewrite_packs(self, keep: Any, *, only: set[str]) -> list[str]:
+        """Rewrite the packs holding a line of ``only`` with the lines ``keep(key,
+        manifest bytes)`` accepts, until no pack but those still being written holds
+        one (a pack rewritten meanwhile by another is looked at again).  Returns the
+        names of the packs left as they are because their run still writes them: their
+        lines go at a later ``gc``."""
         index = self.packs
-        index.refresh()
-        names = sorted(index.packs_of(only)) if only is not None else index.names()
-        done = []
-        now = time.time()
-        for name in names:
-            path = posixpath.join(index.folder, name)
-            if dead_after_s is not None and pack_writer_alive(name, path, dead_after_s, now):
-                continue
-            with self.objects._io("rewriting", f"{PACKS}/{name}", path):
-                rewrite(index.folder, name, keep, durable=self.objects.durable)
-            done.append(name)
-        if done:
-            index.refresh()
-        return done
+        busy: set[str] = set()
+        waits = 0
+        while True:
+            with self.objects._io("listing", PACKS, index.folder):
+                index.refresh()
+            names = sorted(index.packs_of(only))
+            busy = set()
+            for name in names:
+                path = posixpath.join(index.folder, name)
+                with self.objects._io("rewriting", f"{PACKS}/{name}", path):
+                    if rewrite(index.folder, name, keep, durable=self.objects.durable) == BUSY:
+                        busy.add(name)
+            # Busy: a run writing it (for its whole length), or another rewriter (for
+            # milliseconds): look again a few times before leaving it to a later gc.
+            if not busy or waits >= BUSY_WAITS:
+                break
+            waits += 1
+            time.sleep(0.02 * waits)
+        if busy:
+            logger.info("storage %s: %d pack(s) still written by a running run keep lines of removed results "
+                        "until a later gc: %s", self.objects.url, len(busy), ", ".join(sorted(busy)))
+        return sorted(busy)
 
     def clean_packs(self, grace_s: float, *, dry_run: bool = False) -> list[str]:
-        """Rewrite the packs of writers that are gone (see :func:`.packs.pack_writer_alive`)
-        holding a cut last line, a damaged line or no line at all, or lacking a good
-        index file, keeping their good lines; remove index files whose pack is gone.
-        Returns the names of the packs rewritten (``gc``: what killed writers leave)."""
+        """Rewrite the packs no run is writing (see :func:`.packs.is_busy`) that hold a
+        cut last line, a damaged line or no line at all, or lack a good index file,
+        keeping their good lines; remove index files whose pack is gone.  Returns the
+        names of the packs rewritten (``gc``: what killed writers leave)."""
         if not self._local:
             return []
         index = self.packs
-        index.refresh()
-        now = time.time()
         cleaned = []
-        with suppress(FileNotFoundError):
-            for orphan in sorted(set(os.listdir(index.folder)) - {n[:-5] + ".idx" for n in index.names()}):
-                if orphan.endswith(".idx") and not dry_run:
-                    with suppress(FileNotFoundError):
-                        os.unlink(posixpath.join(index.folder, orphan))
+        with self.objects._io("cleaning", PACKS, index.folder):
+            index.refresh()
+            with suppress(FileNotFoundError):
+                for orphan in sorted(n for n in os.listdir(index.folder) if n.endswith(".idx")):
+                    pack = posixpath.join(index.folder, orphan[:-4] + ".pack")
+                    if not os.path.exists(pack) and not dry_run:  # looked at just before: not one being closed
+                        with suppress(FileNotFoundError):
+                            os.unlink(posixpath.join(index.folder, orphan))
         for name in index.names():
             path = posixpath.join(index.folder, name)
-            if pack_writer_alive(name, path, grace_s, now):
+            if is_busy(index.folder, name):
                 continue
             try:
                 with open(path, "rb") as fh:
@@ -488,12 +508,11 @@ class ResultStore:
             indexed = whole and index.has_index(name, len(data))
             if indexed and all(self._good_line(k, data[o:o + n]) for k, o, n in lines):
                 continue
-            cleaned.append(name)
             if not dry_run:
                 with self.objects._io("rewriting", f"{PACKS}/{name}", path):
-                    rewrite(index.folder, name, self._good_line, durable=self.objects.durable)
-        if cleaned and not dry_run:
-            index.refresh()
+                    if rewrite(index.folder, name, self._good_line, durable=self.objects.durable) == BUSY:
+                        continue
+            cleaned.append(name)
         return cleaned
 
     def _good_line(self, key: str, data: bytes) -> bool:
@@ -517,7 +536,8 @@ class ResultStore:
                 paths = []
         keys = {posixpath.basename(p)[:-5] for p in paths if p.endswith(".json")}
         if self._local:
-            self.packs.refresh()
+            with self.objects._io("listing", PACKS, self._path(PACKS)):
+                self.packs.refresh()
             keys |= self.packs.keys()
         return sorted(keys)
 
@@ -675,7 +695,8 @@ class ResultStore:
                 raise
             data = None
         if data is None and self._local:  # the first line of the packs, damaged or not
-            lines = self.packs.lines(key)
+            with self.objects._io("reading", PACKS, self._path(PACKS)):
+                lines = self.packs.lines(key)
             data = lines[0][2] if lines else None
         return None if data is None else xxhash.xxh3_128(data).hexdigest()
 
@@ -699,7 +720,8 @@ class ResultStore:
                     found.add(k)
             if len(found) < len(keys):  # the others may be lines of packs
                 index = self.packs
-                index.refresh()
+                with self.objects._io("listing", PACKS, self._path(PACKS)):
+                    index.refresh()
                 found.update(k for k in keys if k in index)
             return found
         if not self.objects._s3:

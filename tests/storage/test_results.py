@@ -66,7 +66,9 @@ def test_a_damaged_part_or_manifest_is_detected_never_decoded(tmp_path):
         fh.write(data)
     with pytest.raises(CorruptEntryError, match=part["object"]):
         store.load(KEY_A)
-    store.save(KEY_B, [1, 2, 3])  # a small result: a line of a pack
+    store.start_pack()  # as a run does
+    store.save(KEY_B, [1, 2, 3])  # a small result: a line of the run's pack
+    store.close_pack()
 
     def flip(raw):
         raw[-5] ^= 0x01
