@@ -89,8 +89,13 @@ def _locked_new(folder: str, name_of: Callable[[], str], durable: bool) -> tuple
             if os.stat(path).st_ino != os.fstat(fd).st_ino:
                 raise FileNotFoundError(path)
             _write_all(fd, HEADER)
-            if durable:
+            if durable:  # the file, and its name in the folder
                 os.fsync(fd)
+                folder_fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(folder_fd)
+                finally:
+                    os.close(folder_fd)
         except (BlockingIOError, FileNotFoundError):
             os.close(fd)
             continue
