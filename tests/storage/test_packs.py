@@ -418,3 +418,49 @@ def test_a_rewriter_never_touches_the_pack_a_writer_appends_to(tmp_path):
     index = PackIndex(folder)
     index.refresh()
     assert index.keys() == {f"{i:032x}" for i in range(1, n, 2)}
+
+
+
+FULL = textwrap.dedent("""
+    import resource, signal, sys
+    sys.path.insert(0, sys.argv[2])
+    from functionfuse import workflow
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+    from functionfuse.errors import StorageError
+    from functionfuse.storage import FileStorage
+
+    @workflow
+    def item(i):
+        return {"i": i, "name": f"item-{i}"}
+
+    storage = FileStorage(sys.argv[1])
+    if sys.argv[3] == "limit":
+        storage.results._mark()  # FFSTORE.json and tmp/ before the limit
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2500, resource.RLIM_INFINITY))
+    wf = LocalWorkflow(*[item(i).set_name(f"n{i}") for i in range(8)], workflow_name="wf")
+    wf.set_storage(storage)
+    try:
+        print("DONE", wf.run(), wf.last_report.summary())
+    except StorageError as exc:
+        print("STORAGE_ERROR", exc)
+""")
+
+
+def test_a_failed_append_names_the_node_and_the_storage_and_loses_nothing_stored(tmp_path):
+    def run_script(mode):
+        done = subprocess.run([sys.executable, "-c", FULL, str(tmp_path), ROOT, mode], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = run_script("limit")  # the pack may grow to 2,500 bytes: a few lines, then EFBIG
+    assert out.startswith("STORAGE_ERROR node 'n"), out
+    assert "of workflow 'wf'" in out and str(tmp_path) in out and "File too large" in out
+    (pack,) = packs_of(tmp_path)
+    lines, data, consumed = lines_of(tmp_path, pack)
+    assert 1 <= len(lines) < 8
+    for key, _ in lines:  # what was appended before the failure is stored, whole
+        assert FileStorage(tmp_path).results.read_manifest(key)["key"] == key
+    out = run_script("none")  # space again: the next run reads those and computes the rest
+    assert out.startswith("DONE") and f"{8 - len(lines)} computed" in out, out
