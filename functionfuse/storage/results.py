@@ -157,7 +157,7 @@ class ResultStore:
                    ) -> dict[str, Any]:
         """:meth:`save` of a small plain result given as its tree (from
         :func:`~functionfuse.serializers.parts.plain_tree`): the manifest alone,
-        appended to this process's pack on a local folder (docs/format.md, "Packs";
+        appended to the run's pack on a local folder during a run (docs/format.md, "Packs";
         a replacement is a loose file, which readers take first)."""
         if not self._marked:
             self._mark()
