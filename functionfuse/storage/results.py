@@ -316,7 +316,6 @@ class ResultStore:
         relative = run_path(workflow, run_id)
         self._mark()
         self._publish(relative, encode_record(workflow, run_id, nodes, **fields), replace=False)
-        self.close_pack()  # the run's small manifests are all appended: its pack is done
         return relative
 
     def begin_run(self, workflow: str, run_id: str, *, base: str | None, keys: Iterable[str]) -> str:
