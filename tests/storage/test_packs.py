@@ -464,3 +464,44 @@ def test_a_failed_append_names_the_node_and_the_storage_and_loses_nothing_stored
         assert FileStorage(tmp_path).results.read_manifest(key)["key"] == key
     out = run_script("none")  # space again: the next run reads those and computes the rest
     assert out.startswith("DONE") and f"{8 - len(lines)} computed" in out, out
+
+
+CUT = textwrap.dedent("""
+    import resource, signal, sys
+    sys.path.insert(0, sys.argv[2])
+    from functionfuse.storage.packs import PackWriter
+    from functionfuse.storage.manifests import encode_manifest
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1500, hard))
+    writer = PackWriter(sys.argv[1])
+    stored = []
+    for i in range(100):
+        key = f"{i:032x}"
+        try:
+            writer.append(key, encode_manifest({"key": key, "result": {"json": "x" * 200}, "parts": []}))
+        except OSError:
+            break
+        stored.append(key)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+    key = "f" * 32
+    writer.append(key, encode_manifest({"key": key, "result": {"json": "after"}, "parts": []}))
+    stored.append(key)
+    writer.close()
+    print(" ".join(stored))
+""")
+
+
+def test_after_a_failed_write_the_next_append_goes_to_a_new_pack(tmp_path):
+    """A write cut by a full disk leaves a cut last line; appending after it would glue the
+    next line to it. The writer abandons that pack: every line it reported stored is readable."""
+    folder = str(tmp_path / "packs")
+    done = subprocess.run([sys.executable, "-c", CUT, folder, ROOT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    stored = done.stdout.split()
+    assert 2 <= len(stored) < 100 and stored[-1] == "f" * 32
+    assert len(packs_of(tmp_path)) == 2  # the abandoned one (with its cut line) and the new one
+    results = FileStorage(tmp_path).results
+    for key in stored:
+        assert results.read_manifest(key)["key"] == key
