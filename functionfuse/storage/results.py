@@ -455,22 +455,27 @@ class ResultStore:
         index = self.packs
         busy: set[str] = set()
         waits = 0
-        while True:
+        for _ in range(64):  # bounded: each round rewrites, or waits for a holder
             with self.objects._io("listing", PACKS, index.folder):
                 index.refresh()
             names = sorted(index.packs_of(only))
+            if not names:
+                break  # no pack holds a line of these keys any more
             busy = set()
             for name in names:
                 path = posixpath.join(index.folder, name)
                 with self.objects._io("rewriting", f"{PACKS}/{name}", path):
                     if rewrite(index.folder, name, keep, durable=self.objects.durable) == BUSY:
                         busy.add(name)
-            # Busy: a run writing it (for its whole length), or another rewriter (for
-            # milliseconds): look again a few times before leaving it to a later gc.
-            if not busy or waits >= BUSY_WAITS:
-                break
-            waits += 1
-            time.sleep(0.02 * waits)
+            # A pack gone when opened was rewritten by another: its successor, listed at
+            # the next round, may still hold our keys.  Busy: a run writing it (for its
+            # whole length), or another rewriter (for milliseconds): look again a few
+            # times before leaving it to a later gc.
+            if busy == set(names):
+                if waits >= BUSY_WAITS:
+                    break
+                waits += 1
+                time.sleep(0.02 * waits)
         if busy:
             logger.info("storage %s: %d pack(s) still written by a running run keep lines of removed results "
                         "until a later gc: %s", self.objects.url, len(busy), ", ".join(sorted(busy)))
