@@ -541,8 +541,9 @@ def make_plan(
         task = Task(node, name, func)
         if type(node) is ClassCallNode:
             task.method = node.method
-        if node.deps:
-            task.deps = [by_node[id(d)] for d in node.deps]
+        deps = node.deps
+        if deps:
+            task.deps = [by_node[id(deps[0])]] if len(deps) == 1 else [by_node[id(d)] for d in deps]
         tasks.append(task)
         by_node[id(node)] = task
     plan = Plan(workflow, tasks, by_node, storage, started=time.time())

@@ -226,3 +226,38 @@ def test_run_set_of_a_component_with_several_roots():
     assert [n for n, _ in LocalWorkflow(r1, workflow_name="w").graph_traversal()] == ["r1", "r2", "both"]
     assert LocalWorkflow(r1, workflow_name="w").run() == 1
     assert LocalWorkflow(only2, both, workflow_name="w").run() == [12, 12]
+
+
+def test_without_storage_each_node_is_timed_by_its_own_work():
+    """One clock reading per node: a slow node's time is its own, not the next node's,
+    and a node that fails is timed too."""
+    import time
+
+    @workflow
+    def slow(x):
+        time.sleep(0.05)
+        return x + 1
+
+    @workflow
+    def fail(x):
+        time.sleep(0.03)
+        raise ValueError("boom")
+
+    first = inc(0)
+    slow_node = slow(first)
+    quick_after = inc(slow_node)
+    wf = LocalWorkflow(quick_after, workflow_name="w")
+    assert wf.run() == 3
+    seconds = {e.node: e.seconds for e in wf.last_report.events}
+    assert seconds[slow_node.get_name()] >= 0.05
+    assert seconds[first.get_name()] < 0.02 and seconds[quick_after.get_name()] < 0.02
+    assert all(e.action == "computed" for e in wf.last_report.events)
+
+    slow_node = slow(inc(0))
+    failing = fail(slow_node)
+    wf = LocalWorkflow(failing, workflow_name="w")
+    with pytest.raises(Exception, match="boom"):
+        wf.run()
+    events = {e.node: e for e in wf.last_report.events}
+    assert events[failing.get_name()].action == "failed" and 0.03 <= events[failing.get_name()].seconds < 1
+    assert events[slow_node.get_name()].seconds >= 0.05
