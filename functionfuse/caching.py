@@ -89,6 +89,7 @@ __all__ = [
     "CacheWarning",
 ]
 
+_sha256 = hashlib.sha256
 logger = logging.getLogger(__name__)
 
 # Reasons a node runs or not.
@@ -395,6 +396,10 @@ def _fast_args(node: BaseNode, key_of: dict[int, str]) -> bytes | None:
     """Encoding of ``(args, kwargs)`` when every value is simple (else None)."""
     if node.nested:
         return None
+    args = node.args
+    if len(args) == 1 and not node.kwargs and type(args[0]) is FunctionNode:  # f(node), the commonest
+        key = key_of.get(id(args[0]))
+        return None if key is None else b"tt@" + key.encode() + b"edee"
     parts = [b"tt"]
     for a in node.args:
         cls = type(a)
@@ -435,26 +440,29 @@ def compute_key(
     """
     node = task.node
     func = task.func
+    kind = type(node)
     cached = None
     cache_key: Any = None
     if fp_cache is not None:
-        if type(node) is FunctionNode:
-            cache_key = (id(func), node.version)
-        elif type(node) is ClassCallNode:  # every call of a class shares its class's walk
+        if kind is FunctionNode:
+            cache_key = id(func) if node.version is None else (id(func), node.version)
+        elif kind is ClassCallNode:  # every call of a class shares its class's walk
             cache_key = ("call", id(node.init.cls), node.init.version, node.method)
-        cached = fp_cache.get(cache_key) if cache_key is not None else None
+        if cache_key is not None:
+            cached = fp_cache.get(cache_key)
     if cached is None:
         fp, parts = _fingerprint(node, func)
-        if type(node) is FunctionNode:
+        if kind is FunctionNode:
             captured = _captured(task, func, key_of, strict)
-        elif type(node) is ClassInitNode:  # the calls chain to this key
+        elif kind is ClassInitNode:  # the calls chain to this key
             captured = _captured(task, node.cls, key_of, strict)
         else:
             captured = b""
         if cache_key is not None and task.reason != UNHASHABLE:
-            fp_cache[cache_key] = (fp, captured, parts)
+            fp_cache[cache_key] = (fp, captured, parts, b"node|" + fp.encode())
+        head = b"node|" + fp.encode()
     else:
-        fp, captured, parts = cached
+        fp, captured, parts, head = cached
     argbytes = _fast_args(node, key_of)
     if argbytes is None:
         try:
@@ -462,10 +470,10 @@ def compute_key(
         except Unhashable as exc:
             argbytes = _unhashable(task, exc, strict, _culprit(node, func))
     previous = key_of[id(node.after)].encode() if node.after is not None else b""
-    data = b"|".join((b"node", fp.encode(), previous, argbytes, captured))
+    data = b"|".join((head, previous, argbytes, captured))
     if extra:
         data += b"|extra|" + extra
-    task.key = hashlib.sha256(data).hexdigest()[:32]
+    task.key = _sha256(data).hexdigest()[:32]
     task.fingerprint = fp
     task.code = parts
 
@@ -557,44 +565,47 @@ def make_plan(
         fp_cache: dict = {}
         forced = _compile(force)
         forced_ids: set[int] = set()  # forced nodes and everything downstream of them
-        stored: list[tuple[Task, bool, bool]] = []  # (task, forced, downstream of forced)
+        forcing: dict[int, str] = {}  # id(task) -> FORCED or UPSTREAM_FORCED
+        stored: list[Task] = []
         for task in tasks:
             node = task.node
             compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
             key_of[id(node)] = task.key  # type: ignore[assignment]
-            is_forced = bool(forced) and any(p.fullmatch(task.name) for p in forced)
-            downstream = bool(forced_ids) and _upstream_forced(node, forced_ids)
-            if is_forced or downstream:
-                forced_ids.add(id(node))
-            if isinstance(node, ClassInitNode):
+            is_forced = False
+            if forced:
+                is_forced = any(p.fullmatch(task.name) for p in forced)
+                if is_forced or (forced_ids and _upstream_forced(node, forced_ids)):
+                    forced_ids.add(id(node))
+                    forcing[id(task)] = FORCED if is_forced else UPSTREAM_FORCED
+            if type(node) is ClassInitNode:
                 if is_forced:
                     task.run, task.reason = True, FORCED
                 else:
                     task.run, task.reason = False, CACHED  # decided by its calls below
                 continue
-            if id(node) in unstored:
+            if unstored and id(node) in unstored:
                 task.run, task.reason = True, NOT_STORED
                 continue
             task.store = True
-            stored.append((task, is_forced, downstream))
+            stored.append(task)
         # Keys the latest run record names are present; the others are
         # looked up in one batch (a stat each on files, concurrent HEADs on S3).
         known = listing.known
-        unknown = [t.key for t, _, _ in stored if t.key not in known]
+        unknown = [t.key for t in stored if t.key not in known]
         present = known | storage.present(unknown) if unknown else known
-        for task, is_forced, downstream in stored:
+        view = listing.view
+        for task in stored:
             key = task.key
-            hit = key in present
-            previous = listing.previous(task.name)
+            previous = view.get(task.name)
             if previous is not None and previous != key:
                 task.previous = previous
-            if is_forced:
-                task.run, task.reason, task.overwrite = True, FORCED, hit
-            elif downstream:
-                task.run, task.reason, task.overwrite = True, UPSTREAM_FORCED, hit
+            hit = key in present
+            why = forcing.get(id(task)) if forcing else None
+            if why is not None:
+                task.run, task.reason, task.overwrite = True, why, hit
             elif task.reason == UNHASHABLE:
                 task.run = True
-            elif hit and key in unusable:
+            elif hit and unusable and key in unusable:
                 why = unusable.get(key, CORRUPT) if isinstance(unusable, Mapping) else CORRUPT
                 task.run, task.reason, task.overwrite = True, why, True
             elif hit:
