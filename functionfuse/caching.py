@@ -55,7 +55,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .arguments import _params, summarize_arguments
@@ -301,6 +301,9 @@ class Plan:
     waiting: Any = None
     #: Set (a ``threading.Event``) when a failing run stops waiting for node leases.
     stop_waiting: Any = None
+    #: Seconds spent on each part of planning: ``tasks`` (one per node), ``listing``
+    #: (reading the latest run record), ``keys``, ``decisions`` (logged at DEBUG).
+    phases: dict[str, float] = field(default_factory=dict)
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -537,6 +540,8 @@ def make_plan(
     unreadable by an earlier attempt of the same run: those nodes are
     recomputed and their entries replaced.
     """
+    clock = time.perf_counter
+    began = clock()
     tasks: list[Task] = []
     by_node: dict[int, Task] = {}
     for name, node in named:
@@ -559,8 +564,10 @@ def make_plan(
         return plan
 
     with planning():  # module-level values are read once per plan
+        tasks_made = clock()
         listing = storage.scan(workflow)
         plan.listing = listing
+        listed = clock()
         key_of: dict[int, str] = {}
         fp_cache: dict = {}
         forced = _compile(force)
@@ -588,6 +595,7 @@ def make_plan(
                 continue
             task.store = True
             stored.append(task)
+        keyed = clock()
         # Keys the latest run record names are present; the others are
         # looked up in one batch (a stat each on files, concurrent HEADs on S3).
         known = listing.known
@@ -613,6 +621,12 @@ def make_plan(
             else:
                 task.run, task.reason = True, _miss_reason(storage, workflow, task, plan)
     _expand_chains(tasks, by_node)
+    decided = clock()
+    plan.phases = {"tasks": tasks_made - began, "listing": listed - tasks_made, "keys": keyed - listed,
+                   "decisions": decided - keyed}
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("workflow %r: %d nodes planned in %s (%s)", workflow, len(tasks), format_seconds(decided - began),
+                     ", ".join(f"{k} {format_seconds(v)}" for k, v in plan.phases.items()))
     return plan
 
 

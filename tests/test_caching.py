@@ -93,6 +93,20 @@ def test_resume_is_lazy(storage):
     assert all(acts[n] == ("skipped", "cached") for n in ("source", "s0", "s1", "s2"))
 
 
+def test_planning_times_its_phases_and_logs_them_at_debug(storage, caplog):
+    import logging
+
+    run(chain(), storage)
+    wf = LocalWorkflow(chain(), workflow_name="wf")
+    wf.set_storage(storage)
+    with caplog.at_level(logging.DEBUG, logger="functionfuse.caching"):
+        plan = wf._make_plan(None)
+    assert set(plan.phases) == {"tasks", "listing", "keys", "decisions"}
+    assert all(seconds >= 0 for seconds in plan.phases.values())
+    logged = [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
+    assert logged and logged[0].startswith("workflow 'wf': 5 nodes planned in ") and "keys " in logged[0]
+
+
 def test_only_needed_inputs_are_loaded(storage):
     run(chain(), storage)
     LOADS.clear()
