@@ -517,6 +517,48 @@ def _uses_a_library(x):
     return os.path.join(cloudpickle.dumps(x).hex(), _helper_that_raises(x))
 
 
+def _triple(x):
+    return x * 3
+
+
+@workflow
+def apply(x, func, label):
+    return label, func(x)
+
+
+def test_specs_load_where_the_test_module_cannot_be_imported(tmp_path):
+    """A spec whose arguments are plain scalars is pickled by the C pickler (its function
+    travels as its own pickle); one holding a function defined here carries it by value.
+    Both load and run in a fresh interpreter that cannot import this module."""
+    import subprocess
+
+    from functionfuse.backends.remote import _plain, build_spec
+
+    root = inc(1)  # plain arguments: the C pickler
+    by_value = apply(root, _triple, "by value")  # a function of this module as an argument
+    wf = LocalWorkflow(inc(root), by_value, workflow_name="specs")
+    plan = wf._make_plan(None)
+    functions: dict = {}
+    for task in plan.tasks:
+        (tmp_path / f"{task.name}.spec").write_bytes(build_spec(plan, task, None, None, functions=functions))
+    assert _plain(root.args) and not _plain(by_value.args)
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import pathlib, pickle, sys\n"
+        "for path in sorted(pathlib.Path(sys.argv[1]).glob('*.spec')):\n"
+        "    spec = pickle.loads(path.read_bytes())\n"
+        "    args, kwargs = spec.fill((5,))\n"
+        "    print(path.stem, repr(spec.task.func(*args, **kwargs)))\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+                         cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    results = sorted(line.split(" ", 1)[1] for line in out.stdout.splitlines())
+    assert results == ["('by value', 15)", "2", "6"]
+
+
 def test_code_objects_follow_what_travels_by_value():
     """The driver's fallback finds code the way cloudpickle sends it: globals by
     value, nested code, closures, partials, bound methods, callable objects."""
