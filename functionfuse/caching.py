@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .arguments import _params, summarize_arguments
+from .cutoff import note_previous, recipe_member, recipe_of
 from .errors import (
     CorruptEntryError,
     EntryNotFoundError,
@@ -268,6 +269,12 @@ class Task:
     overwrite = False
     previous: str | None = None  # the key of the node's current stored version, when it differs
     method: str | None = None  # for a call on a stateful instance
+    # Early cutoff (functionfuse.cutoff): the recipe digest of a computed function node,
+    # the stored version's recipe and content digest, and whether the run checks it.
+    recipe: str | None = None
+    previous_recipe: dict | None = None
+    previous_content: str | None = None
+    cutoff = False
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:
         self.node = node
@@ -304,6 +311,12 @@ class Plan:
     #: Seconds spent on each part of planning: ``tasks`` (one per node), ``listing``
     #: (reading the latest run record), ``keys``, ``decisions`` (logged at DEBUG).
     phases: dict[str, float] = field(default_factory=dict)
+    #: The fingerprint cache and the backend's extra key inputs keying used (early
+    #: cutoff computes recipes with them, see :mod:`functionfuse.cutoff`).
+    fp_cache: dict | None = None
+    extra: dict[int, bytes] | None = None
+    #: Content digests of stored results learnt during the run (key -> digest or None).
+    contents: dict[str, str | None] = field(default_factory=dict)
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -570,6 +583,7 @@ def make_plan(
         listed = clock()
         key_of: dict[int, str] = {}
         fp_cache: dict = {}
+        plan.fp_cache, plan.extra = fp_cache, extra
         forced = _compile(force)
         forced_ids: set[int] = set()  # forced nodes and everything downstream of them
         forcing: dict[int, str] = {}  # id(task) -> FORCED or UPSTREAM_FORCED
@@ -659,6 +673,8 @@ def _miss_reason(storage: Any, workflow: str, task: Task, plan: Plan | None = No
             f"argument {name}" for name in now if name in before and before[name] != now[name]
             and not (isinstance(now[name], dict) and "node" in now[name])
         ]
+    if type(task.node) is FunctionNode:
+        note_previous(task, meta)  # what an early cutoff of the node needs
     return f"{INPUT_CHANGED}: {', '.join(changed)}" if changed else INPUT_CHANGED
 
 
@@ -853,6 +869,8 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
     code = task.code
     if code is not None and code["refs"]:  # without references the fingerprint says it all
         meta["code"] = code
+    if recipe_of(plan, task) is not None:  # what a later run's early cutoff compares
+        meta["recipe"] = recipe_member(task)
     try:
         if latecheck.checking():  # never stored from a damaged memory map, however it was reached
             latecheck.ensure_clean(_ancestor_keys(plan, task))

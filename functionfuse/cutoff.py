@@ -81,3 +81,158 @@ logger = logging.getLogger(__name__)
 
 #: The reason of a node cut off: run records and reports use it.
 UPSTREAM_UNCHANGED = "upstream unchanged"
+
+_SERIALIZER = "serializer"  # the part format of persistent serializers (side data)
+
+
+def content_digest(manifest: dict[str, Any]) -> str | None:
+    """The content digest of the result a manifest describes (see the module docstring),
+    or None for a result with side data of a persistent serializer."""
+    entries = []
+    for part in manifest.get("parts") or ():
+        info = part.get("info") or {}
+        if part.get("format") == _SERIALIZER or info.get("persistent"):
+            return None
+        entries.append([part.get("format"), part.get("object"), part.get("codec"), info])
+    doc = {"parts": entries, "result": manifest.get("result")}
+    try:
+        body = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what only json writes (integers beyond 64 bits in an info)
+        from .storage.manifests import canonical_json
+
+        body = canonical_json(doc)
+    return blake3.blake3(body).hexdigest()[:32]
+
+
+class _Positions(dict):
+    """``id(node) -> key`` for :func:`~functionfuse.caching.compute_key`, with the
+    node's inputs as ``dep<i>`` (their position) and any other node as its key."""
+
+    def __init__(self, task: Task, by_node: dict[int, Task]) -> None:
+        super().__init__((id(dep.node), f"dep{i}") for i, dep in enumerate(task.deps))
+        self._by_node = by_node
+
+    def get(self, node_id: int, default: Any = None) -> Any:  # type: ignore[override]
+        key = dict.get(self, node_id)
+        if key is None:
+            other = self._by_node.get(node_id)
+            return other.key if other is not None else default
+        return key
+
+
+def recipe_of(plan: Plan, task: Task) -> str | None:
+    """The recipe digest of a function node (computed once, on the driver), or None for
+    nodes early cutoff leaves alone (class nodes, unhashable arguments)."""
+    recipe = task.__dict__.get("recipe")
+    if recipe is not None or "recipe" in task.__dict__:
+        return recipe
+    from .caching import UNHASHABLE, Task, compute_key
+    from .graph import FunctionNode
+
+    node = task.node
+    recipe = None
+    if type(node) is FunctionNode and task.reason != UNHASHABLE and task.key is not None:
+        shadow = Task(node, task.name, task.func)
+        shadow.deps = task.deps
+        extra = plan.extra.get(id(node), b"") if plan.extra else b""
+        compute_key(shadow, _Positions(task, plan.by_node), False, plan.fp_cache, extra)
+        if shadow.reason != UNHASHABLE:
+            recipe = shadow.key
+    task.recipe = recipe
+    return recipe
+
+
+def recipe_member(task: Task) -> dict[str, Any] | None:
+    """The ``recipe`` member of the manifest of ``task``'s result (None without a recipe)."""
+    recipe = task.__dict__.get("recipe")
+    if recipe is None:
+        return None
+    return {"digest": recipe, "inputs": [dep.key for dep in task.deps]}
+
+
+def note_previous(task: Task, meta: dict[str, Any]) -> None:
+    """Keep what a cutoff of ``task`` needs from the manifest of its stored version
+    (read at planning to give the reason ``input changed``)."""
+    recipe = meta.get("recipe")
+    if (
+        isinstance(recipe, dict)
+        and isinstance(recipe.get("digest"), str)
+        and isinstance(recipe.get("inputs"), list)
+        and len(recipe["inputs"]) == len(task.deps)
+    ):
+        content = content_digest(meta)
+        if content is not None:
+            task.previous_recipe = recipe
+            task.previous_content = content
+
+
+def is_candidate(task: Task) -> bool:
+    """Whether ``task`` may be cut off: it must run because an input's key changed, and
+    its stored version has a recipe (see :func:`note_previous`)."""
+    from .caching import INPUT_CHANGED
+
+    return (
+        task.run
+        and task.store
+        and task.previous is not None
+        and task.reason.startswith(INPUT_CHANGED)
+        and task.__dict__.get("previous_recipe") is not None
+    )
+
+
+def mark_candidates(plan: Plan) -> int:
+    """Flag the tasks of ``plan`` that may be cut off (``task.cutoff``) and compute their
+    recipes; returns how many.  Called by executors when a run starts with early cutoff on."""
+    count = 0
+    for task in plan.tasks:
+        if is_candidate(task) and recipe_of(plan, task) == task.previous_recipe["digest"]:
+            task.cutoff = True
+            count += 1
+    return count
+
+
+def content_of(plan: Plan, key: str) -> str | None:
+    """The content digest of the result stored for ``key`` (None when there is none, or
+    it cannot be read): remembered for the run, else from its manifest."""
+    contents = plan.contents
+    if key in contents:
+        return contents[key]
+    try:
+        content = content_digest(plan.storage.read_meta(plan.workflow, key))
+    except Exception as exc:  # noqa: BLE001 - missing, damaged, unreachable: no cutoff
+        logger.debug("no content digest for %s: %s", key, exc)
+        content = None
+    contents[key] = content
+    return content
+
+
+def try_cutoff(plan: Plan, task: Task) -> bool:
+    """Cut ``task`` off if its inputs have the content its stored version was computed
+    from: publish that result under ``task.key`` and return True (the caller reports it).
+    False leaves the task to run."""
+    previous = task.previous_recipe
+    for dep, old in zip(task.deps, previous["inputs"]):
+        new = dep.key
+        if new == old:
+            continue
+        content = content_of(plan, new) if new is not None else None
+        if content is None or content != content_of(plan, old):
+            return False
+    meta = {
+        "node": task.name,
+        "workflow": plan.workflow,
+        "inputs": {dep.name: dep.key for dep in task.deps},
+        "recipe": recipe_member(task),
+    }
+    try:
+        plan.storage.alias(plan.workflow, task.name, task.key, task.previous, meta)
+    except Exception as exc:  # noqa: BLE001 - the old result is unusable: compute instead
+        logger.info("node %r: not cut off, its stored version %s cannot be reused (%s)", task.name,
+                    task.previous, exc)
+        return False
+    plan.contents[task.key] = task.previous_content
+    task.entry = task.key
+    task.reason = UPSTREAM_UNCHANGED
+    task.cutoff = False
+    logger.debug("node %r: upstream unchanged, result of %s reused as %s", task.name, task.previous, task.key)
+    return True

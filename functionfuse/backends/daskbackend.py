@@ -119,7 +119,7 @@ def _publish(report: tuple, status: tuple) -> None:
         import distributed
 
         worker = distributed.get_worker()
-        worker.log_event(topic, [run_id, worker.get_current_task(), status[0], status[1]])
+        worker.log_event(topic, [run_id, worker.get_current_task(), status[0], status[1], status[3]])
     except Exception as exc:  # noqa: BLE001 - progress is never worth failing a node for
         logger.debug("could not report progress: %s", exc)
 
@@ -215,11 +215,11 @@ class _DaskEngine(Engine):
             self.report = (_TOPIC, self.run_id)
 
     def _on_status(self, msg: list) -> None:
-        _, key, action, seconds = msg
+        _, key, action, seconds, reason = msg
         task = self.reported.get(key)
         if task is None:
             return
-        self.statuses[id(task)] = (action, seconds)
+        self.statuses[id(task)] = (action, seconds, None, reason)
         self.progress.node_done(task.name, action, seconds)
 
     def _key(self, prefix: str, task: Task) -> str:
@@ -503,18 +503,20 @@ class DaskWorkflow(DistributedWorkflow):
         force: str | Iterable[str] | None = None,
         strict_hashing: bool = False,
         progress: bool | None = None,
+        early_cutoff: bool = True,
     ) -> Any:
         """Run the workflow on Dask and return the given nodes' results.
 
         Returns the single node's result, or a list in the order the nodes
         were given (``None`` with ``return_results=False``).  ``force``,
-        ``strict_hashing`` and ``max_pending_tasks`` are as for the other
-        backends.  ``progress`` shows a progress bar (nodes done and to do,
+        ``strict_hashing``, ``early_cutoff`` and ``max_pending_tasks`` are as for the other
+        backends (a node cut off is checked and read on the worker that would compute it).
+        ``progress`` shows a progress bar (nodes done and to do,
         how many are running, elapsed time, cached and computed counts); by
         default when stderr is a terminal or in a notebook, see
         :mod:`functionfuse.progress`.  Node errors are raised naming the node.
         """
-        options = (return_results, max_pending_tasks, force, strict_hashing, progress)
+        options = (return_results, max_pending_tasks, force, strict_hashing, progress, early_cutoff)
         if self.client is not None:
             return self._run_on(self.client, *options)
         import distributed
@@ -524,7 +526,8 @@ class DaskWorkflow(DistributedWorkflow):
             return self._run_on(client, *options)
 
     def _run_on(
-        self, client: Any, return_results: bool, max_pending: int, force: Any, strict: bool, progress: bool | None
+        self, client: Any, return_results: bool, max_pending: int, force: Any, strict: bool, progress: bool | None,
+        early_cutoff: bool = True,
     ) -> Any:
         self._active_client = client
         return self._run(
@@ -534,6 +537,7 @@ class DaskWorkflow(DistributedWorkflow):
             force=force,
             strict_hashing=strict,
             progress=progress,
+            early_cutoff=early_cutoff,
         )
 
     def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:

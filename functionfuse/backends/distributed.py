@@ -39,15 +39,16 @@ from ..caching import (
     Plan,
     RunReport,
     Task,
+    begin_run,
+    end_run,
     finish_report,
     format_seconds,
     load_node,
-    begin_run,
-    end_run,
     make_plan,
     record_run,
     unusable_reason,
 )
+from ..cutoff import mark_candidates
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -246,14 +247,17 @@ class DistributedWorkflow(BaseWorkflow):
         force: str | Iterable[str] | None = None,
         strict_hashing: bool = False,
         progress: bool | None = None,
+        early_cutoff: bool = True,
     ) -> Any:
         if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
             raise GraphError(f"max_pending_tasks must be an int >= 0, got {max_pending_tasks!r}")
+        if not isinstance(early_cutoff, bool):
+            raise GraphError(f"early_cutoff must be True or False, got {early_cutoff!r}")
         reporter = progress_for(self.workflow_name, progress, concurrent=True)
         before = self.last_report
         try:
             results = self._attempts(
-                engine_factory, reporter, return_results, max_pending_tasks, force, strict_hashing
+                engine_factory, reporter, return_results, max_pending_tasks, force, strict_hashing, early_cutoff
             )
         finally:
             report = self.last_report if self.last_report is not before else None
@@ -265,19 +269,23 @@ class DistributedWorkflow(BaseWorkflow):
 
     def _attempts(
         self, engine_factory: Any, reporter: NoProgress, return_results: bool, max_pending_tasks: int,
-        force: Any, strict_hashing: bool,
+        force: Any, strict_hashing: bool, early_cutoff: bool = True,
     ) -> Any:
         """Run, again without the entries workers found unusable (at most :data:`MAX_ATTEMPTS` passes)."""
         unusable: dict[str, str] = {}
         start = time.perf_counter()
         for attempt in range(MAX_ATTEMPTS):
             engine = engine_factory()
-            engine.watch(reporter, statuses=getattr(self.object_storage, "lease_ttl", None) is not None)
             plan = None
             error: BaseException | None = None
             retrying = False
             try:
                 plan, plugin_funcs = self._plan(force, strict_hashing, unusable)
+                # Workers tell what each node did when it may differ from the plan: read
+                # instead of computed (another run's lease), or cut off (early cutoff).
+                cutoffs = mark_candidates(plan) if early_cutoff and plan.storage is not None else 0
+                leasing = getattr(self.object_storage, "lease_ttl", None) is not None
+                engine.watch(reporter, statuses=leasing or cutoffs > 0)
                 begin_run(plan)
                 with planning():  # argument summaries of the specs reuse what keying followed
                     results = self._one_pass(engine, plan, plugin_funcs, return_results, max_pending_tasks)
@@ -424,6 +432,8 @@ class DistributedWorkflow(BaseWorkflow):
                     continue  # released early; its consumer's error named it
                 if status is not None:
                     task.action, task.seconds = status[0], status[1]
+                    if len(status) > 3 and status[3] is not None:  # the worker cut it off
+                        task.reason, task.entry = status[3], task.key
                 elif task.run:
                     task.action = "replayed" if task.reason == "replay" else "computed"
                 else:

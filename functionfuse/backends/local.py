@@ -46,7 +46,8 @@ from ..caching import (
     record_run,
     run_node,
 )
-from ..errors import SerializerNotRegisteredError
+from ..cutoff import mark_candidates, try_cutoff
+from ..errors import GraphError, SerializerNotRegisteredError
 from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
 from ..progress import NO_PROGRESS, NoProgress, progress_for
@@ -89,6 +90,7 @@ class LocalWorkflow(BaseWorkflow):
         progress: bool | None = None,
         max_workers: int | None = None,
         processes: bool = False,
+        early_cutoff: bool = True,
     ) -> Any:
         """Run the workflow and return the results of the given nodes.
 
@@ -116,6 +118,11 @@ class LocalWorkflow(BaseWorkflow):
             With ``max_workers``: worker processes instead of threads, for
             CPU-bound Python functions (functions and arguments travel with
             cloudpickle; values come back and are stored here).
+        early_cutoff : bool
+            A node that must run only because an input changed is not run when its
+            inputs have the content its stored version was computed from: that result
+            is reused under the new key (reason ``upstream unchanged``; see
+            :mod:`functionfuse.cutoff`).  False: keys alone decide.
 
         Returns
         -------
@@ -135,7 +142,11 @@ class LocalWorkflow(BaseWorkflow):
         reporter = progress_for(self.workflow_name, progress)
         if self.object_storage is None and max_workers is None and not is_stateful(self._leaf_nodes()):
             return self._run_unstored(reporter)
+        if not isinstance(early_cutoff, bool):
+            raise GraphError(f"early_cutoff must be True or False, got {early_cutoff!r}")
         plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
+        if early_cutoff and plan.storage is not None:
+            mark_candidates(plan)
         begin_run(plan)
         packing(plan, True)
         runner = _LocalRun(plan, self.leaves, reporter)
@@ -346,7 +357,9 @@ class _LocalRun:
                 node = task.node
                 if show:
                     reporter.node_started(task.name)
-                if fast and type(node) is FunctionNode:
+                if task.cutoff and try_cutoff(self.plan, task):  # upstream unchanged: not run
+                    task.run, task.action = False, "skipped"
+                elif fast and type(node) is FunctionNode:
                     # The no-storage hot path of run_node, inlined.
                     args, kwargs = node.resolve_args(value_of)
                     task.action = "running"

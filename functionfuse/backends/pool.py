@@ -49,6 +49,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..caching import Task, _leasing, argument_summary, lease_or_value, node_error, run_node, store_node
+from ..cutoff import try_cutoff
 from ..errors import ExecutorError, NodeExecutionError
 from ..graph import ClassCallNode, ClassInitNode, FunctionNode
 
@@ -177,6 +178,10 @@ def execute_pooled(runner: Any, max_workers: int, processes: bool) -> list[Any]:
         while ready or futures:
             while ready and failure is None:
                 task = ready.pop(0)
+                if task.cutoff and try_cutoff(plan, task):  # upstream unchanged: not run
+                    task.run, task.action = False, "skipped"
+                    _finished(runner, task, dependents, waiting_on, ready, order)
+                    continue
                 if isinstance(task.node, (ClassInitNode, ClassCallNode)) or type(task.node) is not FunctionNode:
                     _in_driver(runner, task)  # stateful: here, in call order
                     _finished(runner, task, dependents, waiting_on, ready, order)

@@ -338,6 +338,7 @@ class RayWorkflow(DistributedWorkflow):
         force: str | Iterable[str] | None = None,
         strict_hashing: bool = False,
         progress: bool | None = None,
+        early_cutoff: bool = True,
     ) -> Any:
         """Run the workflow on Ray.
 
@@ -348,8 +349,9 @@ class RayWorkflow(DistributedWorkflow):
             :meth:`LocalWorkflow.run` does; otherwise return ``None``.
         max_pending_tasks : int
             At most this many tasks submitted and unfinished at once (0: no limit).
-        force, strict_hashing
-            As for :meth:`LocalWorkflow.run`.
+        force, strict_hashing, early_cutoff
+            As for :meth:`LocalWorkflow.run` (a node cut off is checked and read on the
+            worker that would compute it).
         progress : bool, optional
             Show a progress bar (nodes done and to do, how many are running,
             elapsed time, cached and computed counts); by default when stderr
@@ -372,6 +374,7 @@ class RayWorkflow(DistributedWorkflow):
             force=force,
             strict_hashing=strict_hashing,
             progress=progress,
+            early_cutoff=early_cutoff,
         )
 
     def _check_remote_args(self, args: dict, nodes: list[BaseNode]) -> None:

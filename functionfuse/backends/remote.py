@@ -27,7 +27,17 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from ..caching import LOAD_ERRORS, Plan, Task, argument_summary, load_node, run_node, unusable_reason
+from ..caching import (
+    INPUT_CHANGED,
+    LOAD_ERRORS,
+    Plan,
+    Task,
+    argument_summary,
+    load_node,
+    run_node,
+    unusable_reason,
+)
+from ..cutoff import UPSTREAM_UNCHANGED, recipe_of, try_cutoff
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -141,7 +151,8 @@ def _worker_task(task: Task) -> Task:
     copy.reason = task.reason
     copy.action = "skipped"
     copy.seconds = 0.0
-    for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "method"):
+    for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "method",
+                  "recipe", "previous", "previous_recipe", "previous_content", "cutoff"):
         if field in task.__dict__:
             setattr(copy, field, task.__dict__[field])
     return copy
@@ -214,6 +225,7 @@ def build_spec(
         where = tuple(dict.fromkeys([w for w, _ in node.top_refs] + list(node.nested)))
         if task.store:
             argument_summary(plan, task)  # the worker writes it into the entry's metadata
+            recipe_of(plan, task)  # and this, for a later early cutoff (the worker has no graph)
         worker_task = _worker_task(task)
         if functions is not None and task.func is not None:
             pickled = functions.get(id(task.func))
@@ -309,8 +321,17 @@ def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
                 key=task.key,
                 remote_traceback="".join(traceback.format_exception(exc)),
             ) from exc
+    plan = spec.plan()
+    if task.cutoff and try_cutoff(plan, task):  # upstream unchanged: its consumers get the stored value
+        try:
+            return load_node(plan, task)
+        except SerializerNotRegisteredError:
+            raise
+        except LOAD_ERRORS as exc:  # the reused result is damaged: compute it over the new manifest
+            logger.warning("node %r: its reused result is unusable (%s); computing it", task.name, exc)
+            task.reason, task.overwrite, task.entry = INPUT_CHANGED, True, None
     try:
-        return run_node(spec.plan(), task, args, kwargs, instance)
+        return run_node(plan, task, args, kwargs, instance)
     except NodeExecutionError as exc:
         cause = exc.__cause__
         if cause is not None and exc.remote_traceback is None:
@@ -324,8 +345,10 @@ def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
         ) from exc
 
 
-def _status(task: Task) -> tuple[str, float, int]:
-    return (task.action, task.seconds, os.getpid())
+def _status(task: Task) -> tuple[str, float, int, str | None]:
+    """What the driver learns of a node: action, seconds, the worker's pid, and the
+    reason when the worker decided it (a cutoff), else None."""
+    return (task.action, task.seconds, os.getpid(), task.reason if task.reason == UPSTREAM_UNCHANGED else None)
 
 
 def run_task(blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:

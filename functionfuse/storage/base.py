@@ -541,6 +541,22 @@ class Storage(ABC):
                 raise
             raise failure from exc
 
+    def alias(self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict) -> str:
+        """Publish the result stored for key ``stored`` as the result of ``key``, without
+        copying data (early cutoff, see :mod:`functionfuse.cutoff`); ``meta`` replaces the
+        informative members it names.  Returns ``key``.  Raises EntryNotFoundError or
+        CorruptEntryError when ``stored`` is gone or damaged, StorageError (naming the node)
+        when the storage fails."""
+        meta = {**meta, "node": node_name, "workflow": workflow_name, "created": utc_now_iso(), "host": _HOST}
+        try:
+            self.results.alias(key, stored, meta)
+        except StorageError as exc:
+            named = _naming_node(exc, workflow_name, node_name)
+            if named is exc:
+                raise
+            raise named from exc
+        return key
+
     def read_meta(self, workflow_name: str, key: str) -> dict:
         """The manifest of ``key`` (node, function, arguments, inputs, parts ...), never unpickled."""
         doc = self.results.read_manifest(key)

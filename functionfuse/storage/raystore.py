@@ -478,6 +478,10 @@ class RayStorage(Storage):
             return self._call("load", workflow_name, key, with_tree=True)
         return self._call("load", workflow_name, key)
 
+    def alias(self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict) -> str:
+        """Publish ``stored``'s result as ``key``'s too (one task; see :meth:`Storage.alias`)."""
+        return self._call("alias", workflow_name, node_name, key, stored, meta)
+
     def read_meta(self, workflow_name: str, key: str) -> dict:
         """The manifest of ``key``."""
         return self._call("read_meta", workflow_name, key)

@@ -168,6 +168,27 @@ class ResultStore:
             return self.read_manifest(key)  # another writer published this key first
         return doc
 
+    def alias(self, key: str, stored: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Publish the result of ``stored`` as the result of ``key`` too: a manifest naming
+        the same objects (nothing is copied), with ``meta`` over the stored manifest's
+        informative members and ``"same_as": stored`` (early cutoff, see
+        :mod:`functionfuse.cutoff`).  Returns the manifest of ``key``; when ``key`` is
+        stored already, that one.  Raises EntryNotFoundError / CorruptEntryError when
+        ``stored`` cannot be read, and the missing object's error when one of its objects
+        is gone."""
+        doc = self.read_manifest(stored)
+        refs = [ObjectRef.from_json(part) for part in doc["parts"]]
+        missing = {ref.hash for ref in refs} - self.objects.exists(refs)
+        if missing:  # a manifest never names an object that is not there (with its size)
+            raise EntryNotFoundError(f"objects {sorted(missing)} of {stored} are missing from {self.objects.url}")
+        if not self._marked:
+            self._mark()
+        fields = {**doc, **meta, "key": key, "same_as": stored}
+        fields.pop("checksum", None)
+        if not self._commit(key, encode_manifest(fields), replace=False, packed=not doc["parts"]):
+            return self.read_manifest(key)
+        return manifest_doc(fields)
+
     def _commit(self, key: str, data: bytes, *, replace: bool, packed: bool) -> bool:
         """Publish the manifest bytes of ``key`` (the commit of a save): a loose file
         create-if-absent, or, for a manifest without parts (``packed``) on a local
