@@ -75,7 +75,15 @@ import orjson
 if TYPE_CHECKING:
     from .caching import Plan, Task
 
-__all__ = ["UPSTREAM_UNCHANGED", "content_digest", "recipe_of", "is_candidate", "try_cutoff"]
+__all__ = [
+    "UPSTREAM_UNCHANGED",
+    "content_digest",
+    "recipe_of",
+    "is_candidate",
+    "possible_cutoffs",
+    "mark_candidates",
+    "try_cutoff",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -180,15 +188,38 @@ def is_candidate(task: Task) -> bool:
     )
 
 
+def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
+    """``id(task) -> names`` for the tasks of ``plan`` a run may cut off: the names are
+    the nodes that surely run whose results decide it (through candidates above it)."""
+    found: dict[int, list[str]] = {}
+    for task in plan.tasks:
+        if is_candidate(task) and recipe_of(plan, task) == task.previous_recipe["digest"]:
+            sources: list[str] = []
+            for dep in task.deps:
+                if id(dep) in found:
+                    sources += found[id(dep)]
+                elif dep.run:
+                    sources.append(dep.name)
+            found[id(task)] = list(dict.fromkeys(sources))
+    return found
+
+
 def mark_candidates(plan: Plan) -> int:
     """Flag the tasks of ``plan`` that may be cut off (``task.cutoff``) and compute their
     recipes; returns how many.  Called by executors when a run starts with early cutoff on."""
-    count = 0
+    found = possible_cutoffs(plan)
     for task in plan.tasks:
-        if is_candidate(task) and recipe_of(plan, task) == task.previous_recipe["digest"]:
+        if id(task) in found:
             task.cutoff = True
-            count += 1
-    return count
+    return len(found)
+
+
+def cutoff_note(sources: list[str]) -> str:
+    """What ``explain()`` adds to the reason of a node a run may cut off."""
+    if not sources:
+        return "may be cut off: its inputs' content decides"
+    verb = "changes" if len(sources) == 1 else "change"
+    return f"may be cut off: depends on whether {', '.join(sources)} {verb}"
 
 
 def content_of(plan: Plan, key: str) -> str | None:

@@ -9,7 +9,9 @@ Each node gets one of the actions a run would take:
 
 * ``compute`` — no usable entry for its key, with the reason: ``new``,
   ``code changed: <what>`` (the function, a global, a helper), ``input
-  changed: <which>`` (an input node or a literal argument), ``forced``,
+  changed: <which>`` (an input node or a literal argument; followed by
+  ``may be cut off: depends on whether X changes`` when early cutoff may
+  reuse its stored result, see :mod:`functionfuse.cutoff`), ``forced``,
   ``upstream forced``, ``unhashable input``, ``not stored`` (a log node),
   ``no storage``;
 * ``replay`` — a cached call of a stateful instance re-executed to rebuild the
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .caching import CACHED, REPLAY, Plan
+from .cutoff import cutoff_note, possible_cutoffs
 
 __all__ = ["Explanation", "PlannedNode", "explain_plan"]
 
@@ -96,6 +99,7 @@ def explain_plan(plan: Plan, leaves: list[Any]) -> Explanation:
     for task in plan.tasks:
         if task.run:
             needed.update(id(dep) for dep in task.deps)
+    maybe = possible_cutoffs(plan) if plan.storage is not None else {}
     out = []
     for task in plan.tasks:
         if task.run:
@@ -105,5 +109,7 @@ def explain_plan(plan: Plan, leaves: list[Any]) -> Explanation:
         else:
             action = "skip"
         reason = task.reason if task.run or plan.storage is None else CACHED
+        if id(task) in maybe:
+            reason = f"{reason}; {cutoff_note(maybe[id(task)])}"
         out.append(PlannedNode(task.name, task.key, action, reason))
     return Explanation(plan.workflow, out)

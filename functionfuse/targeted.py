@@ -71,6 +71,7 @@ def compute(
     executor: Any = None,
     force: str | Iterable[str] | None = None,
     strict_hashing: bool = False,
+    early_cutoff: bool = True,
 ) -> Any:
     """Compute the given nodes and exactly what they need.
 
@@ -89,6 +90,9 @@ def compute(
         Regular expressions of node names to recompute (and their consumers).
     strict_hashing : bool
         Raise for arguments that cannot be hashed instead of warning.
+    early_cutoff : bool
+        Reuse the stored result of a node whose inputs changed keys but not content
+        (see :mod:`functionfuse.cutoff`); False lets keys alone decide.
 
     Returns
     -------
@@ -97,9 +101,10 @@ def compute(
     """
     wf, kind = _workflow(nodes, storage, workflow_name, executor)
     try:
+        options = {"force": force, "strict_hashing": strict_hashing, "early_cutoff": early_cutoff}
         if kind == "local":
-            return wf.run(force=force, strict_hashing=strict_hashing)
-        return wf.run(return_results=True, force=force, strict_hashing=strict_hashing)
+            return wf.run(**options)
+        return wf.run(return_results=True, **options)
     finally:
         compute.last_report = wf.last_report  # type: ignore[attr-defined]
 

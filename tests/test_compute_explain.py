@@ -163,7 +163,7 @@ def test_explain_runs_and_writes_nothing_and_says_why(tmp_path, monkeypatch):
     assert {p.node: (p.action, p.reason) for p in plan.entries} == {
         "load": ("read", "cached"),
         "scale": ("compute", "code changed: global RATE"),
-        "total": ("compute", "input changed: scale"),
+        "total": ("compute", "input changed: scale; may be cut off: depends on whether scale changes"),
     }
     plan = explain(total(scale(load(4).set_name("load"), 7).set_name("scale")).set_name("total"),
                    storage=storage, workflow_name="wf", force="load")
