@@ -274,6 +274,7 @@ class Task:
     recipe: str | None = None
     previous_recipe: dict | None = None
     previous_content: str | None = None
+    previous_manifest: dict | None = None
     cutoff = False
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:
@@ -315,8 +316,10 @@ class Plan:
     #: cutoff computes recipes with them, see :mod:`functionfuse.cutoff`).
     fp_cache: dict | None = None
     extra: dict[int, bytes] | None = None
-    #: Content digests of stored results learnt during the run (key -> digest or None).
+    #: Content digests of stored results learnt during the run (key -> digest or None),
+    #: and ``id(task)`` of the tasks whose digest a possible cutoff will ask for.
     contents: dict[str, str | None] = field(default_factory=dict)
+    wanted: set[int] = field(default_factory=set)
 
     def task(self, node: BaseNode) -> Task:
         return self.by_node[id(node)]
@@ -675,6 +678,8 @@ def _miss_reason(storage: Any, workflow: str, task: Task, plan: Plan | None = No
         ]
     if type(task.node) is FunctionNode:
         note_previous(task, meta)  # what an early cutoff of the node needs
+        if plan is not None and task.previous_content is not None:
+            plan.contents[task.previous] = task.previous_content
     return f"{INPUT_CHANGED}: {', '.join(changed)}" if changed else INPUT_CHANGED
 
 
@@ -874,10 +879,14 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
     try:
         if latecheck.checking():  # never stored from a damaged memory map, however it was reached
             latecheck.ensure_clean(_ancestor_keys(plan, task))
-        filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite)
+        digest = id(task) in plan.wanted  # a consumer may be cut off: keep the digest
+        filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite,
+                                **({"digest": True} if digest else {}))
     except BaseException:
         task.action = "failed"
         raise
+    if digest:
+        plan.contents[task.key] = meta.get("content")
     task.entry = filename
     task.tree = meta.get("inline")
     latecheck.forget(task.key)

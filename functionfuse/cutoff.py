@@ -172,6 +172,7 @@ def note_previous(task: Task, meta: dict[str, Any]) -> None:
         if content is not None:
             task.previous_recipe = recipe
             task.previous_content = content
+            task.previous_manifest = meta  # a cutoff publishes it again under the new key
 
 
 def is_candidate(task: Task) -> bool:
@@ -211,6 +212,7 @@ def mark_candidates(plan: Plan) -> int:
     for task in plan.tasks:
         if id(task) in found:
             task.cutoff = True
+            plan.wanted.update(id(dep) for dep in task.deps)
     return len(found)
 
 
@@ -256,12 +258,13 @@ def try_cutoff(plan: Plan, task: Task) -> bool:
         "recipe": recipe_member(task),
     }
     try:
-        plan.storage.alias(plan.workflow, task.name, task.key, task.previous, meta)
+        plan.storage.alias(plan.workflow, task.name, task.key, task.previous, meta,
+                           manifest=task.__dict__.get("previous_manifest"))
     except Exception as exc:  # noqa: BLE001 - the old result is unusable: compute instead
         logger.info("node %r: not cut off, its stored version %s cannot be reused (%s)", task.name,
                     task.previous, exc)
         return False
-    plan.contents[task.key] = task.previous_content
+    plan.contents[task.key] = plan.contents[task.previous] = task.previous_content
     task.entry = task.key
     task.reason = UPSTREAM_UNCHANGED
     task.cutoff = False

@@ -452,16 +452,19 @@ class Storage(ABC):
         return self.results.present(keys)
 
     def save(
-        self, workflow_name: str, node_name: str, key: str, value: Any, meta: dict, *, overwrite: bool = False
+        self, workflow_name: str, node_name: str, key: str, value: Any, meta: dict, *, overwrite: bool = False,
+        digest: bool = False,
     ) -> str:
         """Store ``value`` as the result of cache ``key``; returns the key.
 
         ``meta`` (function, arguments, inputs ...) is completed with the node,
         workflow, time, host and library versions and written into the
         manifest.  ``overwrite`` writes every object and the manifest again
-        (over a damaged copy).  Raises SerializationError (naming the node)
-        when ``value`` cannot be serialized (nothing is published then), and
-        StorageError (naming the node) when the storage fails.
+        (over a damaged copy).  ``digest`` adds the stored result's content digest
+        to ``meta`` as ``meta["content"]`` (see :mod:`functionfuse.cutoff`).  Raises
+        SerializationError (naming the node) when ``value`` cannot be serialized
+        (nothing is published then), and StorageError (naming the node) when the
+        storage fails.
         """
         meta["node"] = node_name
         meta["workflow"] = workflow_name
@@ -511,6 +514,10 @@ class Storage(ABC):
             tree = small_tree(manifest)
             if tree is not None:
                 meta["inline"] = tree  # for the run record (see Listing.values)
+        if digest:  # a consumer's early cutoff compares it (see functionfuse.cutoff)
+            from ..cutoff import content_digest
+
+            meta["content"] = content_digest(manifest)
         return key
 
     def load(self, workflow_name: str, key: str, *, with_tree: bool = False) -> Any:
@@ -541,15 +548,18 @@ class Storage(ABC):
                 raise
             raise failure from exc
 
-    def alias(self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict) -> str:
+    def alias(
+        self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict, *, manifest: dict | None = None
+    ) -> str:
         """Publish the result stored for key ``stored`` as the result of ``key``, without
         copying data (early cutoff, see :mod:`functionfuse.cutoff`); ``meta`` replaces the
-        informative members it names.  Returns ``key``.  Raises EntryNotFoundError or
+        informative members it names.  ``manifest``: ``stored``'s manifest, when it was
+        just read (from :meth:`read_meta`).  Returns ``key``.  Raises EntryNotFoundError or
         CorruptEntryError when ``stored`` is gone or damaged, StorageError (naming the node)
         when the storage fails."""
         meta = {**meta, "node": node_name, "workflow": workflow_name, "created": utc_now_iso(), "host": _HOST}
         try:
-            self.results.alias(key, stored, meta)
+            self.results.alias(key, stored, meta, manifest=manifest)
         except StorageError as exc:
             named = _naming_node(exc, workflow_name, node_name)
             if named is exc:

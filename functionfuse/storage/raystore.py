@@ -447,7 +447,8 @@ class RayStorage(Storage):
         return self._call("record_run", workflow_name, run_id, nodes, **fields)
 
     def save(
-        self, workflow_name: str, node_name: str, key: str, value: Any, meta: dict, *, overwrite: bool = False
+        self, workflow_name: str, node_name: str, key: str, value: Any, meta: dict, *, overwrite: bool = False,
+        digest: bool = False,
     ) -> str:
         """Send ``value`` to a storage task that serializes and publishes it.
 
@@ -459,7 +460,9 @@ class RayStorage(Storage):
 
         args = (workflow_name, node_name, key, value, meta)
         try:
-            request = cloudpickle.dumps((self._target(), "save", args, {"overwrite": overwrite}), protocol=5)
+            request = cloudpickle.dumps(
+                (self._target(), "save", args, {"overwrite": overwrite, "digest": digest}), protocol=5
+            )
         except Exception as exc:  # noqa: BLE001 - any failure of user __reduce__: name the node
             raise SerializationError(
                 f"the result of node {node_name!r} (a {type(value).__module__}.{type(value).__qualname__}) "
@@ -478,9 +481,11 @@ class RayStorage(Storage):
             return self._call("load", workflow_name, key, with_tree=True)
         return self._call("load", workflow_name, key)
 
-    def alias(self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict) -> str:
+    def alias(
+        self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict, *, manifest: dict | None = None
+    ) -> str:
         """Publish ``stored``'s result as ``key``'s too (one task; see :meth:`Storage.alias`)."""
-        return self._call("alias", workflow_name, node_name, key, stored, meta)
+        return self._call("alias", workflow_name, node_name, key, stored, meta, manifest=manifest)
 
     def read_meta(self, workflow_name: str, key: str) -> dict:
         """The manifest of ``key``."""

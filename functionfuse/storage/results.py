@@ -168,15 +168,17 @@ class ResultStore:
             return self.read_manifest(key)  # another writer published this key first
         return doc
 
-    def alias(self, key: str, stored: str, meta: dict[str, Any]) -> dict[str, Any]:
+    def alias(self, key: str, stored: str, meta: dict[str, Any], *, manifest: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
         """Publish the result of ``stored`` as the result of ``key`` too: a manifest naming
         the same objects (nothing is copied), with ``meta`` over the stored manifest's
         informative members and ``"same_as": stored`` (early cutoff, see
         :mod:`functionfuse.cutoff`).  Returns the manifest of ``key``; when ``key`` is
         stored already, that one.  Raises EntryNotFoundError / CorruptEntryError when
         ``stored`` cannot be read, and the missing object's error when one of its objects
-        is gone."""
-        doc = self.read_manifest(stored)
+        is gone.  ``manifest`` is ``stored``'s manifest when the caller just read it."""
+        doc = self.read_manifest(stored) if manifest is None else manifest
+        doc = {k: v for k, v in doc.items() if k not in ("persistent", "persistent_versions")}  # read_meta's
         refs = [ObjectRef.from_json(part) for part in doc["parts"]]
         missing = {ref.hash for ref in refs} - self.objects.exists(refs)
         if missing:  # a manifest never names an object that is not there (with its size)
