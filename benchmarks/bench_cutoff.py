@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = storage_factory({"kind": "file", "options": {"path": os.path.join(scratch, "folder")}})
         figure("C1 local, folder           ", local, folder, reps)
 
-        from moto.server import ThreadedMotoServer
         import s3fs
+        from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
