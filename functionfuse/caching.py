@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .arguments import _params, summarize_arguments
-from .cutoff import note_previous, recipe_member, recipe_of
+from .cutoff import note_previous, recipe_member, records_inputs
 from .errors import (
     CorruptEntryError,
     EntryNotFoundError,
@@ -269,9 +269,9 @@ class Task:
     overwrite = False
     previous: str | None = None  # the key of the node's current stored version, when it differs
     method: str | None = None  # for a call on a stateful instance
-    # Early cutoff (functionfuse.cutoff): the recipe digest of a computed function node,
-    # the stored version's recipe and content digest, and whether the run checks it.
-    recipe: str | None = None
+    # Early cutoff (functionfuse.cutoff): whether the result records its inputs, the
+    # stored version's record, content digest and manifest, and whether the run checks it.
+    recipe: bool | None = None  # whether its manifest records its inputs (None: not decided yet)
     previous_recipe: dict | None = None
     previous_content: str | None = None
     previous_manifest: dict | None = None
@@ -874,12 +874,12 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
     code = task.code
     if code is not None and code["refs"]:  # without references the fingerprint says it all
         meta["code"] = code
-    if recipe_of(plan, task) is not None:  # what a later run's early cutoff compares
-        meta["recipe"] = recipe_member(task)
+    if records_inputs(task):  # what a later run's early cutoff compares
+        meta["recipe"] = recipe_member(plan, task)
     try:
         if latecheck.checking():  # never stored from a damaged memory map, however it was reached
             latecheck.ensure_clean(_ancestor_keys(plan, task))
-        digest = id(task) in plan.wanted  # a consumer may be cut off: keep the digest
+        digest = id(task) in plan.wanted  # a consumer records it (see functionfuse.cutoff)
         filename = storage.save(plan.workflow, task.name, task.key, value, meta, overwrite=task.overwrite,
                                 **({"digest": True} if digest else {}))
     except BaseException:
@@ -887,6 +887,8 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
         raise
     if digest:
         plan.contents[task.key] = meta.get("content")
+    else:
+        plan.contents.pop(task.key, None)  # stored again (a damaged entry replaced): read it anew
     task.entry = filename
     task.tree = meta.get("inline")
     latecheck.forget(task.key)

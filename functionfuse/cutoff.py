@@ -9,21 +9,22 @@ the *content* of its inputs with the content its stored output was built from.  
 module does that on top of store v2's content-addressed objects.  Keys and planning
 do not change: the cutoff is decided at run time, and only for nodes about to run.
 
-Digests
--------
+What a result records
+---------------------
 * **Content digest** ``D`` of a stored result: BLAKE3 (32 hex digits) of the canonical
   JSON of ``{"parts": [[format, object, codec, info], ...], "result": tree}`` taken from
   its manifest.  Objects are content-addressed (``object`` is the BLAKE3 of the stored
-  bytes) and the tree and the parts are all a load uses, so two results with one
-  digest load as equal values.  Derived from any manifest, old ones included; a
-  result whose parts hold side data of a persistent serializer (HDF5 files ...) has
-  no digest: what it names lives outside the objects, so it takes no part in cutoffs.
-* **Recipe** ``R`` of a function node: the node's key computed with each input's key
-  replaced by the input's *position* (``dep0``, ``dep1`` ...): code fingerprint,
-  captured values, literal arguments, the backend's extra inputs, and where each
-  input goes, but not which result it was.  Every result the caching core stores
-  carries ``"recipe": {"digest": R, "inputs": [key of input 0, key of input 1, ...]}``
-  in its manifest.
+  bytes) and the tree and the parts are all a load uses.  Derived from a manifest,
+  never stored.  A result has none when its bytes do not determine its value: a
+  ``pickle`` part names classes and functions whose code may change (the same bytes
+  would then load as another behaviour), and side data of a persistent serializer
+  (HDF5 files ...) lies outside the objects.  Such results take no part in cutoffs.
+* Every result of a function node the caching core stores records what it was computed
+  from: ``"recipe": {"inputs": [key of input 0, ...], "contents": [D of input 0 or
+  null, ...]}``, in the order of the node's inputs (:func:`recipe_member`).  The
+  digests are taken when the result is stored: a key whose result is stored again
+  later (``force=`` on a node that reads a file, a damaged entry replaced by another
+  value) cannot make an old record lie.
 
 The rule
 --------
@@ -31,10 +32,11 @@ A function node that must run only because an input's key changed (reason
 ``input changed``) is *cut off* when the stored version the workflow's latest run
 recorded for it (``Task.previous``):
 
-1. has a recipe with the same digest ``R`` (same code, arguments, captured values,
-   inputs in the same places), and
-2. for every input position ``i``, the input it was computed from and the input now
-   have the same key, or two content digests that are equal.
+1. has the key this node gets when its inputs are given the keys that version recorded
+   (so its code, literal arguments, captured values and the backend's extra inputs are
+   the same: keys are collision-resistant), and
+2. for every input whose key changed, the input's result now has the content digest
+   that version recorded (position by position, so swapped inputs differ).
 
 Then the node is not run: its stored result is published under its new key (a
 manifest naming the same objects, with ``"same_as": <old key>``; no data is copied)
@@ -42,11 +44,11 @@ and reported ``skipped``, or ``read`` when a running node or the caller needs it
 value, with reason ``upstream unchanged``.  Its content is the old one, so its own
 consumers are checked the same way: the cutoff propagates as far as results stay
 identical.  Never cut off: nodes that are forced or downstream of a forced node,
-nodes whose own code, arguments or captured values changed (their recipe differs),
-class nodes (their state is a chain of calls), unhashable ones, and nodes whose
-stored version has no recipe (stored before this module, or by a node that could
-not be checked).  A nondeterministic input (another content digest each run)
-recomputes its consumers as before.
+nodes whose own code, arguments or captured values changed, class nodes (their state
+is a chain of calls), unhashable ones, and nodes whose stored version records no
+inputs (stored before this module).  An input without a digest (pickled, side data,
+kept out of storage) or with another one each run (nondeterministic) recomputes its
+consumers as before.
 
 Where it runs
 -------------
@@ -56,12 +58,14 @@ Where it runs
   know the content of results computed on other workers); a cut-off node is loaded
   there, since its consumers receive its value (reported ``read``).
 * ``run(early_cutoff=False)`` turns the check off: keys alone decide, as in the
-  original package.  Manifests still get their recipe, so a later run can cut off.
+  original package.  Results still record their inputs, so a later run can cut off.
 
-Costs: nothing for nodes that do not run.  For a candidate, one manifest read of its
-stored version (already read at planning, to give the reason) and, per input whose
-key changed, the content digests of the old and the new input: known when the input
-ran in this process, otherwise one manifest read each.
+Costs: planning keys nothing more (candidates are found from the manifests planning
+reads anyway, to give the reason ``input changed``, plus one key computation each).
+Storing a result records its inputs' digests: those computed in the same process are
+taken when they are stored, others are read from their manifests (once per run and
+process).  A check reads the manifest of each input whose key changed (usually known
+already) and writes one manifest.
 """
 
 from __future__ import annotations
@@ -78,9 +82,10 @@ if TYPE_CHECKING:
 __all__ = [
     "UPSTREAM_UNCHANGED",
     "content_digest",
-    "recipe_of",
+    "recipe_member",
     "is_candidate",
     "possible_cutoffs",
+    "want_contents",
     "mark_candidates",
     "try_cutoff",
 ]
@@ -90,16 +95,24 @@ logger = logging.getLogger(__name__)
 #: The reason of a node cut off: run records and reports use it.
 UPSTREAM_UNCHANGED = "upstream unchanged"
 
-_SERIALIZER = "serializer"  # the part format of persistent serializers (side data)
+#: Part formats whose bytes do not determine the value: side data of a persistent
+#: serializer lies outside the objects, and a pickle refers to classes and functions by
+#: name, whose code may have changed (the same bytes then load as another behaviour).
+_UNCOMPARABLE = frozenset(("serializer", "pickle"))
+
+#: Content digests of results workers read, per run (bounded): ``(run id, key) -> digest``.
+_SEEN: dict[tuple[str, str], str | None] = {}
+_SEEN_LIMIT = 4096
 
 
 def content_digest(manifest: dict[str, Any]) -> str | None:
     """The content digest of the result a manifest describes (see the module docstring),
-    or None for a result with side data of a persistent serializer."""
+    or None for a result whose bytes do not determine its value (a pickle part, side
+    data of a persistent serializer)."""
     entries = []
     for part in manifest.get("parts") or ():
         info = part.get("info") or {}
-        if part.get("format") == _SERIALIZER or info.get("persistent"):
+        if part.get("format") in _UNCOMPARABLE or not isinstance(info, dict) or info.get("persistent"):
             return None
         entries.append([part.get("format"), part.get("object"), part.get("codec"), info])
     doc = {"parts": entries, "result": manifest.get("result")}
@@ -112,12 +125,70 @@ def content_digest(manifest: dict[str, Any]) -> str | None:
     return blake3.blake3(body).hexdigest()[:32]
 
 
-class _Positions(dict):
-    """``id(node) -> key`` for :func:`~functionfuse.caching.compute_key`, with the
-    node's inputs as ``dep<i>`` (their position) and any other node as its key."""
+def records_inputs(task: Task) -> bool:
+    """Whether the manifest of ``task``'s result records what it was computed from: stored
+    function nodes with hashable arguments (decided on the driver; a worker's copy of
+    the task carries the answer as ``task.recipe``)."""
+    recipe = task.recipe
+    if recipe is None:
+        from .caching import UNHASHABLE
+        from .graph import FunctionNode
+
+        recipe = task.recipe = type(task.node) is FunctionNode and task.reason != UNHASHABLE
+    return recipe
+
+
+def recipe_member(plan: Plan, task: Task, contents: list[str | None] | None = None) -> dict[str, Any]:
+    """The ``recipe`` member of the manifest of ``task``'s result: its inputs' keys and the
+    content digests they had, in input order."""
+    keys = [dep.key for dep in task.deps]
+    if contents is None:
+        contents = [content_of(plan, key) if key is not None else None for key in keys]
+    return {"inputs": keys, "contents": contents}
+
+
+def note_previous(task: Task, meta: dict[str, Any]) -> None:
+    """Keep what a cutoff of ``task`` needs from the manifest of its stored version
+    (read at planning to give the reason ``input changed``)."""
+    recipe = meta.get("recipe")
+    n = len(task.deps)
+    if not (
+        isinstance(recipe, dict)
+        and isinstance(recipe.get("inputs"), list) and len(recipe["inputs"]) == n
+        and isinstance(recipe.get("contents"), list) and len(recipe["contents"]) == n
+    ):
+        return
+    try:
+        content = content_digest(meta)
+    except Exception as exc:  # noqa: BLE001 - an odd manifest: no cutoff, never a failed plan
+        logger.debug("node %r: no content digest for %s (%s)", task.name, task.previous, exc)
+        return
+    if content is not None:
+        task.previous_recipe = recipe
+        task.previous_content = content
+        task.previous_manifest = meta  # a cutoff publishes it again under the new key
+
+
+def is_candidate(task: Task) -> bool:
+    """Whether ``task`` may be cut off as far as its reason tells: it must run because an
+    input's key changed, and its stored version records its inputs (:func:`note_previous`)."""
+    from .caching import INPUT_CHANGED
+
+    return (
+        task.run
+        and task.store
+        and task.previous is not None
+        and task.reason.startswith(INPUT_CHANGED)
+        and task.previous_recipe is not None
+    )
+
+
+class _OldInputs(dict):
+    """``id(node) -> key`` for :func:`~functionfuse.caching.compute_key`: the node's inputs
+    at the keys its stored version was computed from, any other node at its key."""
 
     def __init__(self, task: Task, by_node: dict[int, Task]) -> None:
-        super().__init__((id(dep.node), f"dep{i}") for i, dep in enumerate(task.deps))
+        super().__init__((id(dep.node), old) for dep, old in zip(task.deps, task.previous_recipe["inputs"]))
         self._by_node = by_node
 
     def get(self, node_id: int, default: Any = None) -> Any:  # type: ignore[override]
@@ -128,65 +199,18 @@ class _Positions(dict):
         return key
 
 
-def recipe_of(plan: Plan, task: Task) -> str | None:
-    """The recipe digest of a function node (computed once, on the driver), or None for
-    nodes early cutoff leaves alone (class nodes, unhashable arguments)."""
-    recipe = task.__dict__.get("recipe")
-    if recipe is not None or "recipe" in task.__dict__:
-        return recipe
+def _same_recipe(plan: Plan, task: Task) -> bool:
+    """Whether ``task`` fed with the inputs its stored version was computed from gets that
+    version's key: then its code, arguments and captured values are the same."""
     from .caching import UNHASHABLE, Task, compute_key
-    from .graph import FunctionNode
 
-    node = task.node
-    recipe = None
-    if type(node) is FunctionNode and task.reason != UNHASHABLE and task.key is not None:
-        shadow = Task(node, task.name, task.func)
-        shadow.deps = task.deps
-        extra = plan.extra.get(id(node), b"") if plan.extra else b""
-        compute_key(shadow, _Positions(task, plan.by_node), False, plan.fp_cache, extra)
-        if shadow.reason != UNHASHABLE:
-            recipe = shadow.key
-    task.recipe = recipe
-    return recipe
-
-
-def recipe_member(task: Task) -> dict[str, Any] | None:
-    """The ``recipe`` member of the manifest of ``task``'s result (None without a recipe)."""
-    recipe = task.__dict__.get("recipe")
-    if recipe is None:
-        return None
-    return {"digest": recipe, "inputs": [dep.key for dep in task.deps]}
-
-
-def note_previous(task: Task, meta: dict[str, Any]) -> None:
-    """Keep what a cutoff of ``task`` needs from the manifest of its stored version
-    (read at planning to give the reason ``input changed``)."""
-    recipe = meta.get("recipe")
-    if (
-        isinstance(recipe, dict)
-        and isinstance(recipe.get("digest"), str)
-        and isinstance(recipe.get("inputs"), list)
-        and len(recipe["inputs"]) == len(task.deps)
-    ):
-        content = content_digest(meta)
-        if content is not None:
-            task.previous_recipe = recipe
-            task.previous_content = content
-            task.previous_manifest = meta  # a cutoff publishes it again under the new key
-
-
-def is_candidate(task: Task) -> bool:
-    """Whether ``task`` may be cut off: it must run because an input's key changed, and
-    its stored version has a recipe (see :func:`note_previous`)."""
-    from .caching import INPUT_CHANGED
-
-    return (
-        task.run
-        and task.store
-        and task.previous is not None
-        and task.reason.startswith(INPUT_CHANGED)
-        and task.__dict__.get("previous_recipe") is not None
-    )
+    if not all(isinstance(k, str) for k in task.previous_recipe["inputs"]):
+        return False
+    shadow = Task(task.node, task.name, task.func)
+    shadow.deps = task.deps
+    extra = plan.extra.get(id(task.node), b"") if plan.extra else b""
+    compute_key(shadow, _OldInputs(task, plan.by_node), False, plan.fp_cache, extra)
+    return shadow.reason != UNHASHABLE and shadow.key == task.previous
 
 
 def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
@@ -194,25 +218,41 @@ def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
     the nodes that surely run whose results decide it (through candidates above it)."""
     found: dict[int, list[str]] = {}
     for task in plan.tasks:
-        if is_candidate(task) and recipe_of(plan, task) == task.previous_recipe["digest"]:
-            sources: list[str] = []
-            for dep in task.deps:
-                if id(dep) in found:
-                    sources += found[id(dep)]
-                elif dep.run:
-                    sources.append(dep.name)
-            found[id(task)] = list(dict.fromkeys(sources))
+        if not is_candidate(task) or not records_inputs(task):
+            continue
+        recipe = task.previous_recipe
+        sources: list[str] = []
+        for dep, old, content in zip(task.deps, recipe["inputs"], recipe["contents"]):
+            if dep.key == old:
+                continue
+            if not isinstance(content, str):  # no content recorded to compare with
+                break
+            if id(dep) in found:
+                sources += found[id(dep)]
+            elif dep.run:
+                sources.append(dep.name)
+        else:
+            if _same_recipe(plan, task):
+                found[id(task)] = list(dict.fromkeys(sources))
     return found
 
 
+def want_contents(plan: Plan) -> None:
+    """Ask the run to keep the content digest of every result a stored function node that
+    runs takes as input (its manifest records them, see :func:`recipe_member`)."""
+    wanted = plan.wanted
+    for task in plan.tasks:
+        if task.run and task.store and task.deps:
+            wanted.update(id(dep) for dep in task.deps)
+
+
 def mark_candidates(plan: Plan) -> int:
-    """Flag the tasks of ``plan`` that may be cut off (``task.cutoff``) and compute their
-    recipes; returns how many.  Called by executors when a run starts with early cutoff on."""
+    """Flag the tasks of ``plan`` that may be cut off (``task.cutoff``); returns how many.
+    Called by executors when a run starts with early cutoff on."""
     found = possible_cutoffs(plan)
     for task in plan.tasks:
         if id(task) in found:
             task.cutoff = True
-            plan.wanted.update(id(dep) for dep in task.deps)
     return len(found)
 
 
@@ -226,45 +266,53 @@ def cutoff_note(sources: list[str]) -> str:
 
 def content_of(plan: Plan, key: str) -> str | None:
     """The content digest of the result stored for ``key`` (None when there is none, or
-    it cannot be read): remembered for the run, else from its manifest."""
+    it cannot be read): known to the run, else from its manifest (once per run)."""
     contents = plan.contents
     if key in contents:
         return contents[key]
-    try:
-        content = content_digest(plan.storage.read_meta(plan.workflow, key))
-    except Exception as exc:  # noqa: BLE001 - missing, damaged, unreachable: no cutoff
-        logger.debug("no content digest for %s: %s", key, exc)
-        content = None
+    seen = (plan.run_id, key) if plan.run_id else None
+    if seen is not None and seen in _SEEN:
+        content = _SEEN[seen]
+    else:
+        try:
+            content = content_digest(plan.storage.read_meta(plan.workflow, key))
+        except Exception as exc:  # noqa: BLE001 - missing, damaged, unreachable: nothing to compare
+            logger.debug("no content digest for %s: %s", key, exc)
+            content = None
+        if seen is not None:
+            if len(_SEEN) >= _SEEN_LIMIT:
+                _SEEN.clear()
+            _SEEN[seen] = content
     contents[key] = content
     return content
 
 
 def try_cutoff(plan: Plan, task: Task) -> bool:
-    """Cut ``task`` off if its inputs have the content its stored version was computed
-    from: publish that result under ``task.key`` and return True (the caller reports it).
-    False leaves the task to run."""
-    previous = task.previous_recipe
-    for dep, old in zip(task.deps, previous["inputs"]):
-        new = dep.key
-        if new == old:
+    """Cut ``task`` off if every input whose key changed has the content its stored
+    version recorded: publish that result under ``task.key`` and return True (the
+    caller reports it).  False leaves the task to run."""
+    recipe = task.previous_recipe
+    contents = list(recipe["contents"])
+    for i, (dep, old, recorded) in enumerate(zip(task.deps, recipe["inputs"], recipe["contents"])):
+        if dep.key == old:
             continue
-        content = content_of(plan, new) if new is not None else None
-        if content is None or content != content_of(plan, old):
+        content = content_of(plan, dep.key) if dep.key is not None else None
+        if content is None or content != recorded:
             return False
+        contents[i] = content
     meta = {
-        "node": task.name,
-        "workflow": plan.workflow,
         "inputs": {dep.name: dep.key for dep in task.deps},
-        "recipe": recipe_member(task),
+        "recipe": recipe_member(plan, task, contents),
     }
     try:
-        plan.storage.alias(plan.workflow, task.name, task.key, task.previous, meta,
-                           manifest=task.__dict__.get("previous_manifest"))
+        manifest = plan.storage.alias(plan.workflow, task.name, task.key, task.previous, meta,
+                                      manifest=task.previous_manifest)
+        content = content_digest(manifest)  # another writer may have published the key first
     except Exception as exc:  # noqa: BLE001 - the old result is unusable: compute instead
         logger.info("node %r: not cut off, its stored version %s cannot be reused (%s)", task.name,
                     task.previous, exc)
         return False
-    plan.contents[task.key] = plan.contents[task.previous] = task.previous_content
+    plan.contents[task.key] = content
     task.entry = task.key
     task.reason = UPSTREAM_UNCHANGED
     task.cutoff = False

@@ -234,8 +234,10 @@ def test_a_reused_result_copies_no_data(tmp_path):
     after = store.read_task_meta("arr", "norm")
     assert after["key"] != before["key"] and after["same_as"] == before["key"]
     assert [p["object"] for p in after["parts"]] == [p["object"] for p in before["parts"]]
-    assert after["recipe"]["digest"] == before["recipe"]["digest"]
-    assert after["inputs"]["make"] != before["inputs"]["make"]
+    # What it was computed from: another key for its input, with the same content.
+    assert after["recipe"]["inputs"] != before["recipe"]["inputs"]
+    assert after["recipe"]["contents"] == before["recipe"]["contents"]
+    assert after["inputs"]["make"] == after["recipe"]["inputs"][0] != before["inputs"]["make"]
     assert sorted((tmp_path / "objects").rglob("*")) == objects  # the array was not written again
 
 
@@ -271,3 +273,162 @@ def test_a_damaged_reused_result_is_computed_instead(tmp_path):
     with pytest.warns(CacheWarning, match="norm"):
         np.testing.assert_array_equal(wf.run(), np.arange(100) / 99)
     assert wf.last_report.by_node()["norm"].action == "computed"
+
+
+def read_source(version, path, consumer=True):
+    """``scale(load(path))``, ``load`` (reading a file: an impure node) at ``version``."""
+
+    @workflow(version=version)
+    def load(path):
+        with open(path) as f:
+            return int(f.read())
+
+    @workflow
+    def scale(x):
+        return x * 10
+
+    loaded = load(path).set_name("load")
+    return scale(loaded).set_name("scale") if consumer else loaded
+
+
+@pytest.mark.parametrize("workflow_name", ["ml", "another"])
+def test_an_input_key_stored_again_with_other_content_is_no_match(executor, store, tmp_path, workflow_name):
+    """A consumer's manifest records the content its inputs had: a key whose result was
+    stored again since (force= on an impure node, by this workflow or another one
+    sharing the storage) compares by that content, not by what the key holds now."""
+    source = tmp_path / "source.txt"
+    source.write_text("1")
+    assert executor(read_source("1", str(source)), store)[0] == 10
+    source.write_text("2")
+    wf = executor.make(read_source("1", str(source), consumer=False))
+    wf.workflow_name = workflow_name
+    wf.set_storage(store)
+    wf.run(force="load")  # load's key now holds 2; scale's stored 10 was computed from 1
+    result, events = executor(read_source("2", str(source)), store)  # load's code changed too
+    assert result == 20
+    assert events["scale"] == ("computed", "input changed: load")
+
+
+def test_results_only_pickle_can_hold_are_not_compared(executor, store):
+    """Pickled bytes name classes whose code may change: such a result never lets its
+    consumers be cut off."""
+    from fractions import Fraction
+
+    def build_fraction(version):
+        @workflow(version=version)
+        def make():
+            return {"third": Fraction(1, 3)}
+
+        @workflow
+        def use(d):
+            return float(d["third"] * 3)
+
+        return use(make().set_name("make")).set_name("use")
+
+    executor(build_fraction("1"), store)
+    result, events = executor(build_fraction("2"), store)
+    assert result == 1.0
+    assert events["use"] == ("computed", "input changed: make")
+
+
+def shaped(version, b=3):
+    """Inputs given as ``node[i]`` items, inside a list and a tuple, and as a keyword."""
+
+    @workflow(version=version)
+    def source():
+        return {"a": [1, 2], "b": b}
+
+    @workflow
+    def combine(items, *, extra, pair):
+        return sum(items) + extra * 100 + pair[0] * 1000
+
+    s = source().set_name("source")
+    return combine([s["a"][0], s["b"]], extra=s["b"], pair=(s["a"][1],)).set_name("combine")
+
+
+def test_items_nested_inputs_and_keywords(executor, tmp_path):
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    assert executor(shaped("1"), store)[0] == 2304
+    result, events = executor(shaped("2"), store)
+    assert result == 2304 and events["combine"] == ("read", UNCHANGED)
+    result, events = executor(shaped("3", b=4), store)  # now the content differs
+    assert result == 2405 and events["combine"][0] == "computed"
+
+
+def logged(version):
+    """``after(note(src()))`` where ``note`` is kept out of storage (a log node)."""
+
+    @workflow(version=version)
+    def src():
+        return 5
+
+    @workflow
+    def note(x):
+        return x
+
+    @workflow
+    def after(x):
+        return x + 1
+
+    return after(note(src().set_name("src")).set_name("note")).set_name("after")
+
+
+def test_an_input_kept_out_of_storage_has_no_content_to_compare(executor, tmp_path):
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+
+    def run(version):
+        wf = executor.make(logged(version))
+        wf.log_nodes("note")
+        wf.set_storage(store)
+        plan = wf.explain().by_node()
+        result = wf.run(**({"return_results": True} if executor.kind == "ray" else {}))
+        return result, plan, {e.node: (e.action, e.reason) for e in wf.last_report.events}
+
+    run("1")
+    result, plan, events = run("2")
+    assert result == 6
+    assert "may be cut off" not in plan["after"].reason
+    assert events["after"] == ("computed", "input changed: note")
+
+
+@workflow
+class Counter:
+    def __init__(self, start):
+        self.total = start
+
+    def add(self, x):
+        self.total += x
+        return self.total
+
+
+def counted(version):
+    @workflow(version=version)
+    def amount():
+        return 2
+
+    @workflow
+    def double(x):
+        return x * 2
+
+    counter = Counter(10)
+    return double(counter.add(amount().set_name("amount")).set_name("add")).set_name("double")
+
+
+def test_class_nodes_are_never_cut_off_but_feed_nodes_that_are(executor, tmp_path):
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    assert executor(counted("1"), store)[0] == 24
+    result, events = executor(counted("2"), store)
+    assert result == 24
+    assert events["add"][0] == "computed"  # a call of an instance runs (its state is its history)
+    assert events["double"] == ("read", UNCHANGED)  # its result is the same: its consumer is reused
+
+
+def test_compute_takes_early_cutoff(tmp_path):
+    from functionfuse import compute
+
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    compute(build("1"), storage=store, workflow_name="ml")
+    assert compute(build("2"), storage=store, workflow_name="ml", early_cutoff=False) == {"score": 121}
+    assert compute.last_report.computed == ["load", "clean", "train", "evaluate"]
+    assert compute(build("3"), storage=store, workflow_name="ml") == {"score": 121}
+    assert compute.last_report.computed == ["load"]

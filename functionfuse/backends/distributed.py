@@ -48,7 +48,7 @@ from ..caching import (
     record_run,
     unusable_reason,
 )
-from ..cutoff import mark_candidates
+from ..cutoff import mark_candidates, want_contents
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -284,6 +284,8 @@ class DistributedWorkflow(BaseWorkflow):
                 # Workers tell what each node did when it may differ from the plan: read
                 # instead of computed (another run's lease), or cut off (early cutoff).
                 cutoffs = mark_candidates(plan) if early_cutoff and plan.storage is not None else 0
+                if plan.storage is not None:
+                    want_contents(plan)  # the driver's part: the workers read the rest
                 leasing = getattr(self.object_storage, "lease_ttl", None) is not None
                 engine.watch(reporter, statuses=leasing or cutoffs > 0)
                 begin_run(plan)

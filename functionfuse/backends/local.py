@@ -46,7 +46,7 @@ from ..caching import (
     record_run,
     run_node,
 )
-from ..cutoff import mark_candidates, try_cutoff
+from ..cutoff import mark_candidates, try_cutoff, want_contents
 from ..errors import GraphError, SerializerNotRegisteredError
 from ..fingerprint import planning
 from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
@@ -145,8 +145,10 @@ class LocalWorkflow(BaseWorkflow):
         if not isinstance(early_cutoff, bool):
             raise GraphError(f"early_cutoff must be True or False, got {early_cutoff!r}")
         plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
-        if early_cutoff and plan.storage is not None:
-            mark_candidates(plan)
+        if plan.storage is not None:
+            want_contents(plan)  # results record the content of their inputs
+            if early_cutoff:
+                mark_candidates(plan)
         begin_run(plan)
         packing(plan, True)
         runner = _LocalRun(plan, self.leaves, reporter)

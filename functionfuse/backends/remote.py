@@ -37,7 +37,7 @@ from ..caching import (
     run_node,
     unusable_reason,
 )
-from ..cutoff import UPSTREAM_UNCHANGED, recipe_of, try_cutoff
+from ..cutoff import UPSTREAM_UNCHANGED, records_inputs, try_cutoff
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -117,6 +117,7 @@ class NodeSpec:
     plugin: Any
     workflow: str
     storage: bytes | None  # the storage, pickled once per run
+    run: str | None = None  # the run's id (a worker remembers content digests per run)
 
     def fill(self, deps: tuple) -> tuple[tuple, dict]:
         """The node's arguments with the dependencies' values in place."""
@@ -132,7 +133,7 @@ class NodeSpec:
         return tuple(args), kwargs
 
     def plan(self) -> Plan:
-        return Plan(self.workflow, [self.task], {}, _storage(self.storage))
+        return Plan(self.workflow, [self.task], {}, _storage(self.storage), run_id=self.run)
 
 
 def _fill(value: Any, deps: tuple) -> Any:
@@ -211,7 +212,7 @@ def build_spec(
     tracebacks on the worker name the user's file and line.
     """
     if load:
-        spec = NodeSpec(_worker_task(task), (), {}, (), None, plan.workflow, storage_blob)
+        spec = NodeSpec(_worker_task(task), (), {}, (), None, plan.workflow, storage_blob, plan.run_id)
     else:
         node = task.node
         index = {id(d.node): i for i, d in enumerate(task.deps)}
@@ -225,7 +226,7 @@ def build_spec(
         where = tuple(dict.fromkeys([w for w, _ in node.top_refs] + list(node.nested)))
         if task.store:
             argument_summary(plan, task)  # the worker writes it into the entry's metadata
-            recipe_of(plan, task)  # and this, for a later early cutoff (the worker has no graph)
+            records_inputs(task)  # and whether to record its inputs (the worker has no graph)
         worker_task = _worker_task(task)
         if functions is not None and task.func is not None:
             pickled = functions.get(id(task.func))
@@ -235,7 +236,7 @@ def build_spec(
                 except Exception as exc:  # noqa: BLE001 - reported below, naming the node
                     raise _unsendable(task, "function", exc) from exc
             worker_task.func = pickled
-        spec = NodeSpec(worker_task, args, kwargs, where, plugin, plan.workflow, storage_blob)
+        spec = NodeSpec(worker_task, args, kwargs, where, plugin, plan.workflow, storage_blob, plan.run_id)
         if plugin is None and _plain(args) and _plain(kwargs.values()):
             # Nothing in the spec needs pickling by value (the function travels as its
             # own pickle): the C pickler, a third of cloudpickle's cost on a small node.

@@ -550,22 +550,22 @@ class Storage(ABC):
 
     def alias(
         self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict, *, manifest: dict | None = None
-    ) -> str:
+    ) -> dict:
         """Publish the result stored for key ``stored`` as the result of ``key``, without
         copying data (early cutoff, see :mod:`functionfuse.cutoff`); ``meta`` replaces the
         informative members it names.  ``manifest``: ``stored``'s manifest, when it was
-        just read (from :meth:`read_meta`).  Returns ``key``.  Raises EntryNotFoundError or
+        just read (from :meth:`read_meta`).  Returns the manifest of ``key`` (another
+        writer's, when it published ``key`` first).  Raises EntryNotFoundError or
         CorruptEntryError when ``stored`` is gone or damaged, StorageError (naming the node)
         when the storage fails."""
         meta = {**meta, "node": node_name, "workflow": workflow_name, "created": utc_now_iso(), "host": _HOST}
         try:
-            self.results.alias(key, stored, meta, manifest=manifest)
+            return self.results.alias(key, stored, meta, manifest=manifest)
         except StorageError as exc:
             named = _naming_node(exc, workflow_name, node_name)
             if named is exc:
                 raise
             raise named from exc
-        return key
 
     def read_meta(self, workflow_name: str, key: str) -> dict:
         """The manifest of ``key`` (node, function, arguments, inputs, parts ...), never unpickled."""

@@ -483,7 +483,7 @@ class RayStorage(Storage):
 
     def alias(
         self, workflow_name: str, node_name: str, key: str, stored: str, meta: dict, *, manifest: dict | None = None
-    ) -> str:
+    ) -> dict:
         """Publish ``stored``'s result as ``key``'s too (one task; see :meth:`Storage.alias`)."""
         return self._call("alias", workflow_name, node_name, key, stored, meta, manifest=manifest)
 
