@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .arguments import _params, summarize_arguments
-from .cutoff import note_previous, recipe_member, records_inputs
+from .cutoff import content_digest, note_previous, recipe_member, records_inputs
 from .errors import (
     CorruptEntryError,
     EntryNotFoundError,
@@ -961,6 +961,9 @@ def load_node(plan: Plan, task: Task) -> Any:
         raise SerializerNotRegisteredError(f"node {task.name!r}: {exc}") from None
     task.seconds = time.perf_counter() - start
     task.action = "read"
+    if plan.wanted and task.tree is not None and id(task) in plan.wanted:
+        # A small result's digest comes from its tree (no parts): no manifest to read.
+        plan.contents[task.entry] = content_digest({"parts": [], "result": task.tree})
     return value
 
 

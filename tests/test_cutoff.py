@@ -432,3 +432,68 @@ def test_compute_takes_early_cutoff(tmp_path):
     assert compute.last_report.computed == ["load", "clean", "train", "evaluate"]
     assert compute(build("3"), storage=store, workflow_name="ml") == {"score": 121}
     assert compute.last_report.computed == ["load"]
+
+
+def test_on_a_ray_storage_and_with_worker_processes(ray_cluster, tmp_path):
+    """The ray storage kind publishes reused results through its storage task, and the
+    local process pool checks candidates in the driver."""
+    ray_store = storage_factory({"kind": "ray", "options": {"path": str(tmp_path / "ray"), "remoteArgs": {}}})
+    for options in ({}, {"max_workers": 2, "processes": True}):
+        store = ray_store if not options else storage_factory(
+            {"kind": "file", "options": {"path": str(tmp_path / "pool")}}
+        )
+        for version, cut in (("1", []), ("2", ["clean", "evaluate", "train"])):
+            wf = LocalWorkflow(build(version), workflow_name="ml")
+            wf.set_storage(store)
+            assert wf.run(**options) == {"score": 121}
+            assert sorted(e.node for e in wf.last_report.events if e.reason == UNCHANGED) == cut
+        assert store.read_task_meta("ml", "train")["same_as"]
+
+
+@pytest.mark.parametrize("kind", ["dask", "ray"])
+def test_a_damaged_reused_result_is_computed_on_the_worker(kind, tmp_path, request):
+    """A worker that cuts a node off reads the reused result for its consumers; when that
+    fails its check, the worker computes the node and writes it over the new manifest."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    if kind == "dask":
+        client = request.getfixturevalue("dask_client")
+        make, extra = (lambda leaf: DaskWorkflow(leaf, workflow_name="arr", client=client)), {}
+    else:
+        request.getfixturevalue("ray_cluster")
+        make, extra = (lambda leaf: RayWorkflow(leaf, workflow_name="arr")), {"return_results": True}
+
+    def total(version):
+        @workflow
+        def add_up(x):
+            return float(x.sum())
+
+        return add_up(arrays(version, 100)).set_name("total")
+
+    wf = make(total("1"))
+    wf.set_storage(store)
+    assert wf.run(**extra) == 50.0
+    part = store.read_task_meta("arr", "norm")["parts"][0]["object"]
+    path = next(p for p in tmp_path.joinpath("objects").rglob(part))
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    wf = make(total("2"))
+    wf.set_storage(store)
+    assert wf.run(**extra) == 50.0
+    events = {e.node: (e.action, e.reason) for e in wf.last_report.events}
+    assert events["norm"][0] == "computed"
+    assert events["total"] == ("read", UNCHANGED)  # norm's new result has the old content
+    np.testing.assert_array_equal(store.read_task("arr", "norm"), np.arange(100) / 99)
+
+
+def test_explain_on_dask_names_the_nodes_that_may_be_cut_off(dask_client, tmp_path):
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf = DaskWorkflow(build("1"), workflow_name="ml", client=dask_client)
+    wf.set_storage(store)
+    wf.run()
+    wf = DaskWorkflow(build("2"), workflow_name="ml", client=dask_client)
+    wf.set_storage(store)
+    assert wf.explain().by_node()["evaluate"].reason == (
+        "input changed: train; may be cut off: depends on whether load changes"
+    )
