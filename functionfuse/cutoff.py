@@ -76,6 +76,8 @@ from typing import TYPE_CHECKING, Any
 import blake3
 import orjson
 
+from .graph import FunctionNode as _FunctionNode
+
 if TYPE_CHECKING:
     from .caching import Plan, Task
 
@@ -94,6 +96,11 @@ logger = logging.getLogger(__name__)
 
 #: The reason of a node cut off: run records and reports use it.
 UPSTREAM_UNCHANGED = "upstream unchanged"
+
+# Reasons of functionfuse.caching, which imports this module (the same values as there;
+# a test checks they agree).
+_INPUT_CHANGED = "input changed"
+_UNHASHABLE = "unhashable input"
 
 #: Part formats whose bytes do not determine the value: side data of a persistent
 #: serializer lies outside the objects, and a pickle refers to classes and functions by
@@ -131,10 +138,7 @@ def records_inputs(task: Task) -> bool:
     the task carries the answer as ``task.recipe``)."""
     recipe = task.recipe
     if recipe is None:
-        from .caching import UNHASHABLE
-        from .graph import FunctionNode
-
-        recipe = task.recipe = type(task.node) is FunctionNode and task.reason != UNHASHABLE
+        recipe = task.recipe = type(task.node) is _FunctionNode and task.reason != _UNHASHABLE
     return recipe
 
 
@@ -143,7 +147,8 @@ def recipe_member(plan: Plan, task: Task, contents: list[str | None] | None = No
     content digests they had, in input order."""
     keys = [dep.key for dep in task.deps]
     if contents is None:
-        contents = [content_of(plan, key) if key is not None else None for key in keys]
+        known = plan.contents
+        contents = [known[key] if key in known else content_of(plan, key) for key in keys]
     return {"inputs": keys, "contents": contents}
 
 
@@ -172,14 +177,12 @@ def note_previous(task: Task, meta: dict[str, Any]) -> None:
 def is_candidate(task: Task) -> bool:
     """Whether ``task`` may be cut off as far as its reason tells: it must run because an
     input's key changed, and its stored version records its inputs (:func:`note_previous`)."""
-    from .caching import INPUT_CHANGED
-
     return (
-        task.run
+        task.previous_recipe is not None
+        and task.run
         and task.store
         and task.previous is not None
-        and task.reason.startswith(INPUT_CHANGED)
-        and task.previous_recipe is not None
+        and task.reason.startswith(_INPUT_CHANGED)
     )
 
 
@@ -202,7 +205,7 @@ class _OldInputs(dict):
 def _same_recipe(plan: Plan, task: Task) -> bool:
     """Whether ``task`` fed with the inputs its stored version was computed from gets that
     version's key: then its code, arguments and captured values are the same."""
-    from .caching import UNHASHABLE, Task, compute_key
+    from .caching import Task, compute_key
 
     if not all(isinstance(k, str) for k in task.previous_recipe["inputs"]):
         return False
@@ -210,7 +213,7 @@ def _same_recipe(plan: Plan, task: Task) -> bool:
     shadow.deps = task.deps
     extra = plan.extra.get(id(task.node), b"") if plan.extra else b""
     compute_key(shadow, _OldInputs(task, plan.by_node), False, plan.fp_cache, extra)
-    return shadow.reason != UNHASHABLE and shadow.key == task.previous
+    return shadow.reason != _UNHASHABLE and shadow.key == task.previous
 
 
 def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
@@ -218,7 +221,7 @@ def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
     the nodes that surely run whose results decide it (through candidates above it)."""
     found: dict[int, list[str]] = {}
     for task in plan.tasks:
-        if not is_candidate(task) or not records_inputs(task):
+        if task.previous_recipe is None or not is_candidate(task) or not records_inputs(task):
             continue
         recipe = task.previous_recipe
         sources: list[str] = []

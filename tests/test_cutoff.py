@@ -497,3 +497,9 @@ def test_explain_on_dask_names_the_nodes_that_may_be_cut_off(dask_client, tmp_pa
     assert wf.explain().by_node()["evaluate"].reason == (
         "input changed: train; may be cut off: depends on whether load changes"
     )
+
+
+def test_the_reasons_cutoff_knows_are_those_of_caching():
+    from functionfuse import caching, cutoff
+
+    assert (cutoff._INPUT_CHANGED, cutoff._UNHASHABLE) == (caching.INPUT_CHANGED, caching.UNHASHABLE)
