@@ -275,6 +275,7 @@ class Task:
     previous_recipe: dict | None = None
     previous_content: str | None = None
     previous_manifest: dict | None = None
+    unstored_inputs: tuple = ()  # positions of inputs kept out of storage (no digest to record)
     cutoff = False
 
     def __init__(self, node: BaseNode, name: str, func: Any) -> None:

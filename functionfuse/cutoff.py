@@ -35,8 +35,11 @@ recorded for it (``Task.previous``):
 1. has the key this node gets when its inputs are given the keys that version recorded
    (so its code, literal arguments, captured values and the backend's extra inputs are
    the same: keys are collision-resistant), and
-2. for every input whose key changed, the input's result now has the content digest
-   that version recorded (position by position, so swapped inputs differ).
+2. every input, its key changed or not, now has the content digest that version
+   recorded for it (position by position, so swapped inputs differ; a key may hold
+   another result than then, after ``force=`` on a node that reads a file), and is
+   stored (an input kept out of storage is computed anew: no stored content says what
+   it gives).
 
 Then the node is not run: its stored result is published under its new key (a
 manifest naming the same objects, with ``"same_as": <old key>``; no data is copied)
@@ -62,10 +65,11 @@ Where it runs
 
 Costs: planning keys nothing more (candidates are found from the manifests planning
 reads anyway, to give the reason ``input changed``, plus one key computation each).
-Storing a result records its inputs' digests: those computed in the same process are
-taken when they are stored, others are read from their manifests (once per run and
-process).  A check reads the manifest of each input whose key changed (usually known
-already) and writes one manifest.
+Storing a result records its inputs' digests: those computed or loaded in the same
+process are taken then (a value stored first by another writer, or an input kept out
+of storage or replayed, records none), others are read from their manifests (once per
+plan: per run on the driver, per node on a Dask or Ray worker).  A check needs the
+digest of every input (usually known already) and writes one manifest.
 """
 
 from __future__ import annotations
@@ -101,15 +105,12 @@ UPSTREAM_UNCHANGED = "upstream unchanged"
 # a test checks they agree).
 _INPUT_CHANGED = "input changed"
 _UNHASHABLE = "unhashable input"
+_REPLAY = "replay"
 
 #: Part formats whose bytes do not determine the value: side data of a persistent
 #: serializer lies outside the objects, and a pickle refers to classes and functions by
 #: name, whose code may have changed (the same bytes then load as another behaviour).
 _UNCOMPARABLE = frozenset(("serializer", "pickle"))
-
-#: Content digests of results workers read, per run (bounded): ``(run id, key) -> digest``.
-_SEEN: dict[tuple[str, str], str | None] = {}
-_SEEN_LIMIT = 4096
 
 
 def content_digest(manifest: dict[str, Any]) -> str | None:
@@ -148,7 +149,11 @@ def recipe_member(plan: Plan, task: Task, contents: list[str | None] | None = No
     keys = [dep.key for dep in task.deps]
     if contents is None:
         known = plan.contents
-        contents = [known[key] if key in known else content_of(plan, key) for key in keys]
+        unstored = task.unstored_inputs
+        contents = [
+            None if i in unstored else known[key] if key in known else content_of(plan, key)
+            for i, key in enumerate(keys)
+        ]
     return {"inputs": keys, "contents": contents}
 
 
@@ -226,10 +231,13 @@ def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
         recipe = task.previous_recipe
         sources: list[str] = []
         for dep, old, content in zip(task.deps, recipe["inputs"], recipe["contents"]):
+            # Every input is compared, its key changed or not: a key may hold another
+            # result than when the stored version was computed (force= on a node that
+            # reads a file, a damaged entry replaced).
+            if not isinstance(content, str) or not dep.store:  # nothing to compare with
+                break
             if dep.key == old:
                 continue
-            if not isinstance(content, str):  # no content recorded to compare with
-                break
             if id(dep) in found:
                 sources += found[id(dep)]
             elif dep.run:
@@ -247,6 +255,11 @@ def want_contents(plan: Plan) -> None:
     for task in plan.tasks:
         if task.run and task.store and task.deps:
             wanted.update(id(dep) for dep in task.deps)
+            # Inputs computed here and not stored, or replayed (a class instance's call run
+            # again): what a manifest holds under their key is not the value this node gets.
+            unstored = tuple(i for i, dep in enumerate(task.deps) if not dep.store or dep.reason == _REPLAY)
+            if unstored:
+                task.unstored_inputs = unstored
 
 
 def mark_candidates(plan: Plan) -> int:
@@ -269,40 +282,30 @@ def cutoff_note(sources: list[str]) -> str:
 
 def content_of(plan: Plan, key: str) -> str | None:
     """The content digest of the result stored for ``key`` (None when there is none, or
-    it cannot be read): known to the run, else from its manifest (once per run)."""
+    it cannot be read): known to the plan, else from its manifest (once per plan)."""
     contents = plan.contents
     if key in contents:
         return contents[key]
-    seen = (plan.run_id, key) if plan.run_id else None
-    if seen is not None and seen in _SEEN:
-        content = _SEEN[seen]
-    else:
-        try:
-            content = content_digest(plan.storage.read_meta(plan.workflow, key))
-        except Exception as exc:  # noqa: BLE001 - missing, damaged, unreachable: nothing to compare
-            logger.debug("no content digest for %s: %s", key, exc)
-            content = None
-        if seen is not None:
-            if len(_SEEN) >= _SEEN_LIMIT:
-                _SEEN.clear()
-            _SEEN[seen] = content
+    try:
+        content = content_digest(plan.storage.read_meta(plan.workflow, key))
+    except Exception as exc:  # noqa: BLE001 - missing, damaged, unreachable: nothing to compare
+        logger.debug("no content digest for %s: %s", key, exc)
+        content = None
     contents[key] = content
     return content
 
 
 def try_cutoff(plan: Plan, task: Task) -> bool:
-    """Cut ``task`` off if every input whose key changed has the content its stored
-    version recorded: publish that result under ``task.key`` and return True (the
-    caller reports it).  False leaves the task to run."""
+    """Cut ``task`` off if every input has the content its stored version recorded:
+    publish that result under ``task.key`` and return True (the caller reports it).
+    False leaves the task to run."""
     recipe = task.previous_recipe
-    contents = list(recipe["contents"])
-    for i, (dep, old, recorded) in enumerate(zip(task.deps, recipe["inputs"], recipe["contents"])):
-        if dep.key == old:
-            continue
+    contents = []
+    for dep, recorded in zip(task.deps, recipe["contents"]):
         content = content_of(plan, dep.key) if dep.key is not None else None
         if content is None or content != recorded:
             return False
-        contents[i] = content
+        contents.append(content)
     meta = {
         "inputs": {dep.name: dep.key for dep in task.deps},
         "recipe": recipe_member(plan, task, contents),

@@ -502,4 +502,78 @@ def test_explain_on_dask_names_the_nodes_that_may_be_cut_off(dask_client, tmp_pa
 def test_the_reasons_cutoff_knows_are_those_of_caching():
     from functionfuse import caching, cutoff
 
-    assert (cutoff._INPUT_CHANGED, cutoff._UNHASHABLE) == (caching.INPUT_CHANGED, caching.UNHASHABLE)
+    assert (cutoff._INPUT_CHANGED, cutoff._UNHASHABLE, cutoff._REPLAY) == (
+        caching.INPUT_CHANGED, caching.UNHASHABLE, caching.REPLAY
+    )
+
+
+def two_inputs(norm_version, path, consumer=True):
+    """``use(load(path), norm())``: ``load`` reads a file (impure), ``norm`` changes only
+    its code version."""
+
+    @workflow
+    def load(path):
+        with open(path) as f:
+            return int(f.read())
+
+    @workflow(version=norm_version)
+    def norm():
+        return 1
+
+    @workflow
+    def use(x, n):
+        return x * 10 + n
+
+    loaded = load(path).set_name("load")
+    return use(loaded, norm().set_name("norm")).set_name("use") if consumer else loaded
+
+
+def test_an_input_with_an_unchanged_key_is_compared_too(executor, store, tmp_path):
+    """Every input is compared by content, its key changed or not: a key stored again
+    with another result (force= on a node that reads a file) is no match."""
+    source = tmp_path / "source.txt"
+    source.write_text("1")
+    assert executor(two_inputs("1", str(source)), store)[0] == 11
+    source.write_text("2")
+    executor(two_inputs("1", str(source), consumer=False), store, force="load")  # load's key holds 2
+    result, events = executor(two_inputs("2", str(source)), store)  # only norm's key changed
+    assert result == 21
+    assert events["use"] == ("computed", "input changed: norm")
+
+
+def noted(note_version, after_version, path):
+    @workflow(version=note_version)
+    def note(path):
+        with open(path) as f:
+            return int(f.read())
+
+    @workflow(version=after_version)
+    def after(x):
+        return x * 100
+
+    return after(note(path).set_name("note")).set_name("after")
+
+
+def test_an_input_kept_out_of_storage_records_no_content(executor, tmp_path):
+    """A consumer computed from a log node's value does not record what an earlier run
+    stored under that node's key (another value), nor compare against it later."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    source = tmp_path / "source.txt"
+
+    def run(leaf, log=False):
+        wf = executor.make(leaf)
+        if log:
+            wf.log_nodes("note")
+        wf.set_storage(store)
+        result = wf.run(**({"return_results": True} if executor.kind == "ray" else {}))
+        return result, {e.node: (e.action, e.reason) for e in wf.last_report.events}
+
+    source.write_text("1")
+    run(noted("1", "1", str(source)))  # note stored, holding 1
+    source.write_text("2")
+    assert run(noted("1", "2", str(source)), log=True)[0] == 200  # note kept out: after = f(2)
+    assert store.read_task_meta("ml", "after")["recipe"]["contents"] == [None]
+    source.write_text("1")
+    result, events = run(noted("2", "2", str(source)))  # note stored again, holding 1
+    assert result == 100 and events["after"][0] == "computed"
+

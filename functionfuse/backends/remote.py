@@ -153,7 +153,8 @@ def _worker_task(task: Task) -> Task:
     copy.action = "skipped"
     copy.seconds = 0.0
     for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "method",
-                  "recipe", "previous", "previous_recipe", "previous_content", "previous_manifest", "cutoff"):
+                  "recipe", "previous", "previous_recipe", "previous_content", "previous_manifest",
+                  "unstored_inputs", "cutoff"):
         if field in task.__dict__:
             setattr(copy, field, task.__dict__[field])
     return copy

@@ -517,7 +517,9 @@ class Storage(ABC):
         if digest:  # a consumer's early cutoff compares it (see functionfuse.cutoff)
             from ..cutoff import content_digest
 
-            meta["content"] = content_digest(manifest)
+            # Another writer may have published the key first: its result, not this value.
+            ours = manifest.get("created") == meta["created"] and manifest.get("host") == meta["host"]
+            meta["content"] = content_digest(manifest) if ours else None
         return key
 
     def load(self, workflow_name: str, key: str, *, with_tree: bool = False) -> Any:
