@@ -8,6 +8,7 @@ import os
 import random
 import sys
 import threading
+import time
 
 import cloudpickle
 import pytest
@@ -637,3 +638,20 @@ def test_failure_report_names_failed_and_not_run_with_durations(backend, tmp_pat
     assert report.by_node()["bad"].seconds >= 0.05  # measured on the worker
     assert report.seconds is not None and report.seconds >= 0.05
     assert "bad: failed (new) in " in str(report)
+
+
+@workflow
+def nap(x):
+    time.sleep(0.05)
+    return x + 1
+
+
+def test_the_report_gives_every_computed_node_its_duration(backend, tmp_path):
+    """SPEC section 2: a run reports what happened to every node, with durations, also
+    when no progress is shown (the workers' statuses say it)."""
+    wf = backend(nap(nap(1).set_name("first")).set_name("second"))
+    wf.set_storage(FileStorage(tmp_path / "s"))
+    assert backend.run(wf) == 3
+    events = wf.last_report.by_node()
+    assert all(events[n].action == "computed" and events[n].seconds >= 0.05 for n in ("first", "second"))
+    assert "second: computed (new) in " in str(wf.last_report)
