@@ -893,6 +893,13 @@ def store_node(plan: Plan, task: Task, value: Any, elapsed: float, instance: Any
     task.entry = filename
     task.tree = meta.get("inline")
     latecheck.forget(task.key)
+    if meta.get("published") is False and instance is None:
+        # Another run stored this key first (a node whose result varies): consumers get the
+        # stored result, the one every later run reads and early cutoff compares.
+        logger.info("node %r: key %s was stored first by another writer; its consumers get that result",
+                    task.name, task.key)
+        task.tree = None
+        return storage.load(plan.workflow, filename)
     if storage.always_read or (instance is not None and value is instance):
         # A method returning ``self`` hands children the object as it was
         # then, as a later run reading the entry would; later calls on the

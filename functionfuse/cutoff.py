@@ -66,10 +66,13 @@ Where it runs
 Costs: planning keys nothing more (candidates are found from the manifests planning
 reads anyway, to give the reason ``input changed``, plus one key computation each).
 Storing a result records its inputs' digests: those computed or loaded in the same
-process are taken then (a value stored first by another writer, or an input kept out
-of storage or replayed, records none), others are read from their manifests (once per
-plan: per run on the driver, per node on a Dask or Ray worker).  A check needs the
-digest of every input (usually known already) and writes one manifest.
+process are taken then (an input kept out of storage or replayed records none), others
+are read from their manifests (once per plan: per run on the driver, per node on a Dask
+or Ray worker).  This holds because a node's consumers always get what the store holds
+under its key: when another writer stored the key first (a node whose result varies,
+computed twice at once), the caching core hands them that stored result, not its own
+(:func:`functionfuse.caching.store_node`).  A check needs the digest of every input
+(usually known already) and writes one manifest.
 """
 
 from __future__ import annotations
@@ -234,8 +237,8 @@ def possible_cutoffs(plan: Plan) -> dict[int, list[str]]:
             # Every input is compared, its key changed or not: a key may hold another
             # result than when the stored version was computed (force= on a node that
             # reads a file, a damaged entry replaced).
-            if not isinstance(content, str) or not dep.store:  # nothing to compare with
-                break
+            if not isinstance(content, str) or not dep.store or dep.reason == _REPLAY:
+                break  # nothing to compare with: no digest, or a value computed anew
             if dep.key == old:
                 continue
             if id(dep) in found:
@@ -302,6 +305,8 @@ def try_cutoff(plan: Plan, task: Task) -> bool:
     recipe = task.previous_recipe
     contents = []
     for dep, recorded in zip(task.deps, recipe["contents"]):
+        if getattr(dep, "action", None) == "replayed":  # re-executed here: not the stored value
+            return False
         content = content_of(plan, dep.key) if dep.key is not None else None
         if content is None or content != recorded:
             return False

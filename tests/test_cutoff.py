@@ -202,6 +202,8 @@ def test_early_cutoff_false_lets_keys_alone_decide(executor, store):
     assert cut_off(events) == ["clean", "evaluate", "train"]
     with pytest.raises(GraphError, match="early_cutoff must be True or False"):
         executor(build("3"), store, early_cutoff="yes")
+    with pytest.raises(GraphError, match="early_cutoff must be True or False"):  # without storage too
+        executor(build("3"), None, early_cutoff="yes")
 
 
 def arrays(version, n):
@@ -577,3 +579,108 @@ def test_an_input_kept_out_of_storage_records_no_content(executor, tmp_path):
     result, events = run(noted("2", "2", str(source)))  # note stored again, holding 1
     assert result == 100 and events["after"][0] == "computed"
 
+
+
+@workflow
+class Reader:
+    def __init__(self, path):
+        self.path = path
+        self.total = 0
+
+    def read(self):
+        with open(self.path) as f:
+            self.total = int(f.read())
+        return self.total
+
+    def add(self, x):
+        return self.total + x
+
+
+def replayed(version, path):
+    @workflow(version=version)
+    def k():
+        return 5
+
+    @workflow
+    def use(v, kk):
+        return v * 100 + kk
+
+    reader = Reader(path)
+    value = reader.read().set_name("read")
+    kn = k().set_name("k")
+    return use(value, kn).set_name("use"), reader.add(kn).set_name("add")
+
+
+def test_a_replayed_input_is_computed_anew_and_stops_a_cutoff(tmp_path):
+    """A call replayed to rebuild an instance gives its consumers the value it gets now,
+    not the stored one: no cutoff is decided on that stored content."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    source = tmp_path / "source.txt"
+    source.write_text("1")
+
+    def run(version):
+        wf = LocalWorkflow(*replayed(version, str(source)), workflow_name="ml")
+        wf.set_storage(store)
+        return wf.run(), {e.node: (e.action, e.reason) for e in wf.last_report.events}
+
+    run("1")
+    source.write_text("2")
+    (use, _), events = run("2")  # k changed: add runs, so read is replayed and reads 2
+    assert events["read"][0] == "replayed"
+    assert use == 205 and events["use"][0] == "computed"
+
+
+def ticked(version, path):
+    """Two nodes with one key (the same impure call, two names): the second to store loses."""
+
+    def tick_at(v):
+        @workflow(version=v)
+        def tick(path):
+            with open(path) as f:
+                n = int(f.read())
+            with open(path, "w") as f:
+                f.write(str(n + 1))
+            return n
+
+        return tick
+
+    @workflow
+    def use(x):
+        return x * 10
+
+    @workflow
+    def pair(x, y):
+        return [x, y]
+
+    a = tick_at("1")(path).set_name("a")
+    b = tick_at(version)(path).set_name("b")
+    return pair(a, use(b).set_name("ub")).set_name("out")
+
+
+@pytest.mark.parametrize("kind", ["local", "dask", "ray"])
+def test_a_value_another_writer_stored_first_is_the_one_consumers_get(kind, tmp_path, request):
+    """When a node's key was stored first by another writer (here a twin node of the same
+    run), its consumers get the stored result: what later runs read and early cutoff
+    compares."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    source = tmp_path / "n.txt"
+    source.write_text("0")
+    if kind == "dask":
+        client = request.getfixturevalue("dask_client")
+        make, extra = (lambda leaf: DaskWorkflow(leaf, workflow_name="ml", client=client)), {}
+    elif kind == "ray":
+        request.getfixturevalue("ray_cluster")
+        make, extra = (lambda leaf: RayWorkflow(leaf, workflow_name="ml")), {"return_results": True}
+    else:
+        make, extra = (lambda leaf: LocalWorkflow(leaf, workflow_name="ml")), {}
+
+    def run(version, cutoff):
+        wf = make(ticked(version, str(source)))
+        wf.set_storage(store)
+        return wf.run(early_cutoff=cutoff, **extra)
+
+    first = run("1", True)
+    held = store.read_task("ml", "b")  # a and b share a key: it holds one of their values
+    assert first == [held, held * 10]
+    source.write_text(str(held))  # b's new version gives exactly what its key holds
+    assert run("2", True) == [held, held * 10]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -403,6 +404,7 @@ class _DaskEngine(Engine):
                 lost = self._lost_instances()
                 if lost:
                     break
+        self._await_statuses(futures)
         out: list[tuple[Task, BaseException | None, Any]] = []
         leftover = []
         # Statuses first, cancellations after: cancelling a future cancels its dependents.
@@ -430,6 +432,18 @@ class _DaskEngine(Engine):
             fut.cancel()
         out.extend((task, None, self.statuses.get(id(task))) for task in self.released if id(task) in released)
         return out
+
+    def _await_statuses(self, futures: list[Any], limit: float = 2.0) -> None:
+        """Give the status events of finished tasks up to ``limit`` seconds to arrive: a
+        worker sends its event before its task returns, but the scheduler forwards events
+        and results to this client separately."""
+        if self.report is None:
+            return
+        done = {f.key for f in futures if f.status == "finished"}
+        expected = [t for key, (t, f) in self.submitted.items() if f.key in done]
+        deadline = time.monotonic() + limit
+        while any(id(t) not in self.statuses for t in expected) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def _lost_instances(self) -> dict[str, BaseException]:
         """Pinned tasks whose worker has left the cluster (they would wait forever)."""

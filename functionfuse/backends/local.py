@@ -135,6 +135,8 @@ class LocalWorkflow(BaseWorkflow):
             A node's function raised; it names the node.  Results stored before
             the failure stay stored.
         """
+        if not isinstance(early_cutoff, bool):
+            raise GraphError(f"early_cutoff must be True or False, got {early_cutoff!r}")
         if max_workers is not None or processes is not False:
             from .pool import check_pool_options
 
@@ -142,8 +144,6 @@ class LocalWorkflow(BaseWorkflow):
         reporter = progress_for(self.workflow_name, progress)
         if self.object_storage is None and max_workers is None and not is_stateful(self._leaf_nodes()):
             return self._run_unstored(reporter)
-        if not isinstance(early_cutoff, bool):
-            raise GraphError(f"early_cutoff must be True or False, got {early_cutoff!r}")
         plan = self._make_plan(force, strict_hashing)  # nothing is shown before the plan
         if plan.storage is not None:
             want_contents(plan)  # results record the content of their inputs

@@ -460,8 +460,10 @@ class Storage(ABC):
         ``meta`` (function, arguments, inputs ...) is completed with the node,
         workflow, time, host and library versions and written into the
         manifest.  ``overwrite`` writes every object and the manifest again
-        (over a damaged copy).  ``digest`` adds the stored result's content digest
-        to ``meta`` as ``meta["content"]`` (see :mod:`functionfuse.cutoff`).  Raises
+        (over a damaged copy).  ``meta["published"]`` tells whether this call published
+        the result (False: another writer stored the key first, and the store holds its
+        result).  ``digest`` adds the stored result's content digest to ``meta`` as
+        ``meta["content"]`` (see :mod:`functionfuse.cutoff`).  Raises
         SerializationError (naming the node) when ``value`` cannot be serialized
         (nothing is published then), and StorageError (naming the node) when the
         storage fails.
@@ -514,12 +516,12 @@ class Storage(ABC):
             tree = small_tree(manifest)
             if tree is not None:
                 meta["inline"] = tree  # for the run record (see Listing.values)
+        # Another writer may have published the key first: the store holds its result.
+        meta["published"] = manifest.get("created") == meta["created"] and manifest.get("host") == meta["host"]
         if digest:  # a consumer's early cutoff compares it (see functionfuse.cutoff)
             from ..cutoff import content_digest
 
-            # Another writer may have published the key first: its result, not this value.
-            ours = manifest.get("created") == meta["created"] and manifest.get("host") == meta["host"]
-            meta["content"] = content_digest(manifest) if ours else None
+            meta["content"] = content_digest(manifest)
         return key
 
     def load(self, workflow_name: str, key: str, *, with_tree: bool = False) -> Any:
