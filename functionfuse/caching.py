@@ -1090,6 +1090,7 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     nodes: dict[str, dict] = {}
     same_view = True  # does this run leave every node at the key the last record had?
     computed_tree = False
+    rewritten: set[str] = set()  # keys this run stored again (forced, damaged): no tree to carry
     for task in plan.tasks:
         if not task.store:
             continue
@@ -1100,12 +1101,15 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         if task.action in STORED_ACTIONS:
             same_view = same_view and listing.view.get(task.name) == task.key
             computed_tree = computed_tree or (task.action == "computed" and task.tree is not None)
+            if task.overwrite and task.action == "computed":
+                rewritten.add(task.key)
         else:
             same_view = False
     same_view = same_view and len(nodes) >= len(listing.view) and all(name in nodes for name in listing.view)
     values: Any = None
     values_ref = None
-    reuse = same_view and not computed_tree and listing.values_ref is not None and not listing.values_damaged
+    reuse = (same_view and not computed_tree and not rewritten and listing.values_ref is not None
+             and not listing.values_damaged)
     if reuse and listing.values_unread and not _values_intact(storage, listing.values_ref):
         # Named again unread, a damaged object would stay named by every record.
         listing.values_damaged, reuse = True, False
@@ -1121,7 +1125,9 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
         for task in plan.tasks:
             if not task.store or task.action not in STORED_ACTIONS:
                 continue
-            tree = task.tree if task.tree is not None else carried.get(task.key)
+            # A key stored again without its tree at hand (on a Dask or Ray worker) must
+            # not keep the previous record's tree: it may hold another result now.
+            tree = task.tree if task.tree is not None or task.key in rewritten else carried.get(task.key)
             if tree is not None:
                 values[task.key] = tree
         for name, key in listing.view.items():

@@ -7,6 +7,7 @@ HTTP server.  A code change is a bumped ``version=``: the key changes, the resul
 not.
 """
 
+import os
 import sys
 import uuid
 
@@ -638,8 +639,10 @@ def ticked(version, path):
         def tick(path):
             with open(path) as f:
                 n = int(f.read())
-            with open(path, "w") as f:
+            spare = f"{path}.{uuid.uuid4().hex}"  # replaced whole: a twin on another worker reads it whole
+            with open(spare, "w") as f:
                 f.write(str(n + 1))
+            os.replace(spare, path)
             return n
 
         return tick
@@ -684,3 +687,44 @@ def test_a_value_another_writer_stored_first_is_the_one_consumers_get(kind, tmp_
     assert first == [held, held * 10]
     source.write_text(str(held))  # b's new version gives exactly what its key holds
     assert run("2", True) == [held, held * 10]
+
+
+def many_inputs(path):
+    """``use`` of ten small constants and of ``load(path)``: a rerun loads 11 small results,
+    enough to take them from the run record's values (past FEW_LOADS)."""
+
+    @workflow
+    def const(i):
+        return i
+
+    @workflow
+    def load(path):
+        with open(path) as f:
+            return int(f.read())
+
+    @workflow
+    def use(*values):
+        return sum(values[:-1]) + values[-1] * 1000
+
+    return use(*[const(i).set_name(f"c{i}") for i in range(10)], load(path).set_name("load")).set_name("use")
+
+
+def test_a_forced_run_on_dask_leaves_no_stale_small_result_in_the_run_record(dask_client, tmp_path):
+    """A key stored again by a Dask worker (force=) has no tree on the driver: the run's
+    record must not carry the previous record's tree for it (a later cached rerun would
+    read the old value from there)."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
+    source = tmp_path / "source.txt"
+    source.write_text("1")
+    wf = LocalWorkflow(many_inputs(str(source)), workflow_name="ml")
+    wf.set_storage(store)
+    assert wf.run() == 1045
+    source.write_text("2")
+    wf = DaskWorkflow(many_inputs(str(source)), workflow_name="ml", client=dask_client)
+    wf.set_storage(store)
+    assert wf.run(force="load") == 2045
+    leaf = many_inputs(str(source))
+    wf = LocalWorkflow(*leaf.deps, workflow_name="ml")  # load and the constants, all cached
+    wf.set_storage(store)
+    assert wf.run()[-1] == 2
+    assert wf.last_report.by_node()["load"].action == "read"
