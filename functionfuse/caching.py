@@ -478,9 +478,9 @@ def compute_key(
             captured = _captured(task, node.cls, key_of, strict)
         else:
             captured = b""
-        if cache_key is not None and task.reason != UNHASHABLE:
-            fp_cache[cache_key] = (fp, captured, parts, b"node|" + fp.encode())
         head = b"node|" + fp.encode()
+        if cache_key is not None and task.reason != UNHASHABLE:
+            fp_cache[cache_key] = (fp, captured, parts, head)
     else:
         fp, captured, parts, head = cached
     argbytes = _fast_args(node, key_of)
