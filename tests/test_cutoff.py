@@ -728,3 +728,26 @@ def test_a_forced_run_on_dask_leaves_no_stale_small_result_in_the_run_record(das
     wf.set_storage(store)
     assert wf.run()[-1] == 2
     assert wf.last_report.by_node()["load"].action == "read"
+
+
+def test_a_reused_result_whose_object_is_gone_is_computed(tmp_path):
+    """Storage.alias refuses a stored version missing an object (EntryNotFoundError naming
+    it): the node is computed instead, and the run goes on."""
+    from functionfuse.errors import EntryNotFoundError
+
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    wf = LocalWorkflow(arrays("1", 100), workflow_name="arr")
+    wf.set_storage(store)
+    wf.run()
+    meta = store.read_task_meta("arr", "norm")
+    part = meta["parts"][0]["object"]
+    path = next(p for p in (tmp_path / "objects").rglob(part))
+    path.chmod(0o644)
+    path.unlink()
+    with pytest.raises(EntryNotFoundError, match=part):
+        store.alias("arr", "norm", "f" * 32, meta["key"], {})
+    wf = LocalWorkflow(arrays("2", 100), workflow_name="arr")
+    wf.set_storage(store)
+    np.testing.assert_array_equal(wf.run(), np.arange(100) / 99)
+    assert wf.last_report.by_node()["norm"].action == "computed"
+    np.testing.assert_array_equal(store.read_task("arr", "norm"), np.arange(100) / 99)
