@@ -105,7 +105,9 @@ def acquire(
     result is stored by another run (returns None).
 
     ``stored`` is asked before each attempt, so a result stored since the plan
-    was made is read, not computed again.  ``on_wait(holder)`` is called once
+    was made is read, not computed again, and once more after the lease is
+    taken: a holder stores, then releases, so a result stored between the first
+    question and the taking is seen by the second.  ``on_wait(holder)`` is called once
     when the lease is found held by another run (the holder's lease document).
     Setting ``stop`` ends a wait with :class:`WaitStopped` (the run is failing).
     """
@@ -126,6 +128,15 @@ def acquire(
             return None
         doc["acquired"] = doc["renewed"] = utc_now_iso()
         if results._publish(lease_path(key), _encode(doc), replace=False):
+            if stored():
+                # Its holder stored the result and let the lease go between our
+                # check above and our publishing: computing it again would waste the
+                # node's time (and, for an impure node, record a second result).
+                _delete_if(results, key, doc["token"])
+                if told:
+                    logger.info("node %r: stored by another run after %.1f s of waiting; read, not computed",
+                                node, time.monotonic() - since)
+                return None
             if told:
                 logger.info("node %r: the lease of key %s is ours after %.1f s of waiting", node, key,
                             time.monotonic() - since)

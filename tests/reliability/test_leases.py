@@ -459,3 +459,33 @@ def test_an_entry_two_runs_find_damaged_is_replaced_once(script, tmp_path):
     assert [o["total"] for o in outs] == [0, 0]
     assert computations(counts)["slow0"] == 2, outs  # the first run, then one replacement
     assert sorted(o["events"]["slow0"] for o in outs) == ["computed", "read"], outs
+
+
+@pytest.mark.parametrize("kind", ["file", "S3"])
+def test_a_result_stored_between_the_check_and_the_taking_is_read(tmp_path, kind, request):
+    """The race behind a node computed twice: this run finds the result not stored,
+    then its holder stores it and lets the lease go, then this run takes the lease.
+    The lease is checked once more once taken: the result is read, and the lease
+    this run took is deleted."""
+    from functionfuse.storage.leases import acquire
+
+    if kind == "S3":
+        options = {"path": request.getfixturevalue("s3_url"), "lease": 30,
+                   "s3fs": request.getfixturevalue("s3_endpoint").options}
+    else:
+        options = {"path": str(tmp_path / "s"), "lease": 30}
+    store = storage_factory({"kind": kind, "options": options})
+    key = "ab" * 16
+    asked = []
+
+    def stored():
+        asked.append(len(asked))
+        if len(asked) == 1:  # the other run stores now, after this answer was made
+            store.save("other", "n", key, {"v": 1}, {"function": "f"})
+            return False
+        return bool(store.present([key]))
+
+    assert acquire(store.results, key, ttl=30, workflow="w", node="n", run_id="r", stored=stored) is None
+    assert len(asked) == 2
+    assert not store.results.objects.fs.exists(store.results._path(lease_path(key)))
+    assert store.load("w", key) == {"v": 1}
