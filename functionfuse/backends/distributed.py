@@ -61,7 +61,7 @@ from ..graph import BaseNode, ClassCallNode, ClassInitNode, NodeItem
 from ..hashing import Encoder, Unhashable
 from ..progress import NO_PROGRESS, NoProgress, progress_for
 from .base import BaseWorkflow
-from .remote import EntryUnusable, build_spec, localize_error
+from .remote import EntryUnusable, build_spec, deferrable, localize_error
 
 __all__ = ["Query", "DistributedWorkflow", "Engine"]
 
@@ -353,15 +353,18 @@ class DistributedWorkflow(BaseWorkflow):
             except Exception as exc:  # noqa: BLE001
                 raise StorageError(f"the storage {plan.storage!r} cannot be sent to workers: {exc}") from exc
 
-        # Everything to run is pickled before anything is submitted.
+        # Everything to run is pickled before anything is submitted, so a node that
+        # cannot be sent fails the run before anything runs.  A plain spec (builtin
+        # arguments, no plugin) cannot fail once its function is pickled: it is built
+        # when submitted, and the workers start sooner (see remote.deferrable).
         blobs: dict[int, bytes] = {}
         functions: dict[int, Any] = {}  # each function pickled once per run
         checked: set[str] = set()  # each distinct set of options asks the cluster once
         for task in plan.tasks:
             if task.run:
-                blobs[id(task)] = build_spec(
-                    plan, task, plugin_funcs.get(id(task.node)), storage_blob, functions=functions
-                )
+                plugin = plugin_funcs.get(id(task.node))
+                if not deferrable(task, plugin, functions):
+                    blobs[id(task)] = build_spec(plan, task, plugin, storage_blob, functions=functions)
                 options = self._options(task)
                 if options:
                     seen = repr(sorted(options.items()))
@@ -395,7 +398,9 @@ class DistributedWorkflow(BaseWorkflow):
             if max_pending:
                 engine.throttle(max_pending)
             deps = [handle_of(d) for d in task.deps]
-            blob = blobs.pop(id(task))
+            blob = blobs.pop(id(task), None)
+            if blob is None:
+                blob = build_spec(plan, task, None, storage_blob, functions=functions)
             options = self._options(task)
             node = task.node
             if progress.active:  # before submitting: the engine may report it done at once

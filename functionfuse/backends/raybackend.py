@@ -84,9 +84,9 @@ def _remote(name: str) -> Any:
     if fn is None:
         ray = _ray()
         if name == "run":
-            fn = ray.remote(num_returns=2)(remote.run_task)
+            fn = ray.remote(num_returns=2)(remote.run_task_packed)
         elif name == "load":
-            fn = ray.remote(num_returns=2)(remote.load_task)
+            fn = ray.remote(num_returns=2)(remote.load_task_packed)
         else:
             fn = ray.remote(remote.InstanceHost)
         _REMOTES[name] = fn
@@ -210,6 +210,7 @@ class _RayEngine(Engine):
         for ref, status in zip(ready, statuses):
             task = unreported.pop(ref, None)
             if task is not None and status is not None:
+                status = remote.unpack_status(status)
                 self.progress.node_done(task.name, status[0], status[1])
 
     def _follow(self) -> None:
@@ -257,7 +258,8 @@ class _RayEngine(Engine):
         except Exception:  # noqa: BLE001 - find out which, one by one
             statuses = None
         else:
-            return [(task, None, status) for (task, _), status in zip(self.submitted, statuses)]
+            unpack = remote.unpack_status
+            return [(task, None, unpack(status)) for (task, _), status in zip(self.submitted, statuses)]
         out = []
         for task, ref in self.submitted:
             try:
@@ -268,7 +270,7 @@ class _RayEngine(Engine):
                     error = _actor_died(task, error)
                 out.append((task, error, None))
             else:
-                out.append((task, None, status))
+                out.append((task, None, remote.unpack_status(status)))
         return out
 
     def fetch(self, handle: Any) -> Any:

@@ -152,12 +152,16 @@ def _worker_task(task: Task) -> Task:
     copy.reason = task.reason
     copy.action = "skipped"
     copy.seconds = 0.0
-    for field in ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "method",
-                  "recipe", "previous", "previous_recipe", "previous_content", "previous_manifest",
-                  "unstored_inputs", "cutoff"):
-        if field in task.__dict__:
-            setattr(copy, field, task.__dict__[field])
+    state = task.__dict__
+    for field in _SENT:
+        if field in state:
+            setattr(copy, field, state[field])
     return copy
+
+
+#: The cache fields of a task a worker's copy carries (when set on the task).
+_SENT = ("key", "fingerprint", "code", "arguments", "entry", "store", "overwrite", "method", "recipe", "previous",
+         "previous_recipe", "previous_content", "previous_manifest", "unstored_inputs", "cutoff")
 
 
 class _Pickled:
@@ -228,23 +232,27 @@ def build_spec(
         if task.store:
             argument_summary(plan, task)  # the worker writes it into the entry's metadata
             records_inputs(task)  # and whether to record its inputs (the worker has no graph)
-        worker_task = _worker_task(task)
-        if functions is not None and task.func is not None:
-            pickled = functions.get(id(task.func))
+        func = task.func
+        if functions is not None and func is not None:
+            pickled = functions.get(id(func))
             if pickled is None:
                 try:
-                    pickled = functions[id(task.func)] = _Pickled(dumps(task.func))
+                    pickled = functions[id(func)] = _Pickled(dumps(func))
                 except Exception as exc:  # noqa: BLE001 - reported below, naming the node
                     raise _unsendable(task, "function", exc) from exc
-            worker_task.func = pickled
-        spec = NodeSpec(worker_task, args, kwargs, where, plugin, plan.workflow, storage_blob, plan.run_id)
-        if plugin is None and _plain(args) and _plain(kwargs.values()):
+            func = pickled
+        if plugin is None and (func is None or type(func) is _Pickled) and _plain(args) and _plain(kwargs.values()):
             # Nothing in the spec needs pickling by value (the function travels as its
-            # own pickle): the C pickler, a third of cloudpickle's cost on a small node.
+            # own pickle): a tuple of builtin values for the C pickler, a fifth of
+            # cloudpickle's cost on a small node (see _compact).
             try:
-                return pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+                return pickle.dumps(_compact(task, func, args, kwargs, where, plan, storage_blob),
+                                    protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:  # noqa: BLE001 - the full path below reports it, naming the node
                 pass
+        worker_task = _worker_task(task)
+        worker_task.func = func
+        spec = NodeSpec(worker_task, args, kwargs, where, plugin, plan.workflow, storage_blob, plan.run_id)
     try:
         return dumps(spec)
     except Exception as exc:  # noqa: BLE001 - anything user objects raise while pickling
@@ -252,12 +260,77 @@ def build_spec(
         raise _unsendable(task, what, exc) from exc
 
 
-_PLAIN = frozenset((int, float, str, bool, bytes, type(None), _Slot))
+_SCALARS = frozenset((int, float, str, bool, bytes, type(None)))
+_PLAIN = _SCALARS | {_Slot}
 
 
 def _plain(values: Any) -> bool:
     """Whether ``values`` are all builtin scalars or dependency placeholders."""
     return all(type(v) in _PLAIN for v in values)
+
+
+# A plain spec (builtin scalars and dependency placeholders for arguments, no plugin)
+# travels as a tuple of builtin values, which the C pickler writes and reads without
+# calling back into Python, where a NodeSpec costs a __reduce__ per object in it:
+#
+#   (name, qualname, deps as ((name, key), ...), function pickle or None, cache fields
+#    (a dict, see _SENT), run, reason, args, kwargs, where, workflow, storage, run id)
+#
+# A placeholder is written as the tuple (index, path): no plain argument is a tuple.
+
+
+def _compact(task: Task, func: _Pickled | None, args: tuple, kwargs: dict, where: tuple, plan: Plan,
+             storage_blob: bytes | None) -> tuple:
+    if where:
+        args = tuple((a.index, a.path) if type(a) is _Slot else a for a in args)
+        kwargs = {k: (a.index, a.path) if type(a) is _Slot else a for k, a in kwargs.items()}
+    state = task.__dict__
+    return (task.name, task.node.qualname, tuple((d.name, d.key) for d in task.deps),
+            None if func is None else func.data, {f: state[f] for f in _SENT if f in state},
+            task.run, task.reason, args, kwargs, where, plan.workflow, storage_blob, plan.run_id)
+
+
+def _from_compact(c: tuple) -> NodeSpec:
+    """The NodeSpec of a spec :func:`_compact` wrote (on the worker)."""
+    name, qualname, deps, fdata, state, run, reason, args, kwargs, where, workflow, storage, run_id = c
+    task = Task.__new__(Task)
+    task.node = _Stub(name, state.get("key"), qualname)
+    task.name = name
+    task.func = None if fdata is None else _unpickle_function(fdata)
+    task.deps = [_Stub(n, k) for n, k in deps]
+    task.uses = 0
+    task.run, task.reason, task.action, task.seconds = run, reason, "skipped", 0.0
+    task.__dict__.update(state)
+    if where:
+        args = tuple(_Slot(*a) if type(a) is tuple else a for a in args)
+        kwargs = {k: _Slot(*a) if type(a) is tuple else a for k, a in kwargs.items()}
+    return NodeSpec(task, args, kwargs, where, None, workflow, storage, run_id)
+
+
+def deferrable(task: Task, plugin: Any, functions: dict[int, Any]) -> bool:
+    """Whether ``task``'s spec is plain (see :func:`_compact`), so it may be built when
+    submitted rather than before the run starts: then its function is pickled now,
+    a failure naming the node, and building the spec later cannot fail.  The
+    driver starts submitting sooner, while the workers are idle."""
+    if plugin is None and not task.node.nested:
+        node = task.node
+        refs = node.top_refs
+        top = {w for w, _ in refs}
+        if not all(type(a) in _SCALARS for i, a in enumerate(node.args) if i not in top):
+            return False
+        if node.kwargs and not all(type(a) in _SCALARS for k, a in node.kwargs.items() if k not in top):
+            return False
+        for _, ref in refs:
+            path = getattr(ref, "path", None)
+            if path is not None and not all(type(p) in _SCALARS for p in path):
+                return False
+        if task.func is not None and id(task.func) not in functions:
+            try:
+                functions[id(task.func)] = _Pickled(dumps(task.func))
+            except Exception as exc:  # noqa: BLE001 - any error pickling user code, named
+                raise _unsendable(task, "function", exc) from exc
+        return True
+    return False
 
 
 def localize_error(error: BaseException, plan: Plan, plugins: dict[int, Any] | None = None) -> None:
@@ -307,7 +380,8 @@ def _storage(blob: bytes | None) -> Any:
 
 
 def _unpack(blob: bytes) -> NodeSpec:
-    return pickle.loads(blob)
+    spec = pickle.loads(blob)
+    return spec if type(spec) is NodeSpec else _from_compact(spec)
 
 
 def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
@@ -376,6 +450,33 @@ def load_task(blob: bytes) -> tuple[Any, tuple[str, float, int]]:
             unusable_reason(exc),
         ) from None
     return value, _status(task)
+
+
+def pack_status(status: tuple[str, float, int, str | None]) -> bytes:
+    """A status as bytes: Ray returns and reads a ``bytes`` object without pickling
+    it, 3% of the time of a trivial node against a tuple (benchmarks/bench_distributed.py)."""
+    action, seconds, pid, reason = status
+    return b"%s\x1f%r\x1f%d\x1f%s" % (action.encode(), seconds, pid, (reason or "").encode())
+
+
+def unpack_status(data: bytes | tuple) -> tuple[str, float, int, str | None]:
+    """The status :func:`pack_status` packed (a tuple is returned as it is)."""
+    if type(data) is tuple:
+        return data
+    action, seconds, pid, reason = data.split(b"\x1f")
+    return action.decode(), float(seconds), int(pid), reason.decode() or None
+
+
+def run_task_packed(blob: bytes, *deps: Any) -> tuple[Any, bytes]:
+    """:func:`run_task` with its status packed (Ray's tasks)."""
+    value, status = run_task(blob, *deps)
+    return value, pack_status(status)
+
+
+def load_task_packed(blob: bytes) -> tuple[Any, bytes]:
+    """:func:`load_task` with its status packed (Ray's tasks)."""
+    value, status = load_task(blob)
+    return value, pack_status(status)
 
 
 def run_value(blob: bytes, *deps: Any) -> Any:

@@ -5,6 +5,7 @@ Every test runs on a local Ray (``ray.init(num_cpus=2)``) and on a
 """
 
 import os
+import pickle
 import random
 import sys
 import threading
@@ -222,14 +223,22 @@ def test_unpicklable_function_is_reported_before_anything_runs(backend, tmp_path
         with lock:
             return x
 
-    first = inc(1).set_name("first")
+    @workflow
+    def touch(path):
+        open(path, "w").close()
+        return 1
+
+    marker = tmp_path / "first-ran"
+    first = touch(str(marker)).set_name("first")
     node = locked(first).set_name("locked")
     wf = backend(node)
     wf.set_storage(storage)
     with pytest.raises(ExecutorError, match="node 'locked' cannot be sent to a worker.*lock"):
         with pytest.warns(CacheWarning, match="node 'locked'.*_thread.lock cannot be hashed"):
             backend.run(wf)
-    assert storage.list_tasks("wf", "*") == []  # not even 'first' was submitted
+    time.sleep(1.0)  # a submitted 'first' would have run by now
+    assert not marker.exists()  # not even 'first' was submitted
+    assert storage.list_tasks("wf", "*") == []
 
 
 def test_stateful_instance_stays_on_one_worker_in_call_order(backend, tmp_path):
@@ -543,11 +552,15 @@ def test_specs_load_where_the_test_module_cannot_be_imported(tmp_path):
     for task in plan.tasks:
         (tmp_path / f"{task.name}.spec").write_bytes(build_spec(plan, task, None, None, functions=functions))
     assert _plain(root.args) and not _plain(by_value.args)
+    # The plain specs are tuples of builtin values (written and read by the C pickler).
+    kinds = {p.stem: type(pickle.loads(p.read_bytes())).__name__ for p in tmp_path.glob("*.spec")}
+    assert sorted(kinds.values()) == ["NodeSpec", "tuple", "tuple"], kinds
     script = tmp_path / "load.py"
     script.write_text(
-        "import pathlib, pickle, sys\n"
+        "import pathlib, sys\n"
+        "from functionfuse.backends.remote import _unpack\n"
         "for path in sorted(pathlib.Path(sys.argv[1]).glob('*.spec')):\n"
-        "    spec = pickle.loads(path.read_bytes())\n"
+        "    spec = _unpack(path.read_bytes())\n"
         "    args, kwargs = spec.fill((5,))\n"
         "    print(path.stem, repr(spec.task.func(*args, **kwargs)))\n"
     )
@@ -655,3 +668,57 @@ def test_the_report_gives_every_computed_node_its_duration(backend, tmp_path):
     events = wf.last_report.by_node()
     assert all(events[n].action == "computed" and events[n].seconds >= 0.05 for n in ("first", "second"))
     assert "second: computed (new) in " in str(wf.last_report)
+
+
+@pytest.mark.parametrize("status", [("computed", 0.0012345678901234, 4321, None),
+                                    ("read", 0.0, 1, "upstream unchanged"), ("failed", 1e-07, 99999, None)])
+def test_a_packed_status_comes_back_exactly(status):
+    """Ray's tasks return their status as bytes (cheaper for Ray than a tuple): every
+    field comes back as it was, the seconds to the last digit."""
+    from functionfuse.backends.remote import pack_status, unpack_status
+
+    packed = pack_status(status)
+    assert type(packed) is bytes
+    assert unpack_status(packed) == status
+    assert unpack_status(status) == status  # a tuple (an actor's status) passes through
+
+
+def test_a_compact_spec_gives_the_worker_what_the_full_one_does(tmp_path, monkeypatch):
+    """Plain specs travel as tuples of builtin values (remote._compact); the worker
+    rebuilds from one the same task, arguments and cache fields as from the full
+    NodeSpec: positional, keyword and ``node[i]`` inputs, literals of every scalar
+    type, a stored node with its cache fields."""
+    from functionfuse.backends import remote
+    from functionfuse.cutoff import want_contents
+
+    @workflow
+    def mix(a, b, *, scale, label, extra, flag=None, raw=b""):
+        return a, b, scale, label, extra, flag, raw
+
+    pair = where(3).set_name("pair")
+    node = mix(inc(1).set_name("one"), pair[0], scale=2.5, label="x", extra=inc(4).set_name("four"), flag=True,
+               raw=b"\x00").set_name("mix")
+    wf = LocalWorkflow(node, workflow_name="compact")
+    wf.set_storage(FileStorage(tmp_path / "s"))
+    plan = wf._make_plan(None)
+    want_contents(plan)
+    functions: dict = {}
+    task = plan.task(node)
+    compact = remote.build_spec(plan, task, None, b"storage", functions=functions)
+    assert type(pickle.loads(compact)) is tuple
+    monkeypatch.setattr(remote, "_plain", lambda values: False)
+    full = remote.build_spec(plan, task, None, b"storage", functions=functions)
+    assert type(pickle.loads(full)).__name__ == "NodeSpec"
+    a, b = remote._unpack(compact), remote._unpack(full)
+    deps = (2, (3, 77), 5)
+    assert a.fill(deps) == b.fill(deps) == (
+        (2, 3), {"scale": 2.5, "label": "x", "extra": 5, "flag": True, "raw": b"\x00"})
+    assert (a.where, a.workflow, a.storage, a.run, a.plugin) == (b.where, b.workflow, b.storage, b.run, b.plugin)
+    ta, tb = a.task, b.task
+    assert ta.__dict__ == tb.__dict__ and ta.__dict__["key"] == task.key and ta.store
+    for field in ("name", "run", "reason", "action", "seconds", "uses"):
+        assert getattr(ta, field) == getattr(tb, field), field
+    assert [(d.name, d.key) for d in ta.deps] == [(d.name, d.key) for d in tb.deps] == [
+        ("one", plan.task(node.deps[0]).key), ("pair", plan.task(pair).key), ("four", plan.task(node.deps[2]).key)]
+    assert (ta.node.name, ta.node.key, ta.node.qualname) == (tb.node.name, tb.node.key, tb.node.qualname)
+    assert ta.func(1, 2, scale=0, label="", extra=3) == tb.func(1, 2, scale=0, label="", extra=3)
