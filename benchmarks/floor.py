@@ -77,15 +77,18 @@ def _median(values: list[float]) -> float:
     return values[len(values) // 2]
 
 
-def _timed(reps: int, fn) -> list[float]:
-    out = []
+def _interleaved(reps: int, fns: dict) -> dict[str, list[float]]:
+    """Seconds of each function, called in turn ``reps`` times after one warm-up round
+    (a full ``gc.collect()`` before each call)."""
+    totals: dict[str, list[float]] = {label: [] for label in fns}
     for rep in range(reps + 1):
-        gc.collect()
-        t0 = clock()
-        fn()
-        if rep:  # the first is a warm-up
-            out.append(clock() - t0)
-    return out
+        for label, fn in fns.items():
+            gc.collect()
+            t0 = clock()
+            fn()
+            if rep:  # the first round is a warm-up
+                totals[label].append(clock() - t0)
+    return totals
 
 
 def _row(label: str, seconds: float, n: int, note: str = "") -> None:
@@ -176,14 +179,7 @@ def figure4(reps: int, folder: str, n: int = 1000) -> None:
         return out
 
     parts: dict[str, list[float]] = {}
-    totals: dict[str, list[float]] = {"floor": [], "ours": [], "base": []}
-    for rep in range(reps + 1):  # the three interleaved
-        for label, fn in (("floor", lambda: floor(parts)), ("ours", ours), ("base", base)):
-            gc.collect()
-            t0 = clock()
-            fn()
-            if rep:
-                totals[label].append(clock() - t0)
+    totals = _interleaved(reps, {"floor": lambda: floor(parts), "ours": ours, "base": base})
     b = _median(totals["base"])
     print(f"figure 4: resume of a {n}-node chain, only the leaf needed (target: ours <= 0.3x the baseline)")
     for label, values in parts.items():
@@ -236,14 +232,7 @@ def figure1(reps: int, n: int = 2000) -> None:
         return bench_local.loop_mixed(n)
 
     assert floor() == ours() == base()
-    totals: dict[str, list[float]] = {"floor": [], "ours": [], "base": []}
-    for rep in range(reps + 1):
-        for label, fn in (("floor", floor), ("ours", ours), ("base", base)):
-            gc.collect()
-            t0 = clock()
-            fn()
-            if rep:
-                totals[label].append(clock() - t0)
+    totals = _interleaved(reps, {"floor": floor, "ours": ours, "base": base})
     b = _median(totals["base"])
     print(f"figure 1: {n} nodes, no storage (target: ours - loop <= 1.5 µs/node)")
     for label, title in (("floor", "floor (graph built, run, timed)"), ("ours", "ours (bench_local's figure 1)"),

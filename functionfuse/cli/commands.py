@@ -280,6 +280,9 @@ def cmd_gc(args: argparse.Namespace) -> tuple[dict, str]:
     if report.node_leases:
         lines.append(f"{'would remove' if args.dry_run else 'removed'} {len(report.node_leases)} node lease(s) "
                      "of killed runs")
+    if report.overwrite_notes:
+        lines.append(f"{'would remove' if args.dry_run else 'removed'} {len(report.overwrite_notes)} overwrite "
+                     "note(s) of results no longer stored")
     if report.packs:
         lines.append(f"{'would rewrite' if args.dry_run else 'rewrote'} {len(report.packs)} pack(s) holding lines "
                      "cut or damaged by killed writers")

@@ -165,6 +165,7 @@ class Listing:
         self._values_ref: dict | None = ref if isinstance(ref, dict) else None
         self._values: dict[str, Any] | None = None if self._values_ref else {}
         self._fetch: Any = None  # set by the storage that made the listing (not pickled)
+        self._overwritten: Any = None  # the same: the keys written over (ResultStore.overwritten)
         self.loads = 0  # results loaded by the run planned from this listing
         self.loads_ahead = 0  # loads the executor knows are coming (the cached leaves it returns)
         #: The small-results object was read and found damaged or unreadable: the
@@ -173,7 +174,7 @@ class Listing:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_fetch"] = None
+        state["_fetch"] = state["_overwritten"] = None
         return state
 
     @property
@@ -199,7 +200,18 @@ class Listing:
                     self.values_damaged = True
                     logger.warning("the small results of the latest run record are unusable (%s); "
                                    "reading their manifests instead", exc)
-            self._values = values if isinstance(values, dict) else {}
+            values = values if isinstance(values, dict) else {}
+            if values and self._overwritten is not None:
+                # A key stored again since (by any workflow) may hold another result
+                # than the copy the record carries: its manifest says which.
+                try:
+                    for key in self._overwritten():
+                        values.pop(key, None)
+                except StorageError as exc:
+                    logger.warning("could not list the results written over (%s); reading the manifests "
+                                   "of the small results instead of the run record's copies", exc)
+                    values = {}
+            self._values = values
         return self._values
 
     def previous(self, node_name: str) -> str | None:
@@ -434,6 +446,7 @@ class Storage(ABC):
             record = None
         listing = Listing(record)
         listing._fetch = self._fetch_values
+        listing._overwritten = self.results.overwritten
         return listing
 
     def _fetch_values(self, ref: dict) -> Any:

@@ -67,6 +67,7 @@ class GcReport:
     side_data: list[str] = field(default_factory=list)  # side data no manifest names (crashed writers)
     node_leases: list[str] = field(default_factory=list)  # node leases of killed runs (storage.leases)
     packs: list[str] = field(default_factory=list)  # packs of gone writers with cut or damaged lines, rewritten
+    overwrite_notes: list[str] = field(default_factory=list)  # notes of results no longer stored, removed
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -209,6 +210,7 @@ def collect(inventory: Inventory, policy: GcPolicy | None = None, *, dry_run: bo
     else:
         report.side_data = _orphaned_side_data(results, policy, dry_run=dry_run)
     report.node_leases = _stale_node_leases(results, dry_run=dry_run)
+    report.overwrite_notes = _orphaned_notes(results, set(report.manifests) if dry_run else set(), dry_run=dry_run)
     report.packs = results.clean_packs(policy.grace_s, dry_run=dry_run)
     report.manifests = sorted(doomed_keys)
     report.objects = sorted(doomed_objects)
@@ -317,6 +319,21 @@ def _stale_node_leases(results: Any, *, dry_run: bool) -> list[str]:
         if not dry_run:
             _delete_if(results, key, held.get("token"))  # not a lease a waiting run took over since
     return removed
+
+
+def _orphaned_notes(results: Any, doomed: set[str], *, dry_run: bool) -> list[str]:
+    """Remove the overwrite notes of keys whose manifest is gone (``doomed``: going, in a
+    dry run); the paths.  Removing a manifest removes its note, unless the remover was
+    killed in between (see docs/format.md, "Overwrite notes")."""
+    from .results import OVERWRITES
+
+    noted = results.overwritten()
+    if not noted:
+        return []
+    gone = sorted((noted - results.present(noted)) | (noted & doomed))
+    if not dry_run:
+        results.forget_overwrites(gone)
+    return [f"{OVERWRITES}/{key}.json" for key in gone]
 
 
 def _strings(value: Any) -> set[str]:

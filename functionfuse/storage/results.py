@@ -68,6 +68,8 @@ BUSY_WAITS = 8
 RECORD_FALLBACK = 3
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
 #: The file that marks a store's root, and its content.
+#: Notes of manifests written over (docs/format.md, "Overwrites"): ``overwrites/<key>.json``.
+OVERWRITES = "overwrites"
 MARKER = "FFSTORE.json"
 MARKER_BYTES = b'{"format":"functionfuse-store","version":2}\n'
 
@@ -197,8 +199,12 @@ class ResultStore:
         folder during a run (:attr:`packing`), a line appended to the run's pack
         (docs/format.md, "Packs").  A replacement is always a loose file: readers take
         it first.  Returns False when another writer had published the key first."""
-        if not (packed and self.packing and self._local and not replace):
-            return self._publish(manifest_path(key), data, replace=replace)
+        if replace:
+            published = self._publish(manifest_path(key), data, replace=True)
+            self._note_overwrite(key)
+            return published
+        if not (packed and self.packing and self._local):
+            return self._publish(manifest_path(key), data, replace=False)
         index, writer = self._pack_index, self._pack_writer
         if writer is None:
             writer = self._pack_writer = PackWriter(self._path(PACKS), durable=self.objects.durable)
@@ -213,6 +219,41 @@ class ResultStore:
         except Exception as exc:  # the disk is full ...: named like any write failure
             raise self.objects._error(exc, "appending to a pack", PACKS, writer.folder) from exc
         return True
+
+    def _note_overwrite(self, key: str) -> None:
+        """Note that the manifest of ``key`` was written over (after writing it): the run
+        records that carry its earlier small result stop serving it (see :meth:`overwritten`)."""
+        from .base import utc_now_iso
+
+        doc = b'{"format":"functionfuse-overwrite","key":"%s","time":"%s"}\n' % (key.encode(), utc_now_iso().encode())
+        self._publish(f"{OVERWRITES}/{key}.json", doc, replace=True)
+
+    def overwritten(self) -> set[str]:
+        """The keys whose manifest was written over at some time (forced, or replacing a
+        damaged one): one listing of ``overwrites/``.
+
+        A run record carries the small results of its run (its ``values``), so a cached
+        rerun does not open their manifests.  When any writer, of this workflow or
+        another one, stores a key again, the copy a record carries may be another
+        result than the store's: readers leave those keys to their manifests.
+        """
+        folder = self._path(OVERWRITES)
+        with self.objects._io("listing", OVERWRITES, folder):
+            try:
+                names = os.listdir(folder) if self._local else self.objects.fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                return set()
+        return {posixpath.basename(n)[:-5] for n in names if n.endswith(".json")}
+
+    def forget_overwrites(self, keys: Iterable[str]) -> None:
+        """Delete the overwrite notes of ``keys`` (their results are removed)."""
+        noted = self.overwritten() & set(keys)
+        fs = self.objects.fs
+        for key in sorted(noted):
+            relative = f"{OVERWRITES}/{key}.json"
+            with self.objects._io("deleting", relative, self._path(relative)):
+                with suppress(FileNotFoundError):
+                    fs.rm_file(self._path(relative))
 
     def start_pack(self) -> None:
         """Pack the small manifests saved from now on (a run starts in this process)."""
@@ -468,6 +509,8 @@ class ResultStore:
                     fs.rm_file(self._path(relative))
         if self._local and keys:
             self.rewrite_packs(lambda key, _: key not in keys, only=keys)
+        if keys:
+            self.forget_overwrites(keys)
 
     def rewrite_packs(self, keep: Any, *, only: set[str]) -> list[str]:
         """Rewrite the packs holding a line of ``only`` with the lines ``keep(key,

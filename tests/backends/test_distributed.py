@@ -722,3 +722,28 @@ def test_a_compact_spec_gives_the_worker_what_the_full_one_does(tmp_path, monkey
         ("one", plan.task(node.deps[0]).key), ("pair", plan.task(pair).key), ("four", plan.task(node.deps[2]).key)]
     assert (ta.node.name, ta.node.key, ta.node.qualname) == (tb.node.name, tb.node.key, tb.node.qualname)
     assert ta.func(1, 2, scale=0, label="", extra=3) == tb.func(1, 2, scale=0, label="", extra=3)
+
+
+def test_a_result_a_cluster_stored_again_is_what_a_local_rerun_reads(backend, tmp_path):
+    """Workflow A's record carries its small results; workflow B, on the cluster, forces
+    one of the same nodes (same key): the worker writes over the manifest and notes it,
+    so A's cached rerun (more than 8 loads: the record's copies) returns the new one."""
+    storage = FileStorage(tmp_path / "s")
+
+    def nodes():
+        return [draw(i).set_name(f"r{i}") for i in range(10)]
+
+    a = LocalWorkflow(*nodes(), workflow_name="a")
+    a.set_storage(storage)
+    first = a.run()
+    assert a.run() == first
+    b = backend(*nodes(), workflow_name="b")
+    b.set_storage(storage)
+    backend.run(b, force="r3")
+    assert [e.action for e in b.last_report.events if e.node == "r3"] == ["computed"]
+    again = a.run()
+    assert again[3] != first[3]
+    assert again[:3] + again[4:] == first[:3] + first[4:]
+    c = LocalWorkflow(*nodes(), workflow_name="b")
+    c.set_storage(storage)
+    assert c.run()[3] == again[3]  # what B stored is what A reads

@@ -225,6 +225,7 @@ def leftovers(results):
     fs = results.objects.fs
     root = results.objects.root
     objects, side = referenced(results)
+    stored = set(_keys(results))
     found = []
     for path in fs.find(root):
         rel = path[len(root):].lstrip("/")
@@ -237,7 +238,9 @@ def leftovers(results):
             found.append(f"{rel} (side data nothing names)")
         elif top == "packs" and rel.endswith(".pack") and not fs.cat_file(path).endswith(b"\n"):
             found.append(f"{rel} (a pack with a cut last line)")
-        elif top not in ("objects", "side", "manifests", "packs", "runs", "FFSTORE.json", "tmp"):
+        elif top == "overwrites" and rel.split("/")[-1][: -len(".json")] not in stored:
+            found.append(f"{rel} (the overwrite note of a result not stored)")
+        elif top not in ("objects", "side", "manifests", "packs", "runs", "FFSTORE.json", "tmp", "overwrites"):
             found.append(f"{rel} (unexpected)")
     return found
 

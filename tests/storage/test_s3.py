@@ -247,8 +247,14 @@ def test_forced_node_replaces_its_entry(s3_endpoint, s3_url):
     assert wf.run(force="total") == 90
     assert CALLS == ["total", "scale"]
     after = _objects(s3_endpoint, s3_url)
-    assert [k for k in after if not k.startswith("runs/")] == [k for k in before if not k.startswith("runs/")]
-    assert len(after) == len(before) + 1  # same results replaced in place, one more run record
+    same = ("runs/", "overwrites/")
+    assert [k for k in after if not k.startswith(same)] == [k for k in before if not k.startswith(same)]
+    # Same results replaced in place, one more run record, and a note per key written over
+    # (records carrying the earlier results stop serving them: docs/format.md, "Overwrite notes").
+    keys = {e.node: e.key for e in wf.last_report.events}
+    assert sorted(k for k in after if k.startswith("overwrites/")) == sorted(
+        f"overwrites/{keys[n]}.json" for n in ("total", "scale"))
+    assert len(after) == len(before) + 3
 
 
 def test_fresh_process_resumes_from_s3(s3_endpoint, s3_url, tmp_path):

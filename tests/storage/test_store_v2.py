@@ -565,3 +565,75 @@ def re_escape(text):
     import re
 
     return re.escape(text)
+
+
+@workflow
+def drawn(i):
+    """A small impure result: a new number on every call."""
+    CALLS.append(i)
+    return {"i": i, "draw": len(CALLS) * 1000 + i}
+
+
+@pytest.mark.parametrize("loads", [3, 12])  # fewer and more than FEW_LOADS: manifests, then the record's object
+def test_a_result_another_workflow_stored_again_is_what_a_rerun_reads(any_storage, loads):
+    """Workflow A's run record carries its small results; workflow B (the same nodes, so
+    the same keys) stores one again with force=.  A's next cached rerun returns what
+    the store holds now, however many results it loads, and records it."""
+    import functionfuse
+
+    def nodes():
+        return [drawn(i).set_name(f"d{i}") for i in range(loads)]
+
+    wf_a = LocalWorkflow(*nodes(), workflow_name="a")
+    wf_a.set_storage(any_storage)
+    first = wf_a.run()
+    assert wf_a.run() == first  # cached: the record now carries every small result
+    assert all(e.action == "read" for e in wf_a.last_report.events)
+    wf_b = LocalWorkflow(*nodes(), workflow_name="b")
+    wf_b.set_storage(any_storage)
+    forced = wf_b.run(force="d1")
+    assert forced[1] != first[1] and forced[0] == first[0]
+    for _ in range(2):  # and again from the record this rerun writes
+        again = wf_a.run()
+        assert again[1] == forced[1], "A served the result its record held, not the stored one"
+        assert again == [forced[1] if i == 1 else first[i] for i in range(loads)]
+        assert {e.node: e.action for e in wf_a.last_report.events}["d1"] == "read"
+    assert functionfuse.compute(drawn(1), storage=any_storage, workflow_name="a") == forced[1]
+
+
+def test_overwrite_notes_go_with_their_results(any_storage, caplog):
+    """A key stored again leaves a note (docs/format.md, "Overwrite notes"); removing
+    the result removes it, gc removes a note whose result is gone (a remover killed in
+    between), and a store whose notes cannot be listed reads manifests instead."""
+    import logging
+
+    from functionfuse.errors import StorageError
+    from functionfuse.storage.gc import collect
+    from functionfuse.storage.inventory import Inventory
+
+    results = any_storage.results
+    wf = LocalWorkflow(*[drawn(i).set_name(f"d{i}") for i in range(10)], workflow_name="notes")
+    wf.set_storage(any_storage)
+    first = wf.run()
+    assert results.overwritten() == set()
+    key = {e.node: e.key for e in wf.last_report.events}["d4"]
+    forced = wf.run(force="d4")
+    assert results.overwritten() == {key} and forced[4] != first[4]
+    # The notes cannot be listed: the record's copies are not used at all (manifests are).
+    real = results.overwritten
+    results.overwritten = lambda: (_ for _ in ()).throw(StorageError("listing refused"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="functionfuse"):
+            assert wf.run() == forced
+    finally:
+        results.overwritten = real
+    assert "could not list the results written over" in caplog.text
+    any_storage.remove_task("notes", "d4")
+    assert results.overwritten() == set()  # its result removed, its note with it
+    # A note left by a remover killed between the manifest and the note: gc removes it.
+    stray = "0123456789abcdef0123456789abcdef"
+    results._note_overwrite(stray)
+    assert collect(Inventory(results), dry_run=True).overwrite_notes == [f"overwrites/{stray}.json"]
+    assert results.overwritten() == {stray}  # a dry run removes nothing
+    assert collect(Inventory(results)).overwrite_notes == [f"overwrites/{stray}.json"]
+    assert results.overwritten() == set()
