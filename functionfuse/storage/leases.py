@@ -35,6 +35,7 @@ import os
 import threading
 import time
 import uuid
+from contextlib import suppress
 from typing import Any, Callable
 
 from ..errors import CorruptEntryError, EntryNotFoundError, StorageError
@@ -128,7 +129,13 @@ def acquire(
             return None
         doc["acquired"] = doc["renewed"] = utc_now_iso()
         if results._publish(lease_path(key), _encode(doc), replace=False):
-            if stored():
+            try:
+                again = stored()
+            except BaseException:  # nothing holds the lease yet: others would wait out its time to live
+                with suppress(Exception):
+                    _delete_if(results, key, doc["token"])
+                raise
+            if again:
                 # Its holder stored the result and let the lease go between our
                 # check above and our publishing: computing it again would waste the
                 # node's time (and, for an impure node, record a second result).

@@ -200,9 +200,11 @@ class ResultStore:
         (docs/format.md, "Packs").  A replacement is always a loose file: readers take
         it first.  Returns False when another writer had published the key first."""
         if replace:
-            published = self._publish(manifest_path(key), data, replace=True)
+            # The note first: a writer killed (or failing) after it leaves a note whose
+            # manifest may be the old one, which costs readers a manifest read; the other
+            # order could leave a new manifest unnoted, and records serving the old copy.
             self._note_overwrite(key)
-            return published
+            return self._publish(manifest_path(key), data, replace=True)
         if not (packed and self.packing and self._local):
             return self._publish(manifest_path(key), data, replace=False)
         index, writer = self._pack_index, self._pack_writer
@@ -221,7 +223,7 @@ class ResultStore:
         return True
 
     def _note_overwrite(self, key: str) -> None:
-        """Note that the manifest of ``key`` was written over (after writing it): the run
+        """Note that the manifest of ``key`` is written over (before writing it): the run
         records that carry its earlier small result stop serving it (see :meth:`overwritten`)."""
         from .base import utc_now_iso
 
@@ -239,10 +241,22 @@ class ResultStore:
         """
         folder = self._path(OVERWRITES)
         with self.objects._io("listing", OVERWRITES, folder):
-            try:
-                names = os.listdir(folder) if self._local else self.objects.fs.ls(folder, detail=False)
-            except FileNotFoundError:
-                return set()
+            if self._local:
+                try:
+                    names = os.listdir(folder)
+                except FileNotFoundError:
+                    return set()
+            else:  # one LIST per 1,000 notes (s3fs's ls lists the parent too when none is there)
+                fs = self.objects.fs
+                bucket, prefix, _ = fs.split_path(folder)
+                request: dict = {"Bucket": bucket, "Prefix": prefix + "/", "MaxKeys": 1000}
+                names = []
+                while True:
+                    page = fs.call_s3("list_objects_v2", **request)
+                    names.extend(item["Key"] for item in page.get("Contents", ()))
+                    if not page.get("IsTruncated"):
+                        break
+                    request["ContinuationToken"] = page["NextContinuationToken"]
         return {posixpath.basename(n)[:-5] for n in names if n.endswith(".json")}
 
     def forget_overwrites(self, keys: Iterable[str]) -> None:

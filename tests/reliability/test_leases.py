@@ -489,3 +489,27 @@ def test_a_result_stored_between_the_check_and_the_taking_is_read(tmp_path, kind
     assert len(asked) == 2
     assert not store.results.objects.fs.exists(store.results._path(lease_path(key)))
     assert store.load("w", key) == {"v": 1}
+
+
+def test_a_failing_second_check_leaves_no_lease(tmp_path):
+    """The check made once the lease is taken fails (the store does not answer): the
+    lease just taken is deleted before the error goes up, so no other run waits out
+    its time to live for a node nobody computes."""
+    from functionfuse.storage.leases import acquire
+
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s"), "lease": 30}})
+    key = "cd" * 16
+    asked = []
+
+    def stored():
+        asked.append(1)
+        if len(asked) == 2:
+            raise OSError("the store does not answer")
+        return False
+
+    with pytest.raises(OSError, match="does not answer"):
+        acquire(store.results, key, ttl=30, workflow="w", node="n", run_id="r", stored=stored)
+    assert not os.path.exists(store.results._path(lease_path(key)))
+    lease = acquire(store.results, key, ttl=30, workflow="w", node="n", run_id="r2", stored=lambda: False)
+    assert lease is not None  # at once: nothing was left to wait for
+    lease.release()

@@ -637,3 +637,23 @@ def test_overwrite_notes_go_with_their_results(any_storage, caplog):
     assert results.overwritten() == {stray}  # a dry run removes nothing
     assert collect(Inventory(results)).overwrite_notes == [f"overwrites/{stray}.json"]
     assert results.overwritten() == set()
+
+
+def test_the_overwrite_note_is_written_before_the_manifest(any_storage, monkeypatch):
+    """A writer killed between the two leaves a note over the old manifest (readers read
+    the manifest: right either way), never a new manifest without its note (records would
+    go on serving the old copy)."""
+    results = any_storage.results
+    wf = LocalWorkflow(drawn(7).set_name("d"), workflow_name="order")
+    wf.set_storage(any_storage)
+    wf.run()
+    written = []
+    real = results._publish
+
+    def publish(relative, data, *, replace):
+        written.append(relative.split("/")[0])
+        return real(relative, data, replace=replace)
+
+    monkeypatch.setattr(results, "_publish", publish)
+    wf.run(force="d")
+    assert written.index("overwrites") < written.index("manifests"), written
