@@ -58,8 +58,12 @@ Where it runs
 * Local executor, sequential or pooled: the driver checks a candidate just before it
   would run it, once its inputs have run; a cut-off node is loaded only if needed.
 * Dask and Ray: the worker that would compute the node checks it (the driver does not
-  know the content of results computed on other workers); a cut-off node is loaded
-  there, since its consumers receive its value (reported ``read``).
+  know the content of results computed on other workers).  A cut-off node hands on the
+  reused result's key, not its value (``remote.Reused``): a consumer that computes
+  loads it on its worker and tells the driver (the node is reported ``read``), a
+  consumer cut off hands on its own key, the driver loads a result it returns.  A
+  damaged reused result is found by whoever loads it; the run then goes again without
+  that entry, which is computed.
 * ``run(early_cutoff=False)`` turns the check off: keys alone decide, as in the
   original package.  Results still record their inputs, so a later run can cut off.
 

@@ -108,9 +108,9 @@ def test_unchanged_result_cuts_off_everything_downstream(executor, store):
     assert result == {"score": 121}
     assert computed(events) == ["load"]
     assert cut_off(events) == ["clean", "evaluate", "train"]
-    # Locally what nothing needs is not even loaded; a worker loads it for its consumers.
-    expected = "skipped" if executor.kind in ("local", "pool") else "read"
-    assert events["clean"][0] == events["train"][0] == expected
+    # What nothing needs is not even loaded: locally, and on Dask and Ray, where a worker
+    # that cuts a node off hands on its key, loaded only by a consumer that computes.
+    assert events["clean"][0] == events["train"][0] == "skipped"
     assert events["evaluate"][0] == "read"  # the result asked for
     # The reused results are stored under their new keys: the next run finds them all.
     result, events = executor(build("2"), store)
@@ -151,6 +151,7 @@ def test_never_a_wrong_hit(executor, store):
     result, events = executor(build("3", clean_version="2", factor=3), store)
     assert result == {"score": 181}
     assert computed(events) == ["evaluate", "load", "train"] and cut_off(events) == ["clean"]
+    assert events["clean"][0] == "read"  # train needed its value (on a cluster, train's worker read it)
     # forced nodes and everything below them run, whatever their content.
     _, events = executor(build("3", clean_version="2", factor=3), store, force="load")
     assert computed(events) == ["clean", "evaluate", "load", "train"]
@@ -453,10 +454,13 @@ def test_on_a_ray_storage_and_with_worker_processes(ray_cluster, tmp_path):
         assert store.read_task_meta("ml", "train")["same_as"]
 
 
+@pytest.mark.parametrize("leaf", [False, True])
 @pytest.mark.parametrize("kind", ["dask", "ray"])
-def test_a_damaged_reused_result_is_computed_on_the_worker(kind, tmp_path, request):
-    """A worker that cuts a node off reads the reused result for its consumers; when that
-    fails its check, the worker computes the node and writes it over the new manifest."""
+def test_a_damaged_reused_result_is_computed_on_a_cluster(kind, leaf, tmp_path, request):
+    """A worker that cuts a node off hands on the reused result's key.  When the result
+    is damaged, whoever loads it finds out: a consumer that computes (on a worker), or
+    the driver for a result it returns.  The run then goes again without the entry: the
+    node is computed and written over the new manifest, its consumer gets its value."""
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
     if kind == "dask":
         client = request.getfixturevalue("dask_client")
@@ -465,28 +469,34 @@ def test_a_damaged_reused_result_is_computed_on_the_worker(kind, tmp_path, reque
         request.getfixturevalue("ray_cluster")
         make, extra = (lambda leaf: RayWorkflow(leaf, workflow_name="arr")), {"return_results": True}
 
-    def total(version):
-        @workflow
+    def total(version, total_version):
+        @workflow(version=total_version)
         def add_up(x):
             return float(x.sum())
 
         return add_up(arrays(version, 100)).set_name("total")
 
-    wf = make(total("1"))
+    wf = make(arrays("1", 100) if leaf else total("1", "1"))
     wf.set_storage(store)
-    assert wf.run(**extra) == 50.0
+    wf.run(**extra)
     part = store.read_task_meta("arr", "norm")["parts"][0]["object"]
     path = next(p for p in tmp_path.joinpath("objects").rglob(part))
     path.chmod(0o644)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    wf = make(total("2"))
+    # make's code changes (same result): norm is cut off; total's code changes too, so it
+    # computes and loads norm's reused result on its worker.
+    wf = make(arrays("2", 100) if leaf else total("2", "2"))
     wf.set_storage(store)
-    assert wf.run(**extra) == 50.0
+    with pytest.warns(CacheWarning, match="norm"):
+        out = wf.run(return_results=True)
     events = {e.node: (e.action, e.reason) for e in wf.last_report.events}
     assert events["norm"][0] == "computed"
-    assert events["total"] == ("read", UNCHANGED)  # norm's new result has the old content
+    if leaf:
+        np.testing.assert_array_equal(out, np.arange(100) / 99)
+    else:
+        assert out == 50.0 and events["total"][0] == "computed"
     np.testing.assert_array_equal(store.read_task("arr", "norm"), np.arange(100) / 99)
 
 

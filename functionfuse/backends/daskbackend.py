@@ -114,13 +114,15 @@ def _load_reported(report: tuple, blob: bytes) -> Any:
 
 
 def _publish(report: tuple, status: tuple) -> None:
-    """Tell the driver (through the scheduler) that this task finished: ``[run, key, action, seconds]``."""
+    """Tell the driver (through the scheduler) that this task finished: ``[run, key, action,
+    seconds, reason, names of the reused results it loaded]``."""
     topic, run_id = report
     try:
         import distributed
 
         worker = distributed.get_worker()
-        worker.log_event(topic, [run_id, worker.get_current_task(), status[0], status[1], status[3]])
+        worker.log_event(topic, [run_id, worker.get_current_task(), status[0], status[1], status[3],
+                                 list(status[4]) if len(status) > 4 else None])
     except Exception as exc:  # noqa: BLE001 - progress is never worth failing a node for
         logger.debug("could not report progress: %s", exc)
 
@@ -216,11 +218,11 @@ class _DaskEngine(Engine):
             self.report = (_TOPIC, self.run_id)
 
     def _on_status(self, msg: list) -> None:
-        _, key, action, seconds, reason = msg
+        _, key, action, seconds, reason, loaded = msg
         task = self.reported.get(key)
         if task is None:
             return
-        self.statuses[id(task)] = (action, seconds, None, reason)
+        self.statuses[id(task)] = (action, seconds, None, reason) + ((tuple(loaded),) if loaded else ())
         self.progress.node_done(task.name, action, seconds)
 
     def _key(self, prefix: str, task: Task) -> str:

@@ -61,7 +61,7 @@ from ..graph import BaseNode, ClassCallNode, ClassInitNode, NodeItem
 from ..hashing import Encoder, Unhashable
 from ..progress import NO_PROGRESS, NoProgress, progress_for
 from .base import BaseWorkflow
-from .remote import EntryUnusable, build_spec, deferrable, localize_error
+from .remote import EntryUnusable, Reused, build_spec, deferrable, localize_error
 
 __all__ = ["Query", "DistributedWorkflow", "Engine"]
 
@@ -443,6 +443,11 @@ class DistributedWorkflow(BaseWorkflow):
                     task.action, task.seconds = status[0], status[1]
                     if len(status) > 3 and status[3] is not None:  # the worker cut it off
                         task.reason, task.entry = status[3], task.key
+                    if len(status) > 4:  # it loaded results its inputs reused (their nodes were read)
+                        for name in status[4]:
+                            reused = by_name.get(name)
+                            if reused is not None and reused.action == "skipped":
+                                reused.action = "read"
                 elif task.run:
                     task.action = "replayed" if task.reason == "replay" else "computed"
                 else:
@@ -495,7 +500,9 @@ class DistributedWorkflow(BaseWorkflow):
                 )
                 err.node = task.name  # type: ignore[attr-defined]
                 raise err from exc
-        else:  # cached and not needed by anything that ran: load it here
+        if handle is None or type(value) is Reused:
+            # Cached and not needed by anything that ran, or cut off on a worker (which
+            # handed on the reused result's key): load it here.
             try:
                 value = load_node(plan, task)
             except SerializerNotRegisteredError:

@@ -19,6 +19,7 @@ Nothing here imports Ray or Dask.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..caching import (
-    INPUT_CHANGED,
     LOAD_ERRORS,
     Plan,
     Task,
@@ -56,6 +56,7 @@ __all__ = [
     "run_task",
     "load_task",
     "InstanceHost",
+    "Reused",
 ]
 
 logger = logging.getLogger(__name__)
@@ -384,9 +385,46 @@ def _unpack(blob: bytes) -> NodeSpec:
     return spec if type(spec) is NodeSpec else _from_compact(spec)
 
 
+class Reused:
+    """What a worker hands on for a node it cut off (early cutoff): the key of the
+    reused result, not the result.  A consumer that computes loads it (its status
+    tells the driver, which reports the node ``read``); a consumer cut off too hands
+    on its own; the driver loads one it returns.  So, as on the local executor, a
+    chain of reused results is published under its new keys without reading any."""
+
+    __slots__ = ("key", "name")
+
+    def __init__(self, key: str, name: str) -> None:
+        self.key, self.name = key, name
+
+    def __reduce__(self):
+        return (Reused, (self.key, self.name))
+
+    def __repr__(self) -> str:
+        return f"<Reused result {self.key} of node {self.name!r}>"
+
+
+def _resolve(plan: Plan, deps: tuple) -> tuple[tuple, tuple[str, ...]]:
+    """``deps`` with every :class:`Reused` loaded, and the names of the nodes loaded."""
+    out = list(deps)
+    loaded = []
+    for i, dep in enumerate(deps):
+        if type(dep) is Reused:
+            try:
+                out[i] = plan.storage.load(plan.workflow, dep.key)
+            except SerializerNotRegisteredError as exc:
+                raise SerializerNotRegisteredError(f"node {dep.name!r}: {exc}") from None
+            except LOAD_ERRORS as exc:  # the driver runs again without the entry: it is computed
+                raise EntryUnusable(
+                    f"node {dep.name!r}: stored entry {dep.key} is unusable ({exc})", dep.name, dep.key,
+                    unusable_reason(exc),
+                ) from None
+            loaded.append(dep.name)
+    return tuple(out), tuple(loaded)
+
+
 def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
     task = spec.task
-    args, kwargs = spec.fill(deps)
     if spec.plugin is not None:
         try:
             spec.plugin()
@@ -399,13 +437,11 @@ def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
             ) from exc
     plan = spec.plan()
     if task.cutoff and try_cutoff(plan, task):  # upstream unchanged: its consumers get the stored value
-        try:
-            return load_node(plan, task)
-        except SerializerNotRegisteredError:
-            raise
-        except LOAD_ERRORS as exc:  # the reused result is damaged: compute it over the new manifest
-            logger.warning("node %r: its reused result is unusable (%s); computing it", task.name, exc)
-            task.reason, task.overwrite, task.entry = INPUT_CHANGED, True, None
+        task.action = "skipped"  # until a consumer or the driver loads it
+        return Reused(task.key, task.name)
+    if any(type(dep) is Reused for dep in deps):
+        deps, task.loaded = _resolve(plan, deps)
+    args, kwargs = spec.fill(deps)
     try:
         return run_node(plan, task, args, kwargs, instance)
     except NodeExecutionError as exc:
@@ -421,10 +457,13 @@ def _compute(spec: NodeSpec, deps: tuple, instance: Any = None) -> Any:
         ) from exc
 
 
-def _status(task: Task) -> tuple[str, float, int, str | None]:
-    """What the driver learns of a node: action, seconds, the worker's pid, and the
-    reason when the worker decided it (a cutoff), else None."""
-    return (task.action, task.seconds, os.getpid(), task.reason if task.reason == UPSTREAM_UNCHANGED else None)
+def _status(task: Task) -> tuple:
+    """What the driver learns of a node: action, seconds, the worker's pid, the reason
+    when the worker decided it (a cutoff), else None; and, when the node loaded results
+    its inputs reused (:class:`Reused`), their node names."""
+    status = (task.action, task.seconds, os.getpid(), task.reason if task.reason == UPSTREAM_UNCHANGED else None)
+    loaded = task.__dict__.get("loaded")
+    return status + (loaded,) if loaded else status
 
 
 def run_task(blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
@@ -452,19 +491,24 @@ def load_task(blob: bytes) -> tuple[Any, tuple[str, float, int]]:
     return value, _status(task)
 
 
-def pack_status(status: tuple[str, float, int, str | None]) -> bytes:
-    """A status as bytes: Ray returns and reads a ``bytes`` object without pickling
-    it, 3% of the time of a trivial node against a tuple (benchmarks/bench_distributed.py)."""
-    action, seconds, pid, reason = status
-    return b"%s\x1f%r\x1f%d\x1f%s" % (action.encode(), seconds, pid, (reason or "").encode())
+def pack_status(status: tuple) -> bytes:
+    """A status (see :func:`_status`) as bytes: Ray returns and reads a ``bytes`` object
+    without pickling it, 3% of the time of a trivial node against a tuple
+    (benchmarks/bench_distributed.py)."""
+    action, seconds, pid, reason = status[:4]
+    data = b"%s\x1f%r\x1f%d\x1f%s" % (action.encode(), seconds, pid, (reason or "").encode())
+    if len(status) > 4:  # names as JSON (which escapes the separator)
+        data += b"\x1f" + json.dumps(list(status[4])).encode()
+    return data
 
 
-def unpack_status(data: bytes | tuple) -> tuple[str, float, int, str | None]:
+def unpack_status(data: bytes | tuple) -> tuple:
     """The status :func:`pack_status` packed (a tuple is returned as it is)."""
     if type(data) is tuple:
         return data
-    action, seconds, pid, reason = data.split(b"\x1f")
-    return action.decode(), float(seconds), int(pid), reason.decode() or None
+    fields = data.split(b"\x1f", 4)
+    status = (fields[0].decode(), float(fields[1]), int(fields[2]), fields[3].decode() or None)
+    return status + (tuple(json.loads(fields[4])),) if len(fields) > 4 else status
 
 
 def run_task_packed(blob: bytes, *deps: Any) -> tuple[Any, bytes]:
