@@ -76,8 +76,10 @@ def executor(request):
     def run(leaf, storage, **options):
         wf = make(leaf)
         wf.set_storage(storage)
-        result = wf.run(**extra, **options)
-        run.last = wf.last_report
+        try:
+            result = wf.run(**extra, **options)
+        finally:
+            run.last = wf.last_report
         return result, {e.node: (e.action, e.reason) for e in wf.last_report.events}
 
     run.kind = kind
@@ -761,3 +763,137 @@ def test_a_reused_result_whose_object_is_gone_is_computed(tmp_path):
     np.testing.assert_array_equal(wf.run(), np.arange(100) / 99)
     assert wf.last_report.by_node()["norm"].action == "computed"
     np.testing.assert_array_equal(store.read_task("arr", "norm"), np.arange(100) / 99)
+
+
+def small_chain(load_version, train_version="ok", fail=False):
+    """``load -> clean -> train``; ``train`` (returned) raises with ``fail``."""
+
+    @workflow(version=load_version)
+    def load():
+        return [1, 2, 3]
+
+    @workflow
+    def clean(rows):
+        return [r * 10 for r in rows]
+
+    @workflow(version=train_version)
+    def train(rows):
+        if fail:
+            raise RuntimeError("train failed")
+        return sum(rows)
+
+    return train(clean(load().set_name("load")).set_name("clean")).set_name("train")
+
+
+def test_a_cut_off_input_a_returned_node_computes_from_is_read(executor, store):
+    """clean is cut off, train (returned, its code changed) computes from it: clean is
+    reported read on every executor (on Dask the returned node's status comes after
+    clean's own, which said skipped)."""
+    executor(small_chain("1"), store)
+    result, events = executor(small_chain("2", "2"), store)
+    assert result == 60
+    assert events["clean"] == ("read", UNCHANGED) and events["train"][0] == "computed"
+
+
+def test_a_failed_run_keeps_what_it_cut_off(executor, store):
+    """train fails after clean was cut off: clean's reused result is published under its
+    new key, the report says so (not "not run"), the record names it, and the next run
+    finds it stored."""
+    executor(small_chain("1"), store)
+    with pytest.raises(Exception, match="train failed"):
+        executor(small_chain("2", "f", fail=True), store)
+    events = {e.node: (e.action, e.reason) for e in executor.last.events}
+    # Locally train's value was taken from clean (read); a worker that loaded it failed
+    # before telling the driver (skipped).  Never "not run": it was published.
+    assert events["clean"] in (("read", UNCHANGED), ("skipped", UNCHANGED)) and events["train"][0] == "failed"
+    result, events = executor(small_chain("2", "2"), store)
+    assert result == 60 and events["clean"][0] in ("read", "skipped") and events["clean"][1] != UNCHANGED
+    assert computed(events) == ["train"]
+
+
+@workflow
+class Accumulator:
+    def __init__(self):
+        self.total = 0.0
+
+    def add(self, x):
+        self.total += float(x.sum())
+        return self.total
+
+    def bump(self, k):
+        self.total += k
+        return self.total
+
+
+@pytest.mark.parametrize("kind", ["dask", "ray"])
+def test_a_call_after_a_failed_one_on_the_same_instance_is_not_run(kind, tmp_path, request):
+    """``acc.add(norm)`` fails on its worker (norm's reused result is damaged), so
+    ``acc.bump(1)``, the next call on the same instance, must not run on an instance
+    without add's effect (and store what it returns): the run goes again, computes norm,
+    replays the chain and returns the right total."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+    if kind == "dask":
+        client = request.getfixturevalue("dask_client")
+        make = lambda leaf: DaskWorkflow(leaf, workflow_name="acc", client=client)  # noqa: E731
+    else:
+        request.getfixturevalue("ray_cluster")
+        make = lambda leaf: RayWorkflow(leaf, workflow_name="acc")  # noqa: E731
+
+    def graph(version):
+        acc = Accumulator().set_name("acc")
+        acc.add(arrays(version, 100)).set_name("add")
+        return acc.bump(1).set_name("bump")
+
+    wf = make(graph("1"))
+    wf.set_storage(store)
+    assert wf.run(return_results=True) == 51.0
+    part = store.read_task_meta("acc", "norm")["parts"][0]["object"]
+    path = next(p for p in tmp_path.joinpath("objects").rglob(part))
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    wf = make(graph("2"))
+    wf.set_storage(store)
+    with pytest.warns(CacheWarning, match="norm"):
+        assert wf.run(return_results=True) == 51.0
+    assert store.read_task("acc", "bump") == 51.0
+
+
+def load_and_clean(load_version):
+    @workflow(version=load_version)
+    def load():
+        return [1, 2, 3]
+
+    @workflow
+    def clean(rows):
+        return [r * 10 for r in rows]
+
+    return clean(load().set_name("load")).set_name("clean")
+
+
+def test_a_returned_node_cut_off_without_its_status_is_still_loaded(dask_client, tmp_path, monkeypatch):
+    """A Dask status event that reaches the driver too late (a busy scheduler): the driver
+    loads the returned node's reused result by the key the worker handed on."""
+    from functionfuse.backends import daskbackend
+
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+
+    def run(version):
+        wf = DaskWorkflow(load_and_clean(version), workflow_name="late", client=dask_client)
+        wf.set_storage(store)
+        return wf.run(), wf.last_report
+
+    run("1")
+    original = daskbackend._DaskEngine._on_status
+
+    def drop_clean(self, msg):
+        task = self.reported.get(msg[1])
+        if task is None or task.name != "clean":
+            original(self, msg)
+
+    monkeypatch.setattr(daskbackend._DaskEngine, "_on_status", drop_clean)
+    monkeypatch.setattr(daskbackend._DaskEngine._await_statuses, "__defaults__", (0.2,))
+    value, report = run("2")
+    assert value == [10, 20, 30]
+    assert report.by_node()["clean"].action == "read" and report.by_node()["clean"].reason == UNCHANGED

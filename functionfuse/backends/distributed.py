@@ -48,7 +48,7 @@ from ..caching import (
     record_run,
     unusable_reason,
 )
-from ..cutoff import mark_candidates, want_contents
+from ..cutoff import UPSTREAM_UNCHANGED, mark_candidates, want_contents
 from ..errors import (
     ExecutorError,
     FunctionFuseError,
@@ -435,19 +435,17 @@ class DistributedWorkflow(BaseWorkflow):
         fallback: tuple[Task, BaseException] | None = None  # consequences of another failure
         unusable: dict[str, str] = {}
         by_name = {t.name: t for t in plan.tasks}
+        loaded: set[str] = set()  # nodes cut off on a worker whose result a consumer loaded
         for task, error, status in engine.settle():
             if error is None:
                 if task.action == "failed":
                     continue  # released early; its consumer's error named it
                 if status is not None:
                     task.action, task.seconds = status[0], status[1]
-                    if len(status) > 3 and status[3] is not None:  # the worker cut it off
-                        task.reason, task.entry = status[3], task.key
-                    if len(status) > 4:  # it loaded results its inputs reused (their nodes were read)
-                        for name in status[4]:
-                            reused = by_name.get(name)
-                            if reused is not None and reused.action == "skipped":
-                                reused.action = "read"
+                    if len(status) > 3 and status[3] is not None:  # the worker cut it off (done: not run)
+                        task.reason, task.entry, task.run = status[3], task.key, False
+                    if len(status) > 4:  # it loaded results its inputs reused
+                        loaded.update(status[4])
                 elif task.run:
                     task.action = "replayed" if task.reason == "replay" else "computed"
                 else:
@@ -475,6 +473,10 @@ class DistributedWorkflow(BaseWorkflow):
                     fallback = (task, error)
             elif first is None:
                 first = (task, error)
+        for name in loaded:  # statuses come in any order (Dask: released tasks last)
+            reused = by_name.get(name)
+            if reused is not None and reused.action == "skipped":
+                reused.action = "read"
         if unusable:
             raise _Retry(unusable)
         first = first or fallback
@@ -503,6 +505,8 @@ class DistributedWorkflow(BaseWorkflow):
         if handle is None or type(value) is Reused:
             # Cached and not needed by anything that ran, or cut off on a worker (which
             # handed on the reused result's key): load it here.
+            if handle is not None:  # its status may not have come (a Dask event missed)
+                task.entry, task.reason, task.run = value.key, UPSTREAM_UNCHANGED, False
             try:
                 value = load_node(plan, task)
             except SerializerNotRegisteredError:

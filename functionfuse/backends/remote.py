@@ -413,7 +413,9 @@ def _resolve(plan: Plan, deps: tuple) -> tuple[tuple, tuple[str, ...]]:
             try:
                 out[i] = plan.storage.load(plan.workflow, dep.key)
             except SerializerNotRegisteredError as exc:
-                raise SerializerNotRegisteredError(f"node {dep.name!r}: {exc}") from None
+                err = SerializerNotRegisteredError(f"node {dep.name!r}: {exc}")
+                err.node = dep.name  # type: ignore[attr-defined]  (the run reports that node)
+                raise err from None
             except LOAD_ERRORS as exc:  # the driver runs again without the entry: it is computed
                 raise EntryUnusable(
                     f"node {dep.name!r}: stored entry {dep.key} is unusable ({exc})", dep.name, dep.key,
@@ -539,23 +541,45 @@ class InstanceHost:
 
     def __init__(self) -> None:
         self.instance: Any = None
+        self.failed: str | None = None  # the node whose call (or construction) failed here
 
     def init(self, blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
         spec = _unpack(blob)
+        self._refuse_after_failure(spec)
         start = time.perf_counter()
-        self.instance = _compute(spec, deps)
+        try:
+            self.instance = _compute(spec, deps)
+        except BaseException:
+            self.failed = spec.task.name
+            raise
         spec.task.seconds = time.perf_counter() - start
         return None, _status(spec.task)
 
     def call(self, blob: bytes, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
         spec = _unpack(blob)
+        self._refuse_after_failure(spec)
         if self.instance is None:
             raise ExecutorError(
                 f"node {spec.task.name!r}: its instance is not on this worker (the actor or worker "
                 "holding it was restarted, and its state with it); rerun the workflow to rebuild it"
             )
-        value = _compute(spec, deps, self.instance)
+        try:
+            value = _compute(spec, deps, self.instance)
+        except BaseException:
+            self.failed = spec.task.name
+            raise
         return value, _status(spec.task)
+
+    def _refuse_after_failure(self, spec: NodeSpec) -> None:
+        """A call after a failed one would run on an instance without that call's effect
+        (and store what it returns): it is not run.  The error names the failed node, so
+        the run reports that one (this one is ``not run``)."""
+        if self.failed is not None:
+            err = ExecutorError(f"node {spec.task.name!r} not run: node {self.failed!r}, an earlier call on "
+                                "the same instance, failed")
+            err.node = self.failed  # type: ignore[attr-defined]
+            err.secondary = True  # type: ignore[attr-defined]
+            raise err
 
     def pid(self) -> int:
         return os.getpid()
