@@ -51,7 +51,8 @@ nodes whose own code, arguments or captured values changed, class nodes (their s
 is a chain of calls), unhashable ones, and nodes whose stored version records no
 inputs (stored before this module).  An input without a digest (pickled, side data,
 kept out of storage) or with another one each run (nondeterministic) recomputes its
-consumers as before.
+consumers as before.  A node's own result needs no digest to be reused: a node whose
+result pickle holds is cut off like any other (its consumers then run).
 
 Where it runs
 -------------
@@ -180,10 +181,11 @@ def note_previous(task: Task, meta: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - an odd manifest: no cutoff, never a failed plan
         logger.debug("node %r: no content digest for %s (%s)", task.name, task.previous, exc)
         return
-    if content is not None:
-        task.previous_recipe = recipe
-        task.previous_content = content
-        task.previous_manifest = meta  # a cutoff publishes it again under the new key
+    # A result without a digest (a pickle part) is reused all the same: what decides is
+    # its inputs' digests; only its consumers cannot be cut off, having none to compare.
+    task.previous_recipe = recipe
+    task.previous_content = content
+    task.previous_manifest = meta  # a cutoff publishes it again under the new key
 
 
 def is_candidate(task: Task) -> bool:

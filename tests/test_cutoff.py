@@ -897,3 +897,31 @@ def test_a_returned_node_cut_off_without_its_status_is_still_loaded(dask_client,
     value, report = run("2")
     assert value == [10, 20, 30]
     assert report.by_node()["clean"].action == "read" and report.by_node()["clean"].reason == UNCHANGED
+
+
+def test_a_node_whose_result_only_pickle_holds_is_cut_off_itself(executor, store):
+    """Its stored version records its inputs' digests: with them unchanged it is reused
+    like any other node (reusing it needs no digest of its own).  Its consumers are not
+    cut off: nothing tells whether its result is the same."""
+    from fractions import Fraction
+
+    def build_chain(version):
+        @workflow(version=version)
+        def load():
+            return [1, 2, 3]
+
+        @workflow
+        def wrap(rows):
+            return {"third": Fraction(sum(rows), 3)}  # a pickle part
+
+        @workflow
+        def use(d):
+            return float(d["third"])
+
+        return use(wrap(load().set_name("load")).set_name("wrap")).set_name("use")
+
+    executor(build_chain("1"), store)
+    result, events = executor(build_chain("2"), store)
+    assert result == 2.0
+    assert events["wrap"] == ("read", UNCHANGED)
+    assert events["use"] == ("computed", "input changed: wrap")
