@@ -241,9 +241,9 @@ class ResultStore:
         """
         folder = self._path(OVERWRITES)
         with self.objects._io("listing", OVERWRITES, folder):
-            if self._local:
+            if self._local or not self.objects._s3:  # a folder, or another fsspec file system
                 try:
-                    names = os.listdir(folder)
+                    names = os.listdir(folder) if self._local else self.objects.fs.ls(folder, detail=False)
                 except FileNotFoundError:
                     return set()
             else:  # one LIST per 1,000 notes (s3fs's ls lists the parent too when none is there)
