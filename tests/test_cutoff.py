@@ -262,17 +262,22 @@ def test_explain_names_the_nodes_that_may_be_cut_off(tmp_path):
     assert all(p.action == "skip" or p.action == "read" for p in wf.explain().entries)
 
 
+def damage_part(store, root, workflow_name, node):
+    """Flip the last byte of the first part of ``node``'s stored result (a file store at ``root``)."""
+    part = store.read_task_meta(workflow_name, node)["parts"][0]["object"]
+    path = next(p for p in root.joinpath("objects").rglob(part))
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_a_damaged_reused_result_is_computed_instead(tmp_path):
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
     wf = LocalWorkflow(arrays("1", 100), workflow_name="arr")
     wf.set_storage(store)
     wf.run()
-    part = store.read_task_meta("arr", "norm")["parts"][0]["object"]
-    path = next(p for p in (tmp_path / "objects").rglob(part))
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    damage_part(store, tmp_path, "arr", "norm")
 
     wf = LocalWorkflow(arrays("2", 100), workflow_name="arr")
     wf.set_storage(store)
@@ -481,12 +486,7 @@ def test_a_damaged_reused_result_is_computed_on_a_cluster(kind, leaf, tmp_path, 
     wf = make(arrays("1", 100) if leaf else total("1", "1"))
     wf.set_storage(store)
     wf.run(**extra)
-    part = store.read_task_meta("arr", "norm")["parts"][0]["object"]
-    path = next(p for p in tmp_path.joinpath("objects").rglob(part))
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    damage_part(store, tmp_path, "arr", "norm")
     # make's code changes (same result): norm is cut off; total's code changes too, so it
     # computes and loads norm's reused result on its worker.
     wf = make(arrays("2", 100) if leaf else total("2", "2"))
@@ -765,8 +765,8 @@ def test_a_reused_result_whose_object_is_gone_is_computed(tmp_path):
     np.testing.assert_array_equal(store.read_task("arr", "norm"), np.arange(100) / 99)
 
 
-def small_chain(load_version, train_version="ok", fail=False):
-    """``load -> clean -> train``; ``train`` (returned) raises with ``fail``."""
+def load_and_clean(load_version):
+    """``load -> clean``, ``load`` at code version ``load_version``."""
 
     @workflow(version=load_version)
     def load():
@@ -776,13 +776,19 @@ def small_chain(load_version, train_version="ok", fail=False):
     def clean(rows):
         return [r * 10 for r in rows]
 
+    return clean(load().set_name("load")).set_name("clean")
+
+
+def small_chain(load_version, train_version="ok", fail=False):
+    """``load -> clean -> train``; ``train`` (returned) raises with ``fail``."""
+
     @workflow(version=train_version)
     def train(rows):
         if fail:
             raise RuntimeError("train failed")
         return sum(rows)
 
-    return train(clean(load().set_name("load")).set_name("clean")).set_name("train")
+    return train(load_and_clean(load_version)).set_name("train")
 
 
 def test_a_cut_off_input_a_returned_node_computes_from_is_read(executor, store):
@@ -847,29 +853,12 @@ def test_a_call_after_a_failed_one_on_the_same_instance_is_not_run(kind, tmp_pat
     wf = make(graph("1"))
     wf.set_storage(store)
     assert wf.run(return_results=True) == 51.0
-    part = store.read_task_meta("acc", "norm")["parts"][0]["object"]
-    path = next(p for p in tmp_path.joinpath("objects").rglob(part))
-    path.chmod(0o644)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
+    damage_part(store, tmp_path, "acc", "norm")
     wf = make(graph("2"))
     wf.set_storage(store)
     with pytest.warns(CacheWarning, match="norm"):
         assert wf.run(return_results=True) == 51.0
     assert store.read_task("acc", "bump") == 51.0
-
-
-def load_and_clean(load_version):
-    @workflow(version=load_version)
-    def load():
-        return [1, 2, 3]
-
-    @workflow
-    def clean(rows):
-        return [r * 10 for r in rows]
-
-    return clean(load().set_name("load")).set_name("clean")
 
 
 def test_a_returned_node_cut_off_without_its_status_is_still_loaded(dask_client, tmp_path, monkeypatch):
