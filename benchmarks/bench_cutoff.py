@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 on_dask = lambda leaf: DaskWorkflow(leaf, workflow_name="cutoff", client=client)  # noqa: E731
                 dask_folder = storage_factory({"kind": "file", "options": {"path": os.path.join(scratch, "dask")}})
                 figure("C3 Dask, folder            ", on_dask, dask_folder, reps)
-                info("on Dask the worker that would run a node checks it, and reads the reused result for its "
-                     "consumers")
+                info("on Dask the worker that would run a node checks it, and hands on the reused result's key: "
+                     "only a consumer that computes, or the driver, reads it")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"{sum(RESULTS)}/{len(RESULTS)} PASS, total {time.perf_counter() - t0:.1f} s")
