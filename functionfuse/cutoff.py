@@ -52,7 +52,9 @@ is a chain of calls), unhashable ones, and nodes whose stored version records no
 inputs (stored before this module).  An input without a digest (pickled, side data,
 kept out of storage) or with another one each run (nondeterministic) recomputes its
 consumers as before.  A node's own result needs no digest to be reused: a node whose
-result pickle holds is cut off like any other (its consumers then run).
+result pickle holds is cut off like any other (its consumers then run).  A result with
+side data (a persistent serializer's HDF5 file or zarr array) is never reused: two keys
+would share the files, and removing one key's result deletes them.
 
 Where it runs
 -------------
@@ -141,6 +143,15 @@ def content_digest(manifest: dict[str, Any]) -> str | None:
     return blake3.blake3(body).hexdigest()[:32]
 
 
+def _side_data(manifest: dict[str, Any]) -> bool:
+    """Whether a result's parts name side data (a persistent serializer's files)."""
+    for part in manifest.get("parts") or ():
+        info = part.get("info") or {}
+        if part.get("format") == "serializer" or not isinstance(info, dict) or info.get("persistent"):
+            return True
+    return False
+
+
 def records_inputs(task: Task) -> bool:
     """Whether the manifest of ``task``'s result records what it was computed from: stored
     function nodes with hashable arguments (decided on the driver; a worker's copy of
@@ -180,6 +191,10 @@ def note_previous(task: Task, meta: dict[str, Any]) -> None:
         content = content_digest(meta)
     except Exception as exc:  # noqa: BLE001 - an odd manifest: no cutoff, never a failed plan
         logger.debug("node %r: no content digest for %s (%s)", task.name, task.previous, exc)
+        return
+    if content is None and _side_data(meta):
+        # Two keys must not share side data (HDF5 files, zarr arrays): removing either
+        # key's result deletes the files its parts name.
         return
     # A result without a digest (a pickle part) is reused all the same: what decides is
     # its inputs' digests; only its consumers cannot be cut off, having none to compare.

@@ -914,3 +914,71 @@ def test_a_node_whose_result_only_pickle_holds_is_cut_off_itself(executor, store
     assert result == 2.0
     assert events["wrap"] == ("read", UNCHANGED)
     assert events["use"] == ("computed", "input changed: wrap")
+
+
+def test_a_result_with_side_data_is_never_reused(tmp_path):
+    """A dask array stored as an HDF5 file (side data): its node is computed, not cut off
+    (two keys sharing one file, gc removing the old key would delete the new one's data);
+    after gc keeps only the latest run, the result still loads."""
+    import dask.array as da
+
+    from functionfuse.cli import main
+
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
+
+    def build_array(version):
+        @workflow(version=version)
+        def load():
+            return [1, 2, 3]
+
+        @workflow
+        def arr(rows):
+            return da.from_array(np.array(rows) * 10, chunks=2)
+
+        return arr(load().set_name("load")).set_name("arr")
+
+    for version in ("1", "2"):
+        wf = LocalWorkflow(build_array(version), workflow_name="side")
+        wf.set_storage(store)
+        np.testing.assert_array_equal(wf.run().compute(), [10, 20, 30])
+    assert wf.last_report.by_node()["arr"].action == "computed"
+    assert main(["gc", "--store", str(tmp_path), "--keep-runs", "1", "--grace", "0s"]) == 0
+    np.testing.assert_array_equal(store.read_task("side", "arr").compute(), [10, 20, 30])
+
+
+@pytest.mark.parametrize("kind", ["dask", "ray"])
+def test_a_call_whose_input_failed_stops_the_later_calls(kind, tmp_path, request):
+    """``acc.add(src)`` does not run because ``src`` raised (upstream of the instance): the
+    next call, ``acc.bump(1)``, must not run on an instance without add's effect and store
+    what it returns.  The next run, with src fixed, gives the right total."""
+    store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
+    flag = tmp_path / "fail"
+    flag.write_text("1")
+    if kind == "dask":
+        client = request.getfixturevalue("dask_client")
+        make = lambda leaf: DaskWorkflow(leaf, workflow_name="acc", client=client)  # noqa: E731
+    else:
+        request.getfixturevalue("ray_cluster")
+        make = lambda leaf: RayWorkflow(leaf, workflow_name="acc")  # noqa: E731
+
+    @workflow
+    def source(path):
+        if os.path.exists(path):
+            raise RuntimeError("source failed")
+        return np.ones(3)
+
+    def graph():
+        acc = Accumulator().set_name("acc")
+        acc.add(source(str(flag)).set_name("src")).set_name("add")
+        return acc.bump(1).set_name("bump")
+
+    wf = make(graph())
+    wf.set_storage(store)
+    with pytest.raises(Exception, match="source failed"):
+        wf.run(return_results=True)
+    actions = {e.node: e.action for e in wf.last_report.events}
+    assert actions["src"] == "failed" and actions["add"] == actions["bump"] == "not run", actions
+    flag.unlink()
+    wf = make(graph())
+    wf.set_storage(store)
+    assert wf.run(return_results=True) == 4.0

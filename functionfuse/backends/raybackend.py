@@ -140,6 +140,7 @@ class _RayEngine(Engine):
         self.pending: list[Any] = []
         self.hosts: list[Any] = []
         self.named: dict[tuple[str, str], Any] = {}  # (kind, task name) -> remote function
+        self.last_call: dict[int, Any] = {}  # id(actor) -> status ref of its last submitted call
         self.unreported: dict[Any, Task] | None = None  # status ref -> task, while progress is watched
 
     def watch(self, progress: Any, statuses: bool = False) -> None:
@@ -181,10 +182,16 @@ class _RayEngine(Engine):
         init = host.init.options(num_returns=2, name="init-" + task.node.qualname)
         value, status = init.remote(blob, *deps)
         self._track(task, status)
+        self.last_call[id(host)] = status
         return host, value
 
     def call(self, host: Any, task: Task, blob: bytes, deps: list[Any], options: dict) -> Any:
-        value, status = host.call.options(num_returns=2, name=task.node.qualname).remote(blob, *deps)
+        # Each call depends on the one before (its status): when that one did not run (its
+        # input failed upstream, so the actor never saw it), Ray does not run this one
+        # either, rather than running it on an instance without the missing call's effect.
+        method = host.call_after.options(num_returns=2, name=task.node.qualname)
+        value, status = method.remote(blob, self.last_call[id(host)], *deps)
+        self.last_call[id(host)] = status
         self._track(task, status)
         return value
 
@@ -232,6 +239,7 @@ class _RayEngine(Engine):
             self.hosts.remove(host)
         except ValueError:
             pass
+        self.last_call.pop(id(host), None)
 
     def cancel(self) -> None:
         for _, ref in self.submitted:
@@ -281,6 +289,7 @@ class _RayEngine(Engine):
 
     def close(self) -> None:
         self.hosts.clear()  # actors exit when their last handle goes
+        self.last_call.clear()
 
 
 def _actor_died(task: Task, error: BaseException) -> ExecutorError:

@@ -570,6 +570,11 @@ class InstanceHost:
             raise
         return value, _status(spec.task)
 
+    def call_after(self, blob: bytes, previous: Any, *deps: Any) -> tuple[Any, tuple[str, float, int]]:
+        """:meth:`call`, once the previous call on this instance ran (``previous``, its
+        status, is only there to order the calls: Ray runs none whose input failed)."""
+        return self.call(blob, *deps)
+
     def _refuse_after_failure(self, spec: NodeSpec) -> None:
         """A call after a failed one would run on an instance without that call's effect
         (and store what it returns): it is not run.  The error names the failed node, so
