@@ -765,18 +765,24 @@ def test_a_reused_result_whose_object_is_gone_is_computed(tmp_path):
     np.testing.assert_array_equal(store.read_task("arr", "norm"), np.arange(100) / 99)
 
 
-def load_and_clean(load_version):
-    """``load -> clean``, ``load`` at code version ``load_version``."""
+def rows_at(load_version):
+    """The node ``load`` (returning ``[1, 2, 3]``) at code version ``load_version``."""
 
     @workflow(version=load_version)
     def load():
         return [1, 2, 3]
 
+    return load().set_name("load")
+
+
+def load_and_clean(load_version):
+    """``load -> clean``, ``load`` at code version ``load_version``."""
+
     @workflow
     def clean(rows):
         return [r * 10 for r in rows]
 
-    return clean(load().set_name("load")).set_name("clean")
+    return clean(rows_at(load_version)).set_name("clean")
 
 
 def small_chain(load_version, train_version="ok", fail=False):
@@ -895,10 +901,6 @@ def test_a_node_whose_result_only_pickle_holds_is_cut_off_itself(executor, store
     from fractions import Fraction
 
     def build_chain(version):
-        @workflow(version=version)
-        def load():
-            return [1, 2, 3]
-
         @workflow
         def wrap(rows):
             return {"third": Fraction(sum(rows), 3)}  # a pickle part
@@ -907,7 +909,7 @@ def test_a_node_whose_result_only_pickle_holds_is_cut_off_itself(executor, store
         def use(d):
             return float(d["third"])
 
-        return use(wrap(load().set_name("load")).set_name("wrap")).set_name("use")
+        return use(wrap(rows_at(version)).set_name("wrap")).set_name("use")
 
     executor(build_chain("1"), store)
     result, events = executor(build_chain("2"), store)
@@ -927,15 +929,11 @@ def test_a_result_with_side_data_is_never_reused(tmp_path):
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
 
     def build_array(version):
-        @workflow(version=version)
-        def load():
-            return [1, 2, 3]
-
         @workflow
         def arr(rows):
             return da.from_array(np.array(rows) * 10, chunks=2)
 
-        return arr(load().set_name("load")).set_name("arr")
+        return arr(rows_at(version)).set_name("arr")
 
     for version in ("1", "2"):
         wf = LocalWorkflow(build_array(version), workflow_name="side")

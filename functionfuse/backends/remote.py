@@ -74,6 +74,11 @@ class EntryUnusable(FunctionFuseError):
     def __reduce__(self):
         return (type(self), (self.args[0], self.node, self.entry, self.reason))
 
+    @classmethod
+    def of(cls, node: str, entry: str, exc: BaseException) -> EntryUnusable:
+        """The error for node ``node``'s stored entry ``entry`` found unusable by ``exc``."""
+        return cls(f"node {node!r}: stored entry {entry} is unusable ({exc})", node, entry, unusable_reason(exc))
+
 
 class _Slot:
     """Where the value of dependency ``index`` (optionally ``[path]``) goes."""
@@ -417,10 +422,7 @@ def _resolve(plan: Plan, deps: tuple) -> tuple[tuple, tuple[str, ...]]:
                 err.node = dep.name  # type: ignore[attr-defined]  (the run reports that node)
                 raise err from None
             except LOAD_ERRORS as exc:  # the driver runs again without the entry: it is computed
-                raise EntryUnusable(
-                    f"node {dep.name!r}: stored entry {dep.key} is unusable ({exc})", dep.name, dep.key,
-                    unusable_reason(exc),
-                ) from None
+                raise EntryUnusable.of(dep.name, dep.key, exc) from None
             loaded.append(dep.name)
     return tuple(out), tuple(loaded)
 
@@ -484,12 +486,7 @@ def load_task(blob: bytes) -> tuple[Any, tuple[str, float, int]]:
     except SerializerNotRegisteredError:
         raise  # a configuration error: keep the entry, stop the run
     except LOAD_ERRORS as exc:
-        raise EntryUnusable(
-            f"node {task.name!r}: stored entry {task.entry} is unusable ({exc})",
-            task.name,
-            task.entry or "",
-            unusable_reason(exc),
-        ) from None
+        raise EntryUnusable.of(task.name, task.entry or "", exc) from None
     return value, _status(task)
 
 

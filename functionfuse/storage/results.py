@@ -247,17 +247,8 @@ class ResultStore:
                 except FileNotFoundError:
                     return set()
             else:  # one LIST per 1,000 notes (s3fs's ls lists the parent too when none is there)
-                fs = self.objects.fs
-                bucket, prefix, _ = fs.split_path(folder)
-                request: dict = {"Bucket": bucket, "Prefix": prefix + "/", "MaxKeys": 1000}
-                names = []
-                while True:
-                    page = fs.call_s3("list_objects_v2", **request)
-                    names.extend(item["Key"] for item in page.get("Contents", ()))
-                    if not page.get("IsTruncated"):
-                        break
-                    request["ContinuationToken"] = page["NextContinuationToken"]
-        return {posixpath.basename(n)[:-5] for n in names if n.endswith(".json")}
+                names = self._s3_keys(folder)
+        return {posixpath.basename(n)[:-5] for n in names if n.endswith(".json")}  # type: ignore[union-attr]
 
     def forget_overwrites(self, keys: Iterable[str]) -> None:
         """Delete the overwrite notes of ``keys`` (their results are removed)."""
@@ -826,20 +817,27 @@ class ResultStore:
     def _listed_manifests(self) -> set[str] | None:
         """The keys of every manifest on S3 from one paginated listing of ``manifests/``,
         or None when it holds more than :data:`LIST_PAGES` pages (then HEADs are cheaper)."""
-        fs = self.objects.fs
-        bucket, prefix, _ = fs.split_path(self._path("manifests"))
-        found: set[str] = set()
-        request: dict = {"Bucket": bucket, "Prefix": prefix + "/", "MaxKeys": 1000}
         with self.objects._io("listing", "manifests", self._path("manifests")):
-            for _ in range(LIST_PAGES):
-                page = fs.call_s3("list_objects_v2", **request)
-                for item in page.get("Contents", ()):
-                    name = item["Key"].rsplit("/", 1)[-1]
-                    if name.endswith(".json"):
-                        found.add(name[:-5])
-                if not page.get("IsTruncated"):
-                    return found
-                request["ContinuationToken"] = page["NextContinuationToken"]
+            keys = self._s3_keys(self._path("manifests"), LIST_PAGES)
+        if keys is None:
+            return None
+        return {name[:-5] for name in (k.rsplit("/", 1)[-1] for k in keys) if name.endswith(".json")}
+
+    def _s3_keys(self, folder: str, pages: int | None = None) -> list[str] | None:
+        """Every object key under ``folder`` on S3 (``list_objects_v2``, 1,000 a page), or
+        None when there are more than ``pages`` pages."""
+        fs = self.objects.fs
+        bucket, prefix, _ = fs.split_path(folder)
+        request: dict = {"Bucket": bucket, "Prefix": prefix + "/", "MaxKeys": 1000}
+        keys: list[str] = []
+        done = 0
+        while pages is None or done < pages:
+            page = fs.call_s3("list_objects_v2", **request)
+            done += 1
+            keys.extend(item["Key"] for item in page.get("Contents", ()))
+            if not page.get("IsTruncated"):
+                return keys
+            request["ContinuationToken"] = page["NextContinuationToken"]
         return None
 
     def latest_run(self, workflow: str) -> dict[str, Any] | None:
