@@ -159,7 +159,14 @@ def _refs_in(value: Any, out: list[BaseNode]) -> None:
 
 
 class BaseNode:
-    """A vertex of the graph.  Subclasses define what runs."""
+    """A vertex of the graph.  Subclasses define what runs.
+
+    ``args``/``kwargs`` are the call's arguments as given; ``ref_slots`` the
+    positions (ints) and keywords (strs) among them that hold a node or a
+    ``node[i]``; ``nested`` those holding containers with nodes inside;
+    ``deps`` the distinct parents (a read-only sequence: for ``f(node)`` it is
+    ``args`` itself); ``children`` the nodes made from this one, in creation order.
+    """
 
     __slots__ = (
         "qualname",
@@ -170,7 +177,7 @@ class BaseNode:
         "after",
         "children",
         "component",
-        "top_refs",
+        "ref_slots",
         "nested",
         "_name",
         "_default_name",
@@ -189,17 +196,41 @@ class BaseNode:
         if len(args) == 1 and not kwargs and after is None and type(args[0]) is FunctionNode:
             # The commonest node, f(previous_node): what the general path below
             # does for it, without its loop (a third of the cost of building).
+            # No allocation beyond the node and its children list: the arguments
+            # tuple is the parents' (read-only) sequence, and the slot is shared.
             parent = args[0]
-            self.top_refs = [(0, parent)]
+            self.ref_slots = _FIRST_SLOT
             self.nested = _NO_NESTED
-            self.deps = [parent]
+            self.deps = args
             parent.children.append(self)
             comp = parent.component
             comp.nodes.append(self)
             comp.named = False
             self.component = comp
             return
-        top_refs: list[tuple[int | str, Any]] = []
+        if not kwargs and after is None and 1 < len(args) < len(_SLOTS_OF):
+            for a in args:
+                if type(a) is not FunctionNode:
+                    break
+            else:  # f(a, b, ...), every argument a node: the same, for several parents
+                self.ref_slots = _SLOTS_OF[len(args)]
+                self.nested = _NO_NESTED
+                deps = args if len(args) == 2 and args[0] is not args[1] else tuple(dict.fromkeys(args))
+                self.deps = deps
+                comp = deps[0].component
+                merge = False
+                for parent in deps:
+                    parent.children.append(self)
+                    if parent.component is not comp:
+                        merge = True
+                if merge:
+                    comp = _merge(list({id(p.component): p.component for p in deps}.values()))
+                comp.nodes.append(self)
+                comp.named = False
+                self.component = comp
+                return
+        slots: list[int | str] = []
+        refs: list[Any] = []
         nested: list[int | str] = _NO_NESTED
         deps: list[BaseNode] = []
         i = 0
@@ -208,7 +239,8 @@ class BaseNode:
             if cls in _ATOMS:
                 pass
             elif cls is FunctionNode or isinstance(a, _REFS):
-                top_refs.append((i, a))
+                slots.append(i)
+                refs.append(a)
             elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
                 nested = [*nested, i]
             i += 1
@@ -218,22 +250,23 @@ class BaseNode:
                 if cls in _ATOMS:
                     pass
                 elif isinstance(a, _REFS):
-                    top_refs.append((k, a))
+                    slots.append(k)
+                    refs.append(a)
                 elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
                     nested = [*nested, k]
-        self.top_refs = top_refs
+        self.ref_slots = slots if slots else _NO_SLOTS
         self.nested = nested
         self.deps = deps
-        if not (top_refs or nested or after is not None):
+        if not (refs or nested or after is not None):
             comp = _Component()
-        elif len(top_refs) == 1 and not nested and after is None:
-            ref = top_refs[0][1]
+        elif len(refs) == 1 and not nested and after is None:
+            ref = refs[0]
             parent = ref.node if type(ref) is NodeItem else ref
             deps.append(parent)
             parent.children.append(self)
             comp = parent.component
         elif not nested and after is None:  # several parents passed directly: _link, inlined
-            for _, ref in top_refs:
+            for ref in refs:
                 parent = ref.node if type(ref) is NodeItem else ref
                 if parent not in deps:  # few parents: a linear scan beats a set
                     deps.append(parent)
@@ -252,7 +285,8 @@ class BaseNode:
     def _link(self, args: tuple, kwargs: dict, after: BaseNode | None) -> _Component:
         """Record parents (deduplicated) and merge their components."""
         parents: list[BaseNode] = []
-        for _, ref in self.top_refs:
+        for where in self.ref_slots:
+            ref = args[where] if type(where) is int else kwargs[where]
             parents.append(ref if isinstance(ref, BaseNode) else ref.node)
         for where in self.nested:
             _refs_in(args[where] if isinstance(where, int) else kwargs[where], parents)
@@ -315,19 +349,19 @@ class BaseNode:
 
     def resolve_args(self, value_of: Any) -> tuple[tuple, dict]:
         """Arguments with every node reference replaced by ``value_of(ref)``."""
-        top, nested = self.top_refs, self.nested
+        top, nested = self.ref_slots, self.nested
         if not top and not nested:
             return self.args, self.kwargs
         args = list(self.args)
         kwargs = self.kwargs
         copied = False
-        for where, ref in top:
+        for where in top:
             if where.__class__ is int:
-                args[where] = value_of(ref)
+                args[where] = value_of(args[where])
             else:
                 if not copied:
                     kwargs, copied = dict(kwargs), True
-                kwargs[where] = value_of(ref)
+                kwargs[where] = value_of(kwargs[where])
         if nested and not copied:
             kwargs = dict(kwargs)
         for where in nested:
@@ -496,6 +530,10 @@ _REFS = (BaseNode, NodeItem)
 _SCANNED = frozenset((list, tuple, dict))
 _ATOMS = frozenset((int, float, str, bool, bytes, type(None)))
 _NO_NESTED: list = []  # shared, never mutated: most nodes have no nested nodes
+_NO_SLOTS: tuple = ()
+_FIRST_SLOT = (0,)  # the ref_slots of f(node), shared
+_SLOTS_OF = [tuple(range(n)) for n in range(9)]  # those of f(a, b, ...), shared
+_SLOTS_OF[1] = _FIRST_SLOT
 _NESTING = (*_CONTAINERS, Instance)
 
 

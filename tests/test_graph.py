@@ -261,3 +261,41 @@ def test_run_set_includes_other_parents_of_nodes_below_the_roots():
     assert [n for n, _ in wf.graph_traversal()] == ["a", "b", "c", "tally", "added"]
     assert wf.run() == 1
     assert other not in wf.nodes
+
+
+@workflow
+def many(*xs, **kw):
+    return sum(xs) + sum(kw.values())
+
+
+@pytest.mark.parametrize("shape", ["f(a)", "f(a, b)", "f(a, a)", "f(a, b, a)", "f(9 nodes)", "f(a, 1)",
+                                   "f(a, x=b)", "f(a[0], b)", "f(other graph, b)", "f(a, c, b)"])
+def test_every_argument_shape_records_parents_slots_and_components(shape):
+    """The shapes graph building takes a shortcut for (every argument a node) and the
+    general path agree: distinct parents in argument order, each parent's children,
+    one component for everything connected, and the values the run passes."""
+    a, b = add(1, 2), add(10, 20)  # 3, 30 (separate roots: separate graphs until joined)
+    c = add(a, 1)  # 4
+    other = add(100, 200)  # 300
+    args, kwargs, parents, value = {
+        "f(a)": ((a,), {}, [a], 3),
+        "f(a, b)": ((a, b), {}, [a, b], 33),
+        "f(a, a)": ((a, a), {}, [a], 6),
+        "f(a, b, a)": ((a, b, a), {}, [a, b], 36),
+        "f(9 nodes)": ((a, b) * 4 + (c,), {}, [a, b, c], 136),
+        "f(a, 1)": ((a, 1), {}, [a], 4),
+        "f(a, x=b)": ((a,), {"x": b}, [a, b], 33),
+        "f(a[0], b)": ((pair(a)[0], b), {}, None, 33),
+        "f(other graph, b)": ((other, b), {}, [other, b], 330),
+        "f(a, c, b)": ((a, c, b), {}, [a, c, b], 37),
+    }[shape]
+    node = many(*args, **kwargs)
+    if parents is None:  # a node[i] argument: its node is the parent
+        parents = [args[0].node, b]
+    assert list(node.deps) == parents == node.parents
+    for parent in parents:
+        assert parent.children[-1] is node and parent.component is node.component
+    assert node in node.component.nodes
+    positions = [i for i, v in enumerate(args) if not isinstance(v, int)] + list(kwargs)
+    assert list(node.ref_slots) == positions
+    assert LocalWorkflow(node, workflow_name="shapes").run() == value

@@ -49,7 +49,7 @@ from ..caching import (
 from ..cutoff import mark_candidates, try_cutoff, want_contents
 from ..errors import GraphError, SerializerNotRegisteredError
 from ..fingerprint import planning
-from ..graph import BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
+from ..graph import _FIRST_SLOT, BaseNode, ClassCallNode, FunctionNode, NodeItem, is_stateful
 from ..progress import NO_PROGRESS, NoProgress, progress_for
 from ..storage import latecheck
 from .base import BaseWorkflow
@@ -213,23 +213,25 @@ class LocalWorkflow(BaseWorkflow):
         try:
             for node in nodes:
                 func = funcs.get(id(node), node.func) if funcs else node.func
-                top = node.top_refs
+                top = node.ref_slots
                 if node.nested:
                     args, kwargs = node.resolve_args(value_of)
-                elif len(top) == 1 and len(node.args) == 1 and top[0][0] == 0:  # f(node), the commonest
-                    ref = top[0][1]
-                    args = (values[id(ref)] if type(ref) is not NodeItem else ref.extract(values[id(ref.node)]),)
+                elif top is _FIRST_SLOT:  # f(node), the commonest
+                    args = (values[id(node.args[0])],)
                     kwargs = node.kwargs
                 elif top:
                     args, kwargs = [*node.args], node.kwargs
-                    for where, ref in top:
-                        value = values[id(ref)] if type(ref) is not NodeItem else ref.extract(values[id(ref.node)])
+                    for where in top:
                         if where.__class__ is int:
-                            args[where] = value
+                            ref = args[where]
+                            args[where] = values[id(ref)] if type(ref) is not NodeItem else ref.extract(
+                                values[id(ref.node)])
                         else:
                             if kwargs is node.kwargs:
                                 kwargs = dict(kwargs)
-                            kwargs[where] = value
+                            ref = kwargs[where]
+                            kwargs[where] = values[id(ref)] if type(ref) is not NodeItem else ref.extract(
+                                values[id(ref.node)])
                 else:
                     args, kwargs = node.args, node.kwargs
                 if show:

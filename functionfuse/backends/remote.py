@@ -234,7 +234,7 @@ def build_spec(
             return _Slot(index[id(ref)], None)
 
         args, kwargs = node.resolve_args(placeholder)
-        where = tuple(dict.fromkeys([w for w, _ in node.top_refs] + list(node.nested)))
+        where = tuple(dict.fromkeys([*node.ref_slots, *node.nested]))
         if task.store:
             argument_summary(plan, task)  # the worker writes it into the entry's metadata
             records_inputs(task)  # and whether to record its inputs (the worker has no graph)
@@ -320,14 +320,13 @@ def deferrable(task: Task, plugin: Any, functions: dict[int, Any]) -> bool:
     driver starts submitting sooner, while the workers are idle."""
     if plugin is None and not task.node.nested:
         node = task.node
-        refs = node.top_refs
-        top = {w for w, _ in refs}
+        top = set(node.ref_slots)
         if not all(type(a) in _SCALARS for i, a in enumerate(node.args) if i not in top):
             return False
         if node.kwargs and not all(type(a) in _SCALARS for k, a in node.kwargs.items() if k not in top):
             return False
-        for _, ref in refs:
-            path = getattr(ref, "path", None)
+        for w in top:
+            path = getattr(node.args[w] if type(w) is int else node.kwargs[w], "path", None)
             if path is not None and not all(type(p) in _SCALARS for p in path):
                 return False
         if task.func is not None and id(task.func) not in functions:
