@@ -72,7 +72,7 @@ from .errors import (
     StorageError,
 )
 from .fingerprint import describe_change, function_inputs, node_fingerprint, planning
-from .graph import BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
+from .graph import _FIRST_SLOT, BaseNode, ClassCallNode, ClassInitNode, FunctionNode, NodeItem, describe
 from .hashing import Encoder, Unhashable, _type_name, user_stacklevel
 from .storage import latecheck
 
@@ -252,20 +252,21 @@ class RunReport:
 class Task:
     """One node's part in one run (what backends schedule).
 
-    The cache fields (``key``, ``entry`` ...) are class-level defaults, set on
-    the instance only when a storage is used: a run without storage pays for
-    none of them (``__dict__`` in the slots makes that possible).
+    The fields every stored node sets (``key``, ``fingerprint``, ``code``,
+    ``entry``, ``store``) are slots; the others are class-level defaults, set on
+    the instance only when needed (``__dict__`` in the slots makes that possible).
     """
 
-    __slots__ = ("node", "name", "func", "deps", "uses", "run", "reason", "action", "seconds", "__dict__")
+    __slots__ = ("node", "name", "func", "deps", "uses", "run", "reason", "action", "seconds",
+                 "key", "fingerprint", "code", "entry", "store", "__dict__")
 
-    key: str | None = None
-    fingerprint: str | None = None
-    code: dict | None = None  # parts of the fingerprint (function, refs), for reports
+    # key: str | None                the node's cache key (None without storage)
+    # fingerprint: str | None        its code's fingerprint
+    # code: dict | None              parts of the fingerprint (function, refs), for reports
+    # entry: str | None              the key of a stored result to load (a cache hit)
+    # store: bool                    whether its result is stored
     arguments: dict | None = None  # JSON summary of the literal arguments (metadata)
-    entry: str | None = None  # the key of a stored result to load (a cache hit)
     tree: Any = None  # the result's tree when small enough for the run record
-    store = False
     overwrite = False
     previous: str | None = None  # the key of the node's current stored version, when it differs
     method: str | None = None  # for a call on a stateful instance
@@ -278,19 +279,46 @@ class Task:
     unstored_inputs: tuple = ()  # positions of inputs kept out of storage (no digest to record)
     cutoff = False
 
-    def __init__(self, node: BaseNode, name: str, func: Any) -> None:
+    def __init__(self, node: BaseNode, name: str, func: Any, deps: list[Task] | None = None) -> None:
         self.node = node
         self.name = name
         self.func = func
-        self.deps: list[Task] = []
+        self.deps: list[Task] = [] if deps is None else deps
         self.uses = 0  # running consumers left (the local backend frees values at 0)
         self.run = True
         self.reason = NO_STORAGE
         self.action = "skipped"
         self.seconds = 0.0
+        self.key: str | None = None
+        self.fingerprint: str | None = None
+        self.code: dict | None = None
+        self.entry: str | None = None
+        self.store = False
+
+    def fields(self, names: Iterable[str]) -> dict[str, Any]:
+        """The cache fields among ``names`` this task sets (those left at their
+        default are left out), for a worker's copy (see :meth:`set_fields`)."""
+        out = {}
+        for name in names:
+            if name in _SLOT_DEFAULTS:
+                value = getattr(self, name)
+                if value is not _SLOT_DEFAULTS[name]:
+                    out[name] = value
+            elif name in self.__dict__:
+                out[name] = self.__dict__[name]
+        return out
+
+    def set_fields(self, fields: dict[str, Any]) -> None:
+        """Set the fields :meth:`fields` returned (on a copy of the task)."""
+        for name, value in fields.items():
+            setattr(self, name, value)
 
     def __repr__(self) -> str:
         return f"<Task {self.name} run={self.run} reason={self.reason!r}>"
+
+
+#: The defaults of the cache fields that are slots of Task (set by its __init__).
+_SLOT_DEFAULTS: dict[str, Any] = {"key": None, "fingerprint": None, "code": None, "entry": None, "store": False}
 
 
 @dataclass
@@ -310,8 +338,9 @@ class Plan:
     waiting: Any = None
     #: Set (a ``threading.Event``) when a failing run stops waiting for node leases.
     stop_waiting: Any = None
-    #: Seconds spent on each part of planning: ``tasks`` (one per node), ``listing``
-    #: (reading the latest run record), ``keys``, ``decisions`` (logged at DEBUG).
+    #: Seconds spent on each part of planning: ``listing`` (reading the latest run record),
+    #: ``tasks and keys`` (one task and key per node, hits on the record decided),
+    #: ``decisions`` (the rest, after one batched lookup) (logged at DEBUG).
     phases: dict[str, float] = field(default_factory=dict)
     #: The fingerprint cache and the backend's extra key inputs keying used (early
     #: cutoff computes recipes with them, see :mod:`functionfuse.cutoff`).
@@ -561,27 +590,13 @@ def make_plan(
     began = clock()
     tasks: list[Task] = []
     by_node: dict[int, Task] = {}
-    for name, node in named:
-        func = funcs.get(id(node)) if funcs else None
-        if func is None:
-            if type(node) is FunctionNode:
-                func = node.func
-            elif type(node) is ClassInitNode:
-                func = node.cls
-        task = Task(node, name, func)
-        if type(node) is ClassCallNode:
-            task.method = node.method
-        deps = node.deps
-        if deps:
-            task.deps = [by_node[id(deps[0])]] if len(deps) == 1 else [by_node[id(d)] for d in deps]
-        tasks.append(task)
-        by_node[id(node)] = task
     plan = Plan(workflow, tasks, by_node, storage, started=time.time())
     if storage is None:
+        for name, node in named:
+            _add_task(tasks, by_node, name, node, funcs)
         return plan
 
     with planning():  # module-level values are read once per plan
-        tasks_made = clock()
         listing = storage.scan(workflow)
         plan.listing = listing
         listed = clock()
@@ -591,14 +606,31 @@ def make_plan(
         forced = _compile(force)
         forced_ids: set[int] = set()  # forced nodes and everything downstream of them
         forcing: dict[int, str] = {}  # id(task) -> FORCED or UPSTREAM_FORCED
-        stored: list[Task] = []
-        for task in tasks:
-            node = task.node
-            compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
-            key_of[id(node)] = task.key  # type: ignore[assignment]
+        known, view = listing.known, listing.view
+        # Stored tasks a plain hit does not decide (the record does not name their
+        # key, or they are forced, unhashable or found unusable): decided below,
+        # after one batched lookup of the keys the record does not name.
+        undecided: list[Task] = []
+        sha = _sha256
+        for name, node in named:
+            task = _add_task(tasks, by_node, name, node, funcs)
+            # The commonest node, f(previous) of a function already keyed in this plan:
+            # compute_key's bytes for it, inline (a test checks they agree).
+            cached = parent_key = None
+            if type(node) is FunctionNode and node.ref_slots is _FIRST_SLOT and not extra:
+                cached = fp_cache.get(id(task.func) if node.version is None else (id(task.func), node.version))
+                parent_key = key_of.get(id(node.args[0]))
+            if cached is not None and parent_key is not None:
+                fp, captured, task.code, head = cached
+                key = sha(b"".join((head, b"||tt@", parent_key.encode(), b"edee|", captured))).hexdigest()[:32]
+                task.key, task.fingerprint = key, fp
+            else:
+                compute_key(task, key_of, strict, fp_cache, extra.get(id(node), b"") if extra else b"")
+                key = task.key  # type: ignore[assignment]
+            key_of[id(node)] = key
             is_forced = False
             if forced:
-                is_forced = any(p.fullmatch(task.name) for p in forced)
+                is_forced = any(p.fullmatch(name) for p in forced)
                 if is_forced or (forced_ids and _upstream_forced(node, forced_ids)):
                     forced_ids.add(id(node))
                     forcing[id(task)] = FORCED if is_forced else UPSTREAM_FORCED
@@ -612,19 +644,21 @@ def make_plan(
                 task.run, task.reason = True, NOT_STORED
                 continue
             task.store = True
-            stored.append(task)
-        keyed = clock()
-        # Keys the latest run record names are present; the others are
-        # looked up in one batch (a stat each on files, concurrent HEADs on S3).
-        known = listing.known
-        unknown = [t.key for t in stored if t.key not in known]
-        present = known | storage.present(unknown) if unknown else known
-        view = listing.view
-        for task in stored:
-            key = task.key
-            previous = view.get(task.name)
+            previous = view.get(name)
             if previous is not None and previous != key:
                 task.previous = previous
+            if key in known and not (forcing and id(task) in forcing) and task.reason != UNHASHABLE and not (
+                    unusable and key in unusable):
+                task.run, task.reason, task.entry = False, CACHED, key
+            else:
+                undecided.append(task)
+        keyed = clock()
+        # The keys the latest run record does not name are looked up in one batch
+        # (a stat each on files, concurrent HEADs on S3).
+        unknown = [t.key for t in undecided if t.key not in known]
+        present = known | storage.present(unknown) if unknown else known
+        for task in undecided:
+            key = task.key
             hit = key in present
             why = forcing.get(id(task)) if forcing else None
             if why is not None:
@@ -640,12 +674,30 @@ def make_plan(
                 task.run, task.reason = True, _miss_reason(storage, workflow, task, plan)
     _expand_chains(tasks, by_node)
     decided = clock()
-    plan.phases = {"tasks": tasks_made - began, "listing": listed - tasks_made, "keys": keyed - listed,
-                   "decisions": decided - keyed}
+    plan.phases = {"listing": listed - began, "tasks and keys": keyed - listed, "decisions": decided - keyed}
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("workflow %r: %d nodes planned in %s (%s)", workflow, len(tasks), format_seconds(decided - began),
                      ", ".join(f"{k} {format_seconds(v)}" for k, v in plan.phases.items()))
     return plan
+
+
+def _add_task(tasks: list[Task], by_node: dict[int, Task], name: str, node: BaseNode, funcs: dict[int, Any]) -> Task:
+    """Append the task of ``node`` (its function: ``funcs``' if given, else the node's)."""
+    func = funcs.get(id(node)) if funcs else None
+    kind = type(node)
+    if func is None:
+        if kind is FunctionNode:
+            func = node.func
+        elif kind is ClassInitNode:
+            func = node.cls
+    deps = node.deps
+    task = Task(node, name, func, ([by_node[id(deps[0])]] if len(deps) == 1 else [by_node[id(d)] for d in deps])
+                if deps else [])
+    if kind is ClassCallNode:
+        task.method = node.method
+    tasks.append(task)
+    by_node[id(node)] = task
+    return task
 
 
 def _upstream_forced(node: BaseNode, forced_ids: set[int]) -> bool:
@@ -1087,25 +1139,33 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     from .storage.runs import new_run_id
 
     listing = plan.listing
+    view = listing.view
     nodes: dict[str, dict] = {}
     same_view = True  # does this run leave every node at the key the last record had?
+    covered = 0  # the nodes of the last record's view this run stored or found stored
     computed_tree = False
     rewritten: set[str] = set()  # keys this run stored again (forced, damaged): no tree to carry
     for task in plan.tasks:
         if not task.store:
             continue
-        entry: dict = {"key": task.key, "action": task.action, "reason": task.reason}
-        if task.seconds:
-            entry["seconds"] = task.seconds
-        nodes[task.name] = entry
-        if task.action in STORED_ACTIONS:
-            same_view = same_view and listing.view.get(task.name) == task.key
-            computed_tree = computed_tree or (task.action == "computed" and task.tree is not None)
-            if task.overwrite and task.action == "computed":
-                rewritten.add(task.key)
+        action, key = task.action, task.key
+        nodes[task.name] = ({"key": key, "action": action, "reason": task.reason, "seconds": task.seconds}
+                            if task.seconds else {"key": key, "action": action, "reason": task.reason})
+        if action in STORED_ACTIONS:
+            before = view.get(task.name)
+            if before is not None:
+                covered += 1
+            if before != key:
+                same_view = False
+            if action == "computed":
+                computed_tree = computed_tree or task.tree is not None
+                if task.overwrite:
+                    rewritten.add(key)
         else:
             same_view = False
-    same_view = same_view and len(nodes) >= len(listing.view) and all(name in nodes for name in listing.view)
+    # Every node of the last record's view stored here (names are unique): none carried over.
+    carried_over = None if covered < len(view) else {}
+    same_view = same_view and carried_over is not None
     values: Any = None
     values_ref = None
     reuse = (same_view and not computed_tree and not rewritten and listing.values_ref is not None
@@ -1143,8 +1203,8 @@ def record_run(plan: Plan, error: BaseException | None, executor: str) -> None:
     try:
         storage.record_run(
             plan.workflow, plan.run_id or new_run_id(plan.started), nodes, listing=plan.listing,
-            started=started, finished=utc_now_iso(), outcome=outcome, executor=executor, values=values,
-            values_ref=values_ref, **({"values_replace": True} if listing.values_damaged else {}),
+            others=carried_over, started=started, finished=utc_now_iso(), outcome=outcome, executor=executor,
+            values=values, values_ref=values_ref, **({"values_replace": True} if listing.values_damaged else {}),
         )
     except Exception as exc:  # noqa: BLE001 - the results are stored; only the record is lost
         logger.warning("workflow %r: the run record was not written (%s: %s)", plan.workflow, type(exc).__name__, exc)

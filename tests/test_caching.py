@@ -101,10 +101,51 @@ def test_planning_times_its_phases_and_logs_them_at_debug(storage, caplog):
     wf.set_storage(storage)
     with caplog.at_level(logging.DEBUG, logger="functionfuse.caching"):
         plan = wf._make_plan(None)
-    assert set(plan.phases) == {"tasks", "listing", "keys", "decisions"}
+    assert set(plan.phases) == {"listing", "tasks and keys", "decisions"}
     assert all(seconds >= 0 for seconds in plan.phases.values())
     logged = [r.getMessage() for r in caplog.records if "planned" in r.getMessage()]
     assert logged and logged[0].startswith("workflow 'wf': 5 nodes planned in ") and "keys " in logged[0]
+
+
+def test_planning_keys_f_of_a_node_inline_as_compute_key_does(storage):
+    """make_plan keys the commonest node, f(previous), without compute_key once the
+    function is keyed: the keys are compute_key's, for plain functions, versioned ones,
+    closures, defaults, and nodes made from node[i] or with literals beside them."""
+    from functionfuse.caching import Task, compute_key
+
+    scale = 3
+
+    @workflow
+    def source(n):
+        return list(range(n))
+
+    @workflow
+    def step(xs, offset=1):
+        return [x * scale + offset for x in xs]
+
+    @workflow(version="2")
+    def versioned(xs):
+        return xs[::-1]
+
+    @workflow
+    def pick(pair):
+        return pair
+
+    node = source(4)
+    for _ in range(3):
+        node = versioned(step(node))
+    node = pick(step(node, 5)[0])
+    node = step(step(node))
+    wf = LocalWorkflow(node, workflow_name="inline")
+    wf.set_storage(storage)
+    plan = wf._make_plan(None)
+    key_of: dict = {}
+    for task in plan.tasks:  # each key again, by compute_key alone (no shared caches)
+        fresh = Task(task.node, task.name, task.func)
+        compute_key(fresh, key_of, False, {}, b"")
+        key_of[id(task.node)] = fresh.key
+        assert (task.key, task.fingerprint, task.code) == (fresh.key, fresh.fingerprint, fresh.code), task.name
+    assert len({t.key for t in plan.tasks}) == len(plan.tasks) == 11
 
 
 def test_only_needed_inputs_are_loaded(storage):

@@ -148,20 +148,11 @@ def _fill(value: Any, deps: tuple) -> Any:
 
 def _worker_task(task: Task) -> Task:
     """A copy of ``task`` without graph objects (nodes link the whole graph)."""
-    copy = Task.__new__(Task)
-    copy.node = _Stub(task.name, task.key, task.node.qualname)
-    copy.name = task.name
-    copy.func = task.func
-    copy.deps = [_Stub(d.name, d.key) for d in task.deps]
-    copy.uses = 0
+    copy = Task(_Stub(task.name, task.key, task.node.qualname), task.name, task.func,
+                [_Stub(d.name, d.key) for d in task.deps])
     copy.run = task.run
     copy.reason = task.reason
-    copy.action = "skipped"
-    copy.seconds = 0.0
-    state = task.__dict__
-    for field in _SENT:
-        if field in state:
-            setattr(copy, field, state[field])
+    copy.set_fields(task.fields(_SENT))
     return copy
 
 
@@ -290,23 +281,18 @@ def _compact(task: Task, func: _Pickled | None, args: tuple, kwargs: dict, where
     if where:
         args = tuple((a.index, a.path) if type(a) is _Slot else a for a in args)
         kwargs = {k: (a.index, a.path) if type(a) is _Slot else a for k, a in kwargs.items()}
-    state = task.__dict__
     return (task.name, task.node.qualname, tuple((d.name, d.key) for d in task.deps),
-            None if func is None else func.data, {f: state[f] for f in _SENT if f in state},
+            None if func is None else func.data, task.fields(_SENT),
             task.run, task.reason, args, kwargs, where, plan.workflow, storage_blob, plan.run_id)
 
 
 def _from_compact(c: tuple) -> NodeSpec:
     """The NodeSpec of a spec :func:`_compact` wrote (on the worker)."""
     name, qualname, deps, fdata, state, run, reason, args, kwargs, where, workflow, storage, run_id = c
-    task = Task.__new__(Task)
-    task.node = _Stub(name, state.get("key"), qualname)
-    task.name = name
-    task.func = None if fdata is None else _unpickle_function(fdata)
-    task.deps = [_Stub(n, k) for n, k in deps]
-    task.uses = 0
-    task.run, task.reason, task.action, task.seconds = run, reason, "skipped", 0.0
-    task.__dict__.update(state)
+    task = Task(_Stub(name, state.get("key"), qualname), name, None if fdata is None else _unpickle_function(fdata),
+                [_Stub(n, k) for n, k in deps])
+    task.run, task.reason = run, reason
+    task.set_fields(state)
     if where:
         args = tuple(_Slot(*a) if type(a) is tuple else a for a in args)
         kwargs = {k: _Slot(*a) if type(a) is tuple else a for k, a in kwargs.items()}

@@ -142,9 +142,15 @@ def current_view(record: dict | None) -> dict[str, str]:
     others = record.get("others")
     if isinstance(others, dict):
         view.update((n, k) for n, k in others.items() if isinstance(k, str))
-    for name, entry in record.get("nodes", {}).items():
-        if isinstance(entry, dict) and entry.get("action") in STORED_ACTIONS and isinstance(entry.get("key"), str):
-            view[name] = entry["key"]
+    nodes = record.get("nodes", {})
+    try:  # what a record as written holds
+        view.update({name: entry["key"] for name, entry in nodes.items()
+                     if entry["action"] in STORED_ACTIONS and type(entry["key"]) is str})
+    except (TypeError, KeyError, AttributeError):  # an entry of another shape (hand-edited): skipped
+        for name, entry in nodes.items():
+            if (isinstance(entry, dict) and isinstance(entry.get("action"), str) and entry["action"] in STORED_ACTIONS
+                    and isinstance(entry.get("key"), str)):
+                view[name] = entry["key"]
     return view
 
 
@@ -595,18 +601,20 @@ class Storage(ABC):
 
     def record_run(
         self, workflow_name: str, run_id: str, nodes: dict[str, dict], *, listing: Listing | None = None,
-        **fields: Any,
+        others: dict[str, str] | None = None, **fields: Any,
     ) -> str:
-        """Write the record of one run; ``listing`` (the plan's) supplies the nodes carried over.
+        """Write the record of one run; ``listing`` (the plan's) supplies the nodes carried over,
+        unless the caller knows them (``others``: name -> key).
 
         ``values`` (key -> tree of small results) is stored as one object the record
         names; ``values_ref`` names an object already stored instead (the last record's).
         """
-        view = listing.view if listing is not None else {}
-        others = {
-            name: key for name, key in view.items()
-            if name not in nodes or nodes[name].get("action") not in STORED_ACTIONS
-        }
+        if others is None:
+            view = listing.view if listing is not None else {}
+            others = {
+                name: key for name, key in view.items()
+                if name not in nodes or nodes[name].get("action") not in STORED_ACTIONS
+            }
         extra = dict(fields.pop("extra", None) or {})
         extra["others"] = others
         values = fields.pop("values", None)

@@ -173,12 +173,13 @@ def latest_run_id(names: Iterable[str]) -> str | None:
     ...                "notes.txt", "20261128T000000.000000Z-a-1-0000.running"])
     '20261127T150406.000002Z-a-1-0000'
     """
-    best = None
-    for name in names:
-        base = name.rsplit("/", 1)[-1]
-        if not base.endswith(SUFFIX):
-            continue
-        run_id = base[: -len(SUFFIX)]
-        if _ID.fullmatch(run_id) and (best is None or run_id > best):
-            best = run_id
-    return best
+    # Ids sort by time: the largest name that is a run id (a folder keeps every run's
+    # record, so the names are many and most are never matched against the pattern).
+    cut = -len(SUFFIX)
+    pool = [name[name.rfind("/") + 1 : cut] for name in names if name.endswith(SUFFIX)]
+    while pool:
+        best = max(pool)
+        if _ID.fullmatch(best):
+            return best
+        pool = [run_id for run_id in pool if run_id != best]
+    return None

@@ -715,8 +715,9 @@ def test_a_compact_spec_gives_the_worker_what_the_full_one_does(tmp_path, monkey
         (2, 3), {"scale": 2.5, "label": "x", "extra": 5, "flag": True, "raw": b"\x00"})
     assert (a.where, a.workflow, a.storage, a.run, a.plugin) == (b.where, b.workflow, b.storage, b.run, b.plugin)
     ta, tb = a.task, b.task
-    assert ta.__dict__ == tb.__dict__ and ta.__dict__["key"] == task.key and ta.store
-    for field in ("name", "run", "reason", "action", "seconds", "uses"):
+    assert ta.fields(remote._SENT) == tb.fields(remote._SENT) == task.fields(remote._SENT)
+    assert ta.__dict__ == tb.__dict__ and ta.key == task.key and ta.store
+    for field in ("name", "run", "reason", "action", "seconds", "uses", "key", "fingerprint", "code", "entry", "store"):
         assert getattr(ta, field) == getattr(tb, field), field
     assert [(d.name, d.key) for d in ta.deps] == [(d.name, d.key) for d in tb.deps] == [
         ("one", plan.task(node.deps[0]).key), ("pair", plan.task(pair).key), ("four", plan.task(node.deps[2]).key)]

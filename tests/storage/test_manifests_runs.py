@@ -101,6 +101,11 @@ def test_run_ids_sort_by_time_and_latest_is_found():
     names = [run_path("wf", i).rsplit("/", 1)[1] for i in ids]
     random.Random(1).shuffle(names)
     assert latest_run_id(names + ["junk.json", ids[0] + ".running"]) == ids[-1]
+    # Names larger than every id that are not ids, and full paths (an S3 listing).
+    junk = ["zz.json", "99999999T999999.999999Z-x.json", ids[-1] + "-copy.json", "~.json", ".json"]
+    assert latest_run_id(junk + names) == ids[-1]
+    assert latest_run_id([f"bucket/pre/runs/wf/{n}" for n in junk + names]) == ids[-1]
+    assert latest_run_id(junk) is None
     assert latest_run_id([]) is None
     with pytest.raises(ValueError, match="not a run id"):
         run_path("wf", "../../etc/passwd")
@@ -120,3 +125,19 @@ def test_run_record_round_trip_and_damage():
         decode_record(damaged, "r.json")
     with pytest.raises(ValueError, match="outcome"):
         encode_record("wf", run_id, {}, started="s", finished="f", outcome="maybe", executor="local")
+
+
+def test_the_view_of_a_record_skips_entries_of_another_shape():
+    """A record as written gives its stored nodes' keys; a hand-edited one with entries of
+    other shapes gives the same for the entries that are right, and skips the others."""
+    from functionfuse.storage.base import current_view
+
+    good = {"a": {"key": "k" * 32, "action": "read", "reason": "cached"},
+            "b": {"key": "j" * 32, "action": "failed", "reason": "new"},
+            "c": {"key": "i" * 32, "action": "computed", "reason": "new"}}
+    others = {"z": "z" * 32, "bad": 3}
+    assert current_view({"nodes": good, "others": others}) == {"a": "k" * 32, "c": "i" * 32, "z": "z" * 32}
+    for bad in ([], {"action": "read"}, {"key": "x" * 32}, {"key": 5, "action": "read"},
+                {"key": "x" * 32, "action": ["read"]}, "read"):
+        view = current_view({"nodes": {**good, "bad": bad}, "others": others})
+        assert view == {"a": "k" * 32, "c": "i" * 32, "z": "z" * 32}, bad
