@@ -24,6 +24,12 @@ figure 4 (a resume of a chain whose leaf is stored)
   record out the new run record ({name: key}, SPEC §3: "which key each node had")
              encoded (orjson), written to a temporary file and renamed.
 
+lean (figure 4 only): ours without the engine around the graph.  Our graph, names,
+  keys (make_plan's inline path for f(previous)) and storage's load of the leaf, with
+  the floor's records ({name: key}): no Task objects, no run lease, no report, no
+  values object, no cutoff.  What a second, columnar engine path for stored runs could
+  reach at best with functionfuse's graph.
+
 figure 1 (no storage)
   build      as above;
   run        the values passed along in creation order, each node timed
@@ -165,6 +171,11 @@ def figure4(reps: int, folder: str, n: int = 1000) -> None:
         return wf.run()
 
     assert ours() == value
+
+    def ours_report(wf: LocalWorkflow) -> list:
+        wf.set_storage(storage_factory(store))
+        wf.run()
+        return wf.last_report.events
     paths = [os.path.join(folder, "base", f"{i}.pkl") for i in range(n)]
     os.makedirs(os.path.dirname(paths[0]))
     for path in paths:
@@ -178,13 +189,68 @@ def figure4(reps: int, folder: str, n: int = 1000) -> None:
                 out = pickle.loads(f.read())
         return out
 
+    # "lean": ours without the engine around the graph: our graph, names, keys and load,
+    # the floor's records (one {name: key} object), no Task objects, no lease, no report.
+    from functionfuse.caching import Task, compute_key
+    from functionfuse.fingerprint import planning
+    from functionfuse.graph import _FIRST_SLOT
+
+    lean_record = os.path.join(folder, "lean.json")
+    first = LocalWorkflow(bench_local.build_chain(n), workflow_name="floor-4")
+    with open(lean_record, "wb") as f:
+        f.write(orjson.dumps({name: event.key for (name, _), event in zip(first._named(), ours_report(first))}))
+
+    def lean(parts: dict[str, list[float]] | None = None) -> object:
+        t0 = clock()
+        wf = LocalWorkflow(bench_local.build_chain(n), workflow_name="floor-4")
+        storage = storage_factory(store)
+        wf.set_storage(storage)
+        t1 = clock()
+        named = wf._named()
+        t2 = clock()
+        with open(lean_record, "rb") as f:
+            known = orjson.loads(f.read())
+        t3 = clock()
+        sha, key_of, heads, keys = hashlib.sha256, {}, {}, {}
+        with planning():
+            for name, node in named:
+                head = heads.get(id(node.func))
+                parent = key_of.get(id(node.args[0])) if node.ref_slots is _FIRST_SLOT else None
+                if head is not None and parent is not None:
+                    key = sha(b"".join((head, b"||tt@", parent.encode(), b"edee|"))).hexdigest()[:32]
+                else:
+                    task = Task(node, name, node.func)
+                    compute_key(task, key_of, False, {}, b"")
+                    key, heads[id(node.func)] = task.key, b"node|" + task.fingerprint.encode()
+                key_of[id(node)] = key
+                keys[name] = key
+                assert known[name] == key
+        t4 = clock()
+        value = storage.load("floor-4", key)
+        t5 = clock()
+        data = orjson.dumps(keys)
+        with open(lean_record + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(lean_record + ".tmp", lean_record)
+        t6 = clock()
+        if parts is not None:
+            for label, seconds in zip(("build, LocalWorkflow, storage", "names", "record in", "keys",
+                                       "the leaf", "record out"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+                parts.setdefault(label, []).append(seconds)
+        return value
+
+    assert lean() == value
     parts: dict[str, list[float]] = {}
-    totals = _interleaved(reps, {"floor": lambda: floor(parts), "ours": ours, "base": base})
+    lean_parts: dict[str, list[float]] = {}
+    totals = _interleaved(reps, {"floor": lambda: floor(parts), "lean": lambda: lean(lean_parts), "ours": ours,
+                                 "base": base})
     b = _median(totals["base"])
     print(f"figure 4: resume of a {n}-node chain, only the leaf needed (target: ours <= 0.3x the baseline)")
     for label, values in parts.items():
         _row(f"floor: {label}", _median(values), n)
-    for label, title in (("floor", "floor, all"), ("ours", "ours (bench_local's figure 4)"),
+    for label, values in lean_parts.items():
+        _row(f"lean: {label}", _median(values), n)
+    for label, title in (("floor", "floor, all"), ("lean", "lean, all"), ("ours", "ours (bench_local's figure 4)"),
                          ("base", "baseline: read every node's file")):
         m = _median(totals[label])
         _row(title, m, n, f"   {m / b:.3f}x the baseline")
