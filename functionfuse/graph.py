@@ -117,6 +117,20 @@ def _merge(components: list[_Component]) -> _Component:
     return target
 
 
+def _attach(node: BaseNode, parents: Any) -> _Component:
+    """Make ``node`` a child of each of ``parents`` (distinct); returns their component,
+    merged into one when they lie in several."""
+    comp = parents[0].component
+    merge = False
+    for p in parents:
+        p.children.append(node)
+        if p.component is not comp:
+            merge = True
+    if not merge:
+        return comp
+    return _merge(list({id(p.component): p.component for p in parents}.values()))
+
+
 def _is_ref(value: Any) -> bool:
     return isinstance(value, (BaseNode, NodeItem))
 
@@ -217,14 +231,7 @@ class BaseNode:
                 self.nested = _NO_NESTED
                 deps = args if len(args) == 2 and args[0] is not args[1] else tuple(dict.fromkeys(args))
                 self.deps = deps
-                comp = deps[0].component
-                merge = False
-                for parent in deps:
-                    parent.children.append(self)
-                    if parent.component is not comp:
-                        merge = True
-                if merge:
-                    comp = _merge(list({id(p.component): p.component for p in deps}.values()))
+                comp = _attach(self, deps)
                 comp.nodes.append(self)
                 comp.named = False
                 self.component = comp
@@ -270,12 +277,7 @@ class BaseNode:
                 parent = ref.node if type(ref) is NodeItem else ref
                 if parent not in deps:  # few parents: a linear scan beats a set
                     deps.append(parent)
-                    parent.children.append(self)
-            comp = deps[0].component
-            for parent in deps:
-                if parent.component is not comp:
-                    comp = _merge(list({id(p.component): p.component for p in deps}.values()))
-                    break
+            comp = _attach(self, deps)
         else:
             comp = self._link(args, kwargs, after)
         comp.nodes.append(self)
@@ -294,17 +296,7 @@ class BaseNode:
         for p in parents:  # few parents: a linear scan beats a set
             if p not in deps:
                 deps.append(p)
-        linked = deps if after is None or after in deps else [*deps, after]
-        comp = linked[0].component
-        merge = False
-        for p in linked:
-            p.children.append(self)
-            if p.component is not comp:
-                merge = True
-        if not merge:
-            return comp
-        comps = {id(p.component): p.component for p in linked}
-        return _merge(list(comps.values()))
+        return _attach(self, deps if after is None or after in deps else [*deps, after])
 
     # -- compatible API ---------------------------------------------------
     def set_name(self, name: str) -> BaseNode:
