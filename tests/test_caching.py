@@ -111,7 +111,7 @@ def test_planning_keys_f_of_a_node_inline_as_compute_key_does(storage):
     """make_plan keys the commonest node, f(previous), without compute_key once the
     function is keyed: the keys are compute_key's, for plain functions, versioned ones,
     closures, defaults, and nodes made from node[i] or with literals beside them."""
-    from functionfuse.caching import Task, compute_key
+    from functionfuse.caching import Task, compute_key, make_plan
 
     scale = 3
 
@@ -131,21 +131,75 @@ def test_planning_keys_f_of_a_node_inline_as_compute_key_does(storage):
     def pick(pair):
         return pair
 
+    def other_step(xs, offset=1):
+        return [x - offset for x in xs]
+
     node = source(4)
     for _ in range(3):
         node = versioned(step(node))
     node = pick(step(node, 5)[0])
-    node = step(step(node))
+    replaced = step(node)
+    node = step(step(replaced))
     wf = LocalWorkflow(node, workflow_name="inline")
     wf.set_storage(storage)
+    wf.replace_func(replaced, other_step)  # its task's function is not its node's
     plan = wf._make_plan(None)
-    key_of: dict = {}
-    for task in plan.tasks:  # each key again, by compute_key alone (no shared caches)
-        fresh = Task(task.node, task.name, task.func)
-        compute_key(fresh, key_of, False, {}, b"")
-        key_of[id(task.node)] = fresh.key
-        assert (task.key, task.fingerprint, task.code) == (fresh.key, fresh.fingerprint, fresh.code), task.name
-    assert len({t.key for t in plan.tasks}) == len(plan.tasks) == 11
+    assert plan.task(replaced).func is other_step
+    # A backend's extra key input (a plugin's seed) for one f(previous) node, and none.
+    extra = {id(plan.tasks[4].node): b"seed=3"}
+    with_extra = make_plan("inline", wf._named(), wf._funcs, storage, extra=extra)
+    for p, given in ((plan, {}), (with_extra, extra)):
+        key_of: dict = {}
+        for task in p.tasks:  # each key again, by compute_key alone (no shared caches)
+            fresh = Task(task.node, task.name, task.func)
+            compute_key(fresh, key_of, False, {}, given.get(id(task.node), b""))
+            key_of[id(task.node)] = fresh.key
+            assert (task.key, task.fingerprint, task.code) == (fresh.key, fresh.fingerprint, fresh.code), task.name
+        assert len({t.key for t in p.tasks}) == len(p.tasks) == 12
+    changed = [t.name for t, u in zip(plan.tasks, with_extra.tasks) if t.key != u.key]
+    assert changed == [t.name for t in plan.tasks[4:]]  # the node with the extra input and all below it
+
+
+def test_a_run_record_carries_over_exactly_the_nodes_the_run_did_not_store(storage):
+    """The record of a run that stored or found every node of the last record carries
+    nothing over; one of a run of part of the graph carries the rest (``others``)."""
+    from functionfuse import compute
+
+    def records():
+        return storage.results.latest_run("parts")
+
+    def graph():
+        a = source_node(2).set_name("a")
+        b = double(a).set_name("b")
+        c = double(b).set_name("c")
+        side = double(a).set_name("side")
+        return b, c, side
+
+    b, c, side = graph()
+    wf = LocalWorkflow(c, side, workflow_name="parts")
+    wf.set_storage(storage)
+    wf.run()
+    assert records()["others"] == {} and set(records()["nodes"]) == {"a", "b", "c", "side"}
+    keys = {n: e["key"] for n, e in records()["nodes"].items()}
+    b, c, side = graph()
+    assert compute(b, storage=storage, workflow_name="parts") == 8
+    assert set(records()["nodes"]) == {"a", "b"}
+    assert records()["others"] == {"c": keys["c"], "side": keys["side"]}
+    b, c, side = graph()
+    wf = LocalWorkflow(c, side, workflow_name="parts")
+    wf.set_storage(storage)
+    wf.run()
+    assert records()["others"] == {} and {n: e["key"] for n, e in records()["nodes"].items()} == keys
+
+
+@workflow
+def source_node(n):
+    return n * 2
+
+
+@workflow
+def double(x):
+    return x * 2
 
 
 def test_only_needed_inputs_are_loaded(storage):

@@ -299,3 +299,22 @@ def test_every_argument_shape_records_parents_slots_and_components(shape):
     positions = [i for i, v in enumerate(args) if not isinstance(v, int)] + list(kwargs)
     assert list(node.ref_slots) == positions
     assert LocalWorkflow(node, workflow_name="shapes").run() == value
+
+
+def test_a_class_built_from_nodes_of_two_graphs_joins_them_and_makes_them_stateful():
+    @workflow
+    class Acc:
+        def __init__(self, a, b):
+            self.total = a + b
+
+        def add(self, x):
+            self.total += x
+            return self.total
+
+    a, b = add(1, 2), add(10, 20)  # two graphs until the instance joins them
+    acc = Acc(a, b)
+    out = acc.add(a)
+    init = acc.node
+    assert list(init.deps) == [a, b] and a.component is b.component is init.component is out.component
+    assert init.component.stateful and a.children == [init, out] and b.children == [init]
+    assert LocalWorkflow(out, workflow_name="acc").run() == 36
