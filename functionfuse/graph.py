@@ -222,7 +222,7 @@ class BaseNode:
             comp.named = False
             self.component = comp
             return
-        if not kwargs and after is None and 1 < len(args) < len(_SLOTS_OF):
+        if not kwargs and after is None and 1 < len(args) < len(_SLOTS_OF) and type(args[-1]) is FunctionNode:
             for a in args:
                 if type(a) is not FunctionNode:
                     break
@@ -237,9 +237,8 @@ class BaseNode:
                 self.component = comp
                 return
         slots: list[int | str] = []
-        refs: list[Any] = []
+        ref: Any = None  # the last node argument found (the only one, when one)
         nested: list[int | str] = _NO_NESTED
-        deps: list[BaseNode] = []
         i = 0
         for a in args:
             cls = type(a)
@@ -247,7 +246,7 @@ class BaseNode:
                 pass
             elif cls is FunctionNode or isinstance(a, _REFS):
                 slots.append(i)
-                refs.append(a)
+                ref = a
             elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
                 nested = [*nested, i]
             i += 1
@@ -258,27 +257,30 @@ class BaseNode:
                     pass
                 elif isinstance(a, _REFS):
                     slots.append(k)
-                    refs.append(a)
+                    ref = a
                 elif (cls in _SCANNED or isinstance(a, _NESTING)) and _contains_ref(a):
                     nested = [*nested, k]
         self.ref_slots = slots if slots else _NO_SLOTS
         self.nested = nested
-        self.deps = deps
-        if not (refs or nested or after is not None):
+        if not (slots or nested or after is not None):
+            self.deps = _NO_DEPS
             comp = _Component()
-        elif len(refs) == 1 and not nested and after is None:
-            ref = refs[0]
+        elif len(slots) == 1 and not nested and after is None:
             parent = ref.node if type(ref) is NodeItem else ref
-            deps.append(parent)
+            self.deps = (parent,)
             parent.children.append(self)
             comp = parent.component
         elif not nested and after is None:  # several parents passed directly: _link, inlined
-            for ref in refs:
+            deps: list[BaseNode] = []
+            for where in slots:
+                ref = args[where] if type(where) is int else kwargs[where]
                 parent = ref.node if type(ref) is NodeItem else ref
                 if parent not in deps:  # few parents: a linear scan beats a set
                     deps.append(parent)
+            self.deps = deps
             comp = _attach(self, deps)
         else:
+            self.deps = []
             comp = self._link(args, kwargs, after)
         comp.nodes.append(self)
         comp.named = False
@@ -523,6 +525,7 @@ _SCANNED = frozenset((list, tuple, dict))
 _ATOMS = frozenset((int, float, str, bool, bytes, type(None)))
 _NO_NESTED: list = []  # shared, never mutated: most nodes have no nested nodes
 _NO_SLOTS: tuple = ()
+_NO_DEPS: tuple = ()  # the deps of a root node, shared
 _FIRST_SLOT = (0,)  # the ref_slots of f(node), shared
 _SLOTS_OF = [tuple(range(n)) for n in range(9)]  # those of f(a, b, ...), shared
 _SLOTS_OF[1] = _FIRST_SLOT
