@@ -253,20 +253,20 @@ class Task:
     """One node's part in one run (what backends schedule).
 
     The fields every stored node sets (``key``, ``fingerprint``, ``code``,
-    ``entry``, ``store``) are slots; the others are class-level defaults, set on
+    ``entry``, ``store``, ``tree``) are slots; the others are class-level defaults, set on
     the instance only when needed (``__dict__`` in the slots makes that possible).
     """
 
     __slots__ = ("node", "name", "func", "deps", "uses", "run", "reason", "action", "seconds",
-                 "key", "fingerprint", "code", "entry", "store", "__dict__")
+                 "key", "fingerprint", "code", "entry", "store", "tree", "__dict__")
 
     # key: str | None                the node's cache key (None without storage)
     # fingerprint: str | None        its code's fingerprint
     # code: dict | None              parts of the fingerprint (function, refs), for reports
     # entry: str | None              the key of a stored result to load (a cache hit)
     # store: bool                    whether its result is stored
+    # tree: Any                      the result's tree when small enough for the run record
     arguments: dict | None = None  # JSON summary of the literal arguments (metadata)
-    tree: Any = None  # the result's tree when small enough for the run record
     overwrite = False
     previous: str | None = None  # the key of the node's current stored version, when it differs
     method: str | None = None  # for a call on a stateful instance
@@ -294,6 +294,7 @@ class Task:
         self.code: dict | None = None
         self.entry: str | None = None
         self.store = False
+        self.tree: Any = None
 
     def fields(self, names: Iterable[str]) -> dict[str, Any]:
         """The cache fields among ``names`` this task sets (those left at their
@@ -318,7 +319,8 @@ class Task:
 
 
 #: The defaults of the cache fields that are slots of Task (set by its __init__).
-_SLOT_DEFAULTS: dict[str, Any] = {"key": None, "fingerprint": None, "code": None, "entry": None, "store": False}
+_SLOT_DEFAULTS: dict[str, Any] = {"key": None, "fingerprint": None, "code": None, "entry": None, "store": False,
+                                  "tree": None}
 
 
 @dataclass
