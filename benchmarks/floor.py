@@ -234,8 +234,8 @@ def figure4(reps: int, folder: str, n: int = 1000) -> None:
         os.replace(lean_record + ".tmp", lean_record)
         t6 = clock()
         if parts is not None:
-            for label, seconds in zip(("build, LocalWorkflow, storage", "names", "record in", "keys",
-                                       "the leaf", "record out"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+            labels = ("build, LocalWorkflow, storage", "names", "record in", "keys", "the leaf", "record out")
+            for label, seconds in zip(labels, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
                 parts.setdefault(label, []).append(seconds)
         return value
 
