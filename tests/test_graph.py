@@ -318,3 +318,11 @@ def test_a_class_built_from_nodes_of_two_graphs_joins_them_and_makes_them_statef
     assert list(init.deps) == [a, b] and a.component is b.component is init.component is out.component
     assert init.component.stateful and a.children == [init, out] and b.children == [init]
     assert LocalWorkflow(out, workflow_name="acc").run() == 36
+
+
+def test_workflow_roots_are_its_nodes_without_parents():
+    a, b = add(1, 2), add(10, 20)
+    c = add(a, b)
+    tally = add(c, 1)
+    wf = LocalWorkflow(tally, workflow_name="roots")
+    assert wf.roots == [a, b] and wf.roots is wf.roots

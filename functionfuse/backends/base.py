@@ -72,7 +72,6 @@ class BaseWorkflow:
         leaf_nodes = [leaf.node if isinstance(leaf, NodeItem) else leaf for leaf in self.leaves]
         collect = collect_ancestors if _ANCESTORS_ONLY.get() else collect_run_set
         self.nodes: list[BaseNode] = collect(leaf_nodes)
-        self.roots = [n for n in self.nodes if not n.deps and n.after is None]
         self._member_ids: set[int] | None = None
         self._funcs: dict[int, Any] = {}
         self._unstored: set[int] = set()
@@ -81,6 +80,14 @@ class BaseWorkflow:
         self._names_cache: tuple[int, list[tuple[str, BaseNode]]] | None = None
         if has_explicit_names(leaf_nodes):
             self._named()  # reject duplicate names now (default names never clash)
+
+    @property
+    def roots(self) -> list[BaseNode]:
+        """The workflow's nodes without parents (computed when first asked for)."""
+        roots = self.__dict__.get("_roots")
+        if roots is None:
+            roots = self._roots = [n for n in self.nodes if not n.deps and n.after is None]
+        return roots
 
     @property
     def _members(self) -> set[int]:

@@ -238,7 +238,7 @@ class LocalWorkflow(BaseWorkflow):
                     reporter.node_started(names[id(node)])
                     previous = perf()  # the display's time is not the node's
                 try:
-                    values[id(node)] = func(*args, **kwargs)
+                    values[id(node)] = func(*args, **kwargs) if kwargs else func(*args)
                 except BaseException as exc:
                     done(perf() - previous)
                     failed = exc
