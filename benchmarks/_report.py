@@ -6,7 +6,11 @@ this module is imported from the scripts' own folder.
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import statistics
+import tempfile
+from typing import Callable
 
 #: PASS/FAIL of every figure with a target, in the order printed.
 RESULTS: list[bool] = []
@@ -49,3 +53,19 @@ def report(
 
 def info(text: str) -> None:
     print(f"      {text}", flush=True)
+
+
+def figures_1_and_4(doc: str, argv: list[str] | None, reps: int, prefix: str,
+                    figure1: Callable[[int], None], figure4: Callable[[int, str], None]) -> int:
+    """``main()`` of the scripts that take figures 1 and 4 apart (phases.py, floor.py):
+    ``--reps``, then both figures, figure 4 in a temporary folder removed at the end."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=reps, help=f"repetitions (default {reps})")
+    args = parser.parse_args(argv)
+    folder = tempfile.mkdtemp(prefix=prefix)
+    try:
+        figure1(args.reps)
+        figure4(args.reps, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0

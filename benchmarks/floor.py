@@ -44,14 +44,11 @@ It prints no PASS/FAIL (bench_local.py checks the targets).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import time
 
 import orjson
@@ -60,6 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import bench_local  # noqa: E402  (the figures' graphs and functions)
+from _report import figures_1_and_4  # noqa: E402
 
 from functionfuse import storage_factory  # noqa: E402
 from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
@@ -308,17 +306,7 @@ def figure1(reps: int, n: int = 2000) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=31, help="repetitions (default 31)")
-    args = parser.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="floor-")
-    try:
-        figure1(args.reps)
-        figure4(args.reps, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 0
-
+    return figures_1_and_4(__doc__, argv, 31, "floor-", figure1, figure4)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,12 +15,9 @@ bench_local.py checks the targets; this says what the figures are made of.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
 
@@ -28,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import bench_local  # noqa: E402  (the figures' graphs and functions)
+from _report import figures_1_and_4  # noqa: E402
 
 from functionfuse import caching, cutoff, storage_factory  # noqa: E402
 from functionfuse.backends.builtin.localback import LocalWorkflow  # noqa: E402
@@ -148,17 +146,7 @@ def figure4(reps: int, folder: str, n: int = 1000) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=21, help="repetitions per phase (default 21)")
-    args = parser.parse_args(argv)
-    folder = tempfile.mkdtemp(prefix="phases-")
-    try:
-        figure1(args.reps)
-        figure4(args.reps, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 0
-
+    return figures_1_and_4(__doc__, argv, 21, "phases-", figure1, figure4)
 
 if __name__ == "__main__":
     sys.exit(main())

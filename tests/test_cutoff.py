@@ -57,21 +57,23 @@ def build(load_version="1", data=(1, 2, 3), clean_version="1", factor=2, salt=No
     return evaluate(model).set_name("evaluate")
 
 
+def _on(kind, request, name):
+    """``(make, options)``: ``make(leaf)`` is a workflow named ``name`` on executor ``kind``
+    (``local``, ``pool``, ``dask`` or ``ray``, the latter two on the test session's
+    cluster); ``options`` are what its ``run()`` needs to return values as a local run."""
+    if kind == "dask":
+        client = request.getfixturevalue("dask_client")
+        return (lambda leaf: DaskWorkflow(leaf, workflow_name=name, client=client)), {}
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+        return (lambda leaf: RayWorkflow(leaf, workflow_name=name)), {"return_results": True}
+    return (lambda leaf: LocalWorkflow(leaf, workflow_name=name)), ({"max_workers": 2} if kind == "pool" else {})
+
+
 @pytest.fixture(params=["local", "pool", "dask", "ray"])
 def executor(request):
     """``run(leaf, storage, **options) -> (result, {node: (action, reason)})`` on one executor."""
-    kind = request.param
-    if kind == "dask":
-        client = request.getfixturevalue("dask_client")
-        make = lambda leaf: DaskWorkflow(leaf, workflow_name="ml", client=client)  # noqa: E731
-        extra: dict = {}
-    elif kind == "ray":
-        request.getfixturevalue("ray_cluster")
-        make = lambda leaf: RayWorkflow(leaf, workflow_name="ml")  # noqa: E731
-        extra = {"return_results": True}
-    else:
-        make = lambda leaf: LocalWorkflow(leaf, workflow_name="ml")  # noqa: E731
-        extra = {"max_workers": 2} if kind == "pool" else {}
+    make, extra = _on(request.param, request, "ml")
 
     def run(leaf, storage, **options):
         wf = make(leaf)
@@ -82,7 +84,7 @@ def executor(request):
             run.last = wf.last_report
         return result, {e.node: (e.action, e.reason) for e in wf.last_report.events}
 
-    run.kind = kind
+    run.kind = request.param
     run.make = make
     return run
 
@@ -469,12 +471,7 @@ def test_a_damaged_reused_result_is_computed_on_a_cluster(kind, leaf, tmp_path, 
     the driver for a result it returns.  The run then goes again without the entry: the
     node is computed and written over the new manifest, its consumer gets its value."""
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
-    if kind == "dask":
-        client = request.getfixturevalue("dask_client")
-        make, extra = (lambda leaf: DaskWorkflow(leaf, workflow_name="arr", client=client)), {}
-    else:
-        request.getfixturevalue("ray_cluster")
-        make, extra = (lambda leaf: RayWorkflow(leaf, workflow_name="arr")), {"return_results": True}
+    make, extra = _on(kind, request, "arr")
 
     def total(version, total_version):
         @workflow(version=total_version)
@@ -680,14 +677,7 @@ def test_a_value_another_writer_stored_first_is_the_one_consumers_get(kind, tmp_
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "store")}})
     source = tmp_path / "n.txt"
     source.write_text("0")
-    if kind == "dask":
-        client = request.getfixturevalue("dask_client")
-        make, extra = (lambda leaf: DaskWorkflow(leaf, workflow_name="ml", client=client)), {}
-    elif kind == "ray":
-        request.getfixturevalue("ray_cluster")
-        make, extra = (lambda leaf: RayWorkflow(leaf, workflow_name="ml")), {"return_results": True}
-    else:
-        make, extra = (lambda leaf: LocalWorkflow(leaf, workflow_name="ml")), {}
+    make, extra = _on(kind, request, "ml")
 
     def run(version, cutoff):
         wf = make(ticked(version, str(source)))
@@ -844,12 +834,7 @@ def test_a_call_after_a_failed_one_on_the_same_instance_is_not_run(kind, tmp_pat
     without add's effect (and store what it returns): the run goes again, computes norm,
     replays the chain and returns the right total."""
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path)}})
-    if kind == "dask":
-        client = request.getfixturevalue("dask_client")
-        make = lambda leaf: DaskWorkflow(leaf, workflow_name="acc", client=client)  # noqa: E731
-    else:
-        request.getfixturevalue("ray_cluster")
-        make = lambda leaf: RayWorkflow(leaf, workflow_name="acc")  # noqa: E731
+    make, _ = _on(kind, request, "acc")
 
     def graph(version):
         acc = Accumulator().set_name("acc")
@@ -952,12 +937,7 @@ def test_a_call_whose_input_failed_stops_the_later_calls(kind, tmp_path, request
     store = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "s")}})
     flag = tmp_path / "fail"
     flag.write_text("1")
-    if kind == "dask":
-        client = request.getfixturevalue("dask_client")
-        make = lambda leaf: DaskWorkflow(leaf, workflow_name="acc", client=client)  # noqa: E731
-    else:
-        request.getfixturevalue("ray_cluster")
-        make = lambda leaf: RayWorkflow(leaf, workflow_name="acc")  # noqa: E731
+    make, _ = _on(kind, request, "acc")
 
     @workflow
     def source(path):
