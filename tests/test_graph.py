@@ -321,8 +321,20 @@ def test_a_class_built_from_nodes_of_two_graphs_joins_them_and_makes_them_statef
 
 
 def test_workflow_roots_are_its_nodes_without_parents():
+    """Roots have neither value parents nor an earlier call on their instance."""
+    @workflow
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def bump(self):
+            self.n += 1
+            return self.n
+
     a, b = add(1, 2), add(10, 20)
-    c = add(a, b)
-    tally = add(c, 1)
+    counter = Counter()
+    bumped = counter.bump()  # no arguments, but it runs after the instance is made
+    tally = add(add(add(a, b), 1), bumped)
     wf = LocalWorkflow(tally, workflow_name="roots")
-    assert wf.roots == [a, b] and wf.roots is wf.roots
+    assert wf.roots == [a, b, counter.node] and wf.roots is wf.roots
+    assert wf.run() == 35
