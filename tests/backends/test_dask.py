@@ -291,3 +291,102 @@ def test_a_run_is_submitted_as_one_graph_per_group_of_options(dask_client, tmp_p
     assert wf.run() == sum(range(1, 61))
     assert calls == {"get": 3, "submit": 0}
     assert wf.run() == sum(range(1, 61))  # cached: the total is loaded on a worker, in one batch
+
+
+# -- what the scheduler makes of each node's options, and of released values -------------
+
+
+class _Scheduled(distributed.diagnostics.plugin.SchedulerPlugin):
+    """Records, per function (key prefix), the restrictions the scheduler started its task with."""
+
+    name = "functionfuse-test-scheduled"
+
+    def __init__(self):
+        self.seen = {}
+
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        from dask.utils import key_split
+
+        ts = self.scheduler.tasks.get(key)
+        if finish == "processing" and ts is not None:
+            self.seen[key_split(key)] = {
+                "priority": -ts.priority[0],
+                "resources": dict(ts.resource_restrictions or {}),
+                "workers": sorted(ts.worker_restrictions or ()),
+                "loose": ts.loose_restrictions,
+                "retries": ts.retries,
+            }
+
+
+@workflow
+def heavy(x):
+    return x + 1
+
+
+@workflow
+def pinned(x):
+    return x + 2
+
+
+def test_each_option_reaches_the_scheduler_as_dask_annotations(dask_client):
+    """resources, priority, retries, workers and allow_other_workers are what the scheduler
+    schedules each node's task with (nodes without options get none)."""
+    workers = sorted(dask_client.scheduler_info(n_workers=-1)["workers"])
+    dask_client.register_plugin(_Scheduled())
+    try:
+        a = heavy(1).set_name("a")
+        b = pinned(a).set_name("b")
+        wf = DaskWorkflow(inc(b).set_name("c"), workflow_name="options", client=dask_client)
+        wf.query("a").set_remote_args({"resources": {"disk": 1}, "priority": 7, "retries": 3})
+        wf.query("b").set_remote_args({"workers": [workers[1]], "allow_other_workers": True})
+        assert wf.run() == 5
+        seen = dask_client.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.plugins[_Scheduled.name].seen))
+    finally:
+        dask_client.unregister_scheduler_plugin(_Scheduled.name)
+    assert seen["heavy"] == {"priority": 7, "resources": {"disk": 1}, "workers": [], "loose": False, "retries": 3}
+    assert seen["pinned"] == {"priority": 0, "resources": {}, "workers": [workers[1]], "loose": True, "retries": 0}
+    assert seen["inc"] == {"priority": 0, "resources": {}, "workers": [], "loose": False, "retries": 0}
+
+
+def test_an_instance_lives_on_the_worker_its_options_name(dask_client):
+    workers = sorted(dask_client.scheduler_info(n_workers=-1)["workers"])
+    for wanted in workers:  # the second worker too, which no default choice would pick first
+        box = Box().set_name("box")
+        wf = DaskWorkflow(box.put(1).set_name("p1"), box.put(2).set_name("p2"), workflow_name="w", client=dask_client)
+        wf.query("box").set_remote_args({"workers": [wanted]})
+        assert [address for _, address in wf.run()] == [wanted, wanted]
+
+
+@workflow
+def first_value(x):
+    return [x] * 1000
+
+
+@workflow
+def released(x, prefix):
+    """x, and the keys the cluster still holds whose function is ``prefix`` (polled for a
+    while: the driver releases a value asynchronously once its last consumer finished)."""
+    import time
+
+    client = distributed.get_client()
+    held = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        held = [str(k) for k, where in client.who_has().items() if where and str(k).startswith(prefix)]
+        if not held:
+            break
+        time.sleep(0.05)
+    return x, held
+
+
+def test_a_value_is_released_from_the_cluster_once_its_consumers_finished(dask_client):
+    """first -> second -> third: by the time third runs, first's only consumer (second) has
+    finished, so the driver has dropped first's value and no worker holds it any more."""
+    first = first_value(3).set_name("first")
+    second = inc(first[0]).set_name("second")
+    third = released(second, "first_value-").set_name("third")
+    wf = DaskWorkflow(third, workflow_name="release", client=dask_client)
+    assert wf.run() == (4, [])

@@ -284,3 +284,36 @@ def test_ray_tasks_are_named_after_the_function(ray_cluster, tmp_path):
     wf.set_storage(LoadLogging(tmp_path / "s"))
     assert wf.run(return_results=True, force="plain") == "task_name"  # a worker loads 'first'
     assert log.read_text().split() == ["load-task_name"]
+
+
+@workflow
+def add_up(*xs):
+    return sum(xs)
+
+
+def test_the_driver_waits_and_gets_per_run_not_per_node(ray_cluster, monkeypatch):
+    """Issue 12: no driver work raw ray.remote does not pay, such as a ray.get or ray.wait
+    per node: a run of 80 nodes makes the same few calls as a run of 5."""
+    import collections
+
+    import ray
+
+    calls = collections.Counter()
+    for name in ("get", "wait"):
+        real = getattr(ray, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ray, name, counting)
+
+    def run(n):
+        calls.clear()
+        wf = RayWorkflow(add_up(*[inc(i) for i in range(n)]), workflow_name="few-calls")
+        assert wf.run(return_results=True) == sum(range(1, n + 1))
+        return dict(calls)
+
+    small, large = run(5), run(80)
+    assert large == small, (small, large)
+    assert sum(large.values()) <= 4, large

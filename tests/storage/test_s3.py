@@ -1,8 +1,12 @@
 """The S3 storage against a real HTTP S3 endpoint (moto's server, see conftest.s3_endpoint)."""
 
+import collections
+import contextlib
 import json
+import logging
 import multiprocessing
 import pickle
+import re
 import threading
 
 import pytest
@@ -235,6 +239,79 @@ def test_local_workflow_runs_and_resumes_on_s3(s3_endpoint, s3_url):
     wf = LocalWorkflow(_pipeline(2), workflow_name="pipe")
     wf.set_storage(storage)
     assert wf.run() == 90 and CALLS == []
+
+
+class _ServerLog(logging.Handler):
+    """The requests moto's server logs (werkzeug's request log), by kind: HEAD, GET,
+    LIST (a GET with a prefix or list-type), PUT ..."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: collections.Counter = collections.Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = str(record.args[0])  # type: ignore[index]  # "GET /bucket/key?... HTTP/1.1"
+        except (TypeError, IndexError):
+            return
+        method, _, path = re.sub(r"\x1b\[[0-9;]*m", "", line).partition(" ")  # werkzeug colours some
+        self.kinds["LIST" if method == "GET" and ("list-type=" in path or "prefix=" in path) else method] += 1
+
+
+@contextlib.contextmanager
+def _requests_served():
+    """Counts what the S3 endpoint itself receives meanwhile (every path a client may take)."""
+    log = logging.getLogger("werkzeug")
+    handler, level = _ServerLog(), log.level
+    log.addHandler(handler)  # a handler of its own also keeps werkzeug from adding a console one
+    log.setLevel(logging.INFO)
+    try:
+        yield handler.kinds
+    finally:
+        log.setLevel(level)
+        log.removeHandler(handler)
+
+
+@workflow
+def part(base, i):
+    return {"i": base + i}
+
+
+@workflow
+def gather(parts):
+    return sum(p["i"] for p in parts)
+
+
+def _parts():
+    root = part(0, 0).set_name("root")
+    return gather([part(root["i"], i) for i in range(300)]).set_name("gather")
+
+
+def test_planning_a_run_on_s3_costs_a_few_requests_not_one_per_node(s3_endpoint, s3_url):
+    """Issue 12: a run's hit checks cost O(1) round trips (the latest run record, or one
+    listing), counted by the S3 endpoint itself."""
+    options = {"kind": "S3", "options": {"path": s3_url, "s3fs": s3_endpoint.options}}
+    first = LocalWorkflow(_parts(), workflow_name="parts")
+    first.set_storage(storage_factory(options))
+    assert first.run() == sum(range(300))
+    assert len(first.last_report.computed) == 302
+
+    # The same workflow again, as a new process would run it: its latest run record names every key.
+    again = LocalWorkflow(_parts(), workflow_name="parts")
+    again.set_storage(storage_factory(options))
+    with _requests_served() as requests:
+        assert again.run() == sum(range(300))
+    assert again.last_report.read == ["gather"] and len(again.last_report.skipped) == 301
+    assert requests["HEAD"] <= 5 and sum(requests.values()) <= 20, requests
+
+    # Another workflow on the same store: no record of its own, so all 302 keys are looked
+    # up; they are found (content addressing) with one listing, not a HEAD each.
+    other = LocalWorkflow(_parts(), workflow_name="parts-elsewhere")
+    other.set_storage(storage_factory(options))
+    with _requests_served() as requests:
+        assert other.run() == sum(range(300))
+    assert other.last_report.read == ["gather"] and len(other.last_report.skipped) == 301
+    assert requests["HEAD"] <= 5 and requests["LIST"] <= 5 and sum(requests.values()) <= 25, requests
 
 
 def test_forced_node_replaces_its_entry(s3_endpoint, s3_url):
