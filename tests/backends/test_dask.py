@@ -390,3 +390,26 @@ def test_a_value_is_released_from_the_cluster_once_its_consumers_finished(dask_c
     third = released(second, "first_value-").set_name("third")
     wf = DaskWorkflow(third, workflow_name="release", client=dask_client)
     assert wf.run() == (4, [])
+
+
+def test_a_run_larger_than_a_batch_is_several_graphs_that_refer_to_each_other(dask_client, tmp_path, monkeypatch):
+    """When the buffer is full it is submitted, and later batches refer to the keys of
+    earlier ones (held by futures): a chain and a fan-in across 7 batches of 10."""
+    import functionfuse.backends.daskbackend as daskbackend
+
+    monkeypatch.setattr(daskbackend, "BATCH", 10)
+    gets = []
+    get = dask_client.get
+    monkeypatch.setattr(dask_client, "get", lambda graph, *a, **k: gets.append(len(graph)) or get(graph, *a, **k))
+    node = inc(0).set_name("c0")
+    chain = [node]
+    for i in range(1, 40):
+        node = inc(node).set_name(f"c{i}")
+        chain.append(node)
+    total = add_up(*chain[::2], *[inc(i).set_name(f"f{i}") for i in range(20)]).set_name("total")
+    wf = DaskWorkflow(total, workflow_name="batches", client=dask_client)
+    wf.set_storage(FileStorage(tmp_path / "s"))
+    expected = sum(range(1, 41, 2)) + sum(range(1, 21))
+    assert wf.run() == expected
+    assert gets == [10] * 6 + [1]
+    assert wf.run() == expected and wf.last_report.read == ["total"]
